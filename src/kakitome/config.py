@@ -1,0 +1,210 @@
+"""Typed settings, read once at start and passed down.
+
+Sources, later ones winning:
+
+1. the defaults below;
+2. a TOML file: ``--config PATH``, else ``$KAKITOME_CONFIG``, else ``./kakitome.toml`` if present;
+3. environment variables ``KAKITOME_<SECTION>__<KEY>`` (for example
+   ``KAKITOME_DATABASE__URL``, ``KAKITOME_DNS__NAMESERVERS=127.0.0.1:5353``,
+   ``KAKITOME_DELIVERY__SMTP_PORT=2525``, ``KAKITOME_TLS__CA_FILE=/path/ca.pem``).
+   Lists take comma-separated values or JSON; tables (such as ``tls.policy``) take JSON.
+
+Nothing else in the code reads ``os.environ``: this module turns the environment into a
+``Settings`` object, and everything else receives that object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kakitome.errors import ConfigError
+from kakitome.tls.policy import TLSLevel
+
+ENV_PREFIX = "KAKITOME_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    # sqlite:///relative/or/absolute/path.db or postgresql://user@host:port/db
+    url: str = "sqlite:///var/kakitome.db"
+    # Pool size per process for PostgreSQL; SQLite uses one writer connection.
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+
+class DNSSettings(_Section):
+    # host:port pairs; empty means the system resolver (/etc/resolv.conf).
+    nameservers: tuple[str, ...] = ()
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    # Trust the AD bit from these nameservers (they must be validating resolvers on a
+    # trusted path, normally on loopback). DANE depends on it.
+    trust_ad: bool = False
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
+
+
+class TLSSettings(_Section):
+    # Extra trust anchors (PEM) added to the system store for verifying MX certificates.
+    ca_file: str | None = None
+    # Use only ca_file, not the system store (for closed test worlds).
+    ca_file_only: bool = False
+    default_level: TLSLevel = TLSLevel.MAY
+    # Per-destination table, Postfix style: {"example.com": "verify", ".example.net": "encrypt"}
+    # A leading dot matches subdomains.
+    policy: dict[str, TLSLevel] = Field(default_factory=dict)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _table(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+
+class DeliverySettings(_Section):
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    helo_hostname: str = "localhost"
+    # Source address for outbound connections (None: let the kernel choose).
+    source_address: str | None = None
+    # Deliveries in flight across all destinations in one worker process.
+    concurrency: int = Field(default=100, ge=1, le=10_000)
+    # Connections at once to one destination domain from one worker process.
+    per_destination_concurrency: int = Field(default=8, ge=1, le=1000)
+    # Messages sent over one connection before it is closed (bounded reuse, as Postfix's
+    # smtp_connection_reuse_count_limit): spreads load, limits damage of a bad session.
+    messages_per_connection: int = Field(default=100, ge=1, le=100_000)
+    # RCPT commands in one transaction (RFC 5321 §4.5.3.1.8 requires servers accept 100).
+    recipients_per_transaction: int = Field(default=100, ge=1, le=1000)
+    # Seconds an unused connection stays open in the pool.
+    idle_timeout: float = Field(default=10.0, ge=0, le=300)
+    connect_timeout: float = Field(default=20.0, gt=0, le=300)
+    # Per-command timeout; RFC 5321 §4.5.3.2 suggests minutes, we are less patient.
+    command_timeout: float = Field(default=60.0, gt=0, le=600)
+    data_timeout: float = Field(default=180.0, gt=0, le=1200)
+    # Largest message accepted for injection, in bytes.
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+
+
+class QueueSettings(_Section):
+    # Exponential back-off: first retry after retry_first seconds, multiplied by
+    # retry_factor each time, never more than retry_max; bounce after lifetime.
+    retry_first: float = Field(default=300.0, ge=0)
+    retry_factor: float = Field(default=2.0, ge=1.0)
+    retry_max: float = Field(default=14_400.0, ge=0)
+    lifetime: float = Field(default=5 * 86_400.0, ge=0)
+    # A claimed delivery belongs to a worker for this long; a dead worker's work returns
+    # to the queue when it runs out.
+    lease_seconds: float = Field(default=300.0, gt=0)
+    # Deliveries claimed per round (the active window).
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    # Seconds between polls when nothing wakes the worker.
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+
+
+class HTTPSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    # The address people use to reach the service (links in mail, printed URL).
+    public_url: str | None = None
+
+
+class PathSettings(_Section):
+    data_dir: str = "var"
+
+
+class Settings(_Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    dns: DNSSettings = Field(default_factory=DNSSettings)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+    paths: PathSettings = Field(default_factory=PathSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.paths.data_dir)
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections = set(Settings.model_fields)
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        section, key = section.lower(), key.lower()
+        if section not in sections:
+            raise ConfigError(f"{name}: unknown settings section {section!r}")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The TOML file to read, or None when there is none to read."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("KAKITOME_CONFIG"):
+        return Path(environ["KAKITOME_CONFIG"])
+    default = Path("kakitome.toml")
+    return default if default.exists() else None
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the settings once: defaults, then the TOML file, then the environment.
+
+    Raises ConfigError with the offending key when something does not parse.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    file = config_path(path, env)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"settings file not found: {file}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    data = _merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON in settings: {exc}") from exc

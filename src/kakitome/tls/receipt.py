@@ -1,0 +1,61 @@
+"""The TLS receipt: how one delivery attempt travelled (checklist item T8)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from kakitome.tls.policy import PolicySource, TLSLevel
+
+
+class PeerVerification(StrEnum):
+    """Postfix's trust vocabulary for the peer certificate."""
+
+    NONE = "none"  # no TLS
+    ANONYMOUS = "anonymous"  # no certificate shown
+    UNTRUSTED = "untrusted"  # certificate does not chain to a trust anchor
+    TRUSTED = "trusted"  # chains to a trust anchor, name does not match
+    VERIFIED = "verified"  # chains and the name matches
+
+
+@dataclass(frozen=True, slots=True)
+class TLSReceipt:
+    used: bool
+    version: str | None
+    cipher: str | None
+    verification: PeerVerification
+    level: TLSLevel
+    policy_source: PolicySource
+    peer_certificate_sha256: str | None
+    # A handshake failed and the message went in plaintext on a new connection (T6), or
+    # the server stopped offering STARTTLS.
+    downgraded: bool = False
+    # Why verification failed, in OpenSSL's words, when it did.
+    verify_error: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is PeerVerification.VERIFIED
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verified"] = self.verified
+        data["verification"] = self.verification.value
+        data["level"] = self.level.value
+        data["policy_source"] = self.policy_source.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TLSReceipt:
+        return cls(
+            used=bool(data["used"]),
+            version=data.get("version"),
+            cipher=data.get("cipher"),
+            verification=PeerVerification(data.get("verification", "none")),
+            level=TLSLevel(data["level"]),
+            policy_source=PolicySource(data["policy_source"]),
+            peer_certificate_sha256=data.get("peer_certificate_sha256"),
+            downgraded=bool(data.get("downgraded", False)),
+            verify_error=data.get("verify_error"),
+        )
