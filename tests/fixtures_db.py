@@ -1,0 +1,1 @@
+"""Fixtures: fixtures_db (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Fixtures: fixtures_peers (filled in by its owner)."""

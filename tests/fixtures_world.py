@@ -1,0 +1,1 @@
+"""Fixtures: fixtures_world (filled in by its owner)."""
