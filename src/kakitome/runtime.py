@@ -1,0 +1,134 @@
+"""`kakitome serve`: start the roles of the service in one process and stop them gracefully.
+
+Roles: ``web`` (HTTP API and pages), ``worker`` (the scheduler loop and delivery agents),
+``smtp`` (inbound listeners, added by the inbound work). Without roles, all of them start.
+
+On SIGTERM or SIGINT the web server stops accepting connections, the worker stops
+claiming, finishes what is in flight and releases its leases; then the process exits.
+
+With SQLite (one machine, one worker process by design) leases left by a process that
+died are released at start, so a restart after SIGKILL resumes at once instead of waiting
+for the leases to run out. With PostgreSQL other workers may hold leases, so they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import structlog
+
+from kakitome.config import Settings
+from kakitome.store.repository import Store
+
+log = structlog.get_logger("kakitome.runtime")
+
+ALL_ROLES = ("web", "worker")
+
+
+def public_url(settings: Settings) -> str:
+    if settings.http.public_url:
+        return settings.http.public_url.rstrip("/")
+    host = settings.http.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http.port}"
+
+
+async def ensure_first_api_key(store: Store, out: TextIO) -> None:
+    """On the very first start, make an API key with every scope and print it once."""
+    if await store.api_key_count() == 0:
+        key = await store.create_api_key("initial", ["send", "read", "admin"], now=time.time())
+        print(f"API key (shown once, keep it): {key}", file=out, flush=True)
+    else:
+        print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
+
+
+async def serve_async(
+    settings: Settings, roles: Sequence[str] = (), *, out: TextIO = sys.stdout
+) -> None:
+    from kakitome.delivery.agent import DeliveryAgent
+    from kakitome.delivery.pool import ConnectionPool
+    from kakitome.dns.resolver import Resolver
+    from kakitome.injection import Injector
+    from kakitome.web.app import create_app
+    from kakitome.worker import Worker
+
+    active = tuple(roles) or ALL_ROLES
+    unknown = set(active) - {"web", "worker", "smtp"}
+    if unknown:
+        raise SystemExit(f"unknown role(s): {', '.join(sorted(unknown))}")
+
+    store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task[None]] = []
+    pool: ConnectionPool | None = None
+    try:
+        if "worker" in active:
+            if settings.database.url.startswith("sqlite"):
+                released = await store.release_leases(None)
+                if released:
+                    log.info("released leases left by an earlier process", count=released)
+            resolver = Resolver(settings.dns)
+            pool = ConnectionPool(settings)
+            agent = DeliveryAgent(settings, resolver, pool)
+            worker = Worker(settings, store, agent.deliver)
+            tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+        if "web" in active:
+            import uvicorn
+
+            injector = Injector(store, settings)
+            app = create_app(settings, store, injector)
+            config = uvicorn.Config(
+                app,
+                host=settings.http.host,
+                port=settings.http.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+            server = uvicorn.Server(config)
+            # Our own signal handlers stop everything; uvicorn's would only stop itself.
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+            async def run_web() -> None:
+                web = asyncio.create_task(server.serve())
+                await stop.wait()
+                server.should_exit = True
+                await web
+
+            tasks.append(asyncio.create_task(run_web(), name="web"))
+            print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
+            await ensure_first_api_key(store, out)
+        print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
+        await stop.wait()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stop.set()
+        for task in tasks:
+            if not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if pool is not None:
+            await pool.close()
+        await store.close()
+
+
+def serve(settings: Settings, roles: Sequence[str] = ()) -> None:
+    """Run until SIGTERM/SIGINT. Uses uvloop when it is installed."""
+    try:
+        import uvloop
+
+        uvloop.run(serve_async(settings, roles))
+    except ImportError:
+        asyncio.run(serve_async(settings, roles))

@@ -1,0 +1,207 @@
+"""The scheduler loop: claim due deliveries, hand them to the delivery agent, record results.
+
+Only this loop (with the store and the retry schedule) decides what is due and when to try
+again; the agent only delivers. It keeps a bounded window of deliveries in flight
+(``queue.batch_size``), claims more when half of it has drained, and sleeps until the store
+signals new work or the next retry falls due.
+
+Bounces get a DSN (RFC 3464) to the envelope sender, injected as a new message from the
+null sender, so a bounce of a bounce can never happen.
+
+Leases: claimed deliveries belong to this worker until their lease runs out; on a graceful
+stop the worker finishes what is in flight and releases the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from kakitome.config import Settings
+from kakitome.delivery.dsn import build_dsn, should_send_dsn
+from kakitome.delivery.types import Batch, Outcome, RecipientResult
+from kakitome.errors import StorageError
+from kakitome.queue.schedule import RetrySchedule
+from kakitome.smtp.replies import Reply
+from kakitome.store.repository import Bounce, ClaimedBatch, NewMessage, NewRecipient, Store
+
+log = structlog.get_logger("kakitome.worker")
+
+Deliver = Callable[[Batch], Awaitable[list[RecipientResult]]]
+Clock = Callable[[], float]
+
+
+def default_owner() -> str:
+    """A lease owner name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        deliver: Deliver,
+        *,
+        clock: Clock = time.time,
+        owner: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._deliver = deliver
+        self._clock = clock
+        self.owner = owner or default_owner()
+        self._schedule = RetrySchedule.from_settings(settings.queue)
+        self._window = settings.queue.batch_size
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()
+        self.delivered = 0
+        self.deferred = 0
+        self.bounced = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then finish in-flight work and release leases."""
+        log.info("worker started", owner=self.owner)
+        try:
+            while not stop.is_set():
+                claimed = 0
+                if self._in_flight <= self._window // 2:
+                    claimed = await self._claim_round()
+                if claimed:
+                    continue
+                await self._idle(stop)
+        finally:
+            await self.drain()
+            with contextlib.suppress(StorageError):
+                await self._store.release_leases(self.owner)
+            log.info("worker stopped", owner=self.owner)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Sleep until new work, a retry falls due, a batch finishes, or stop."""
+        timeout = self._settings.queue.poll_interval
+        if self._in_flight == 0:
+            with contextlib.suppress(StorageError):
+                due = await self._store.next_due_at()
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - self._clock()))
+        self._drained.clear()
+        waits = [
+            asyncio.ensure_future(self._store.wait_for_work(timeout)),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._drained.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=timeout + 0.05, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _claim_round(self) -> int:
+        try:
+            batches = await self._store.claim_due(
+                self.owner,
+                now=self._clock(),
+                limit=self._window - self._in_flight,
+                lease_seconds=self._settings.queue.lease_seconds,
+            )
+        except StorageError as exc:
+            log.warning("claim failed; database unavailable", error=str(exc))
+            await asyncio.sleep(self._settings.queue.poll_interval)
+            return 0
+        count = 0
+        for claimed in batches:
+            size = sum(len(m.recipients) for m in claimed.messages)
+            count += size
+            self._in_flight += size
+            task = asyncio.create_task(self._run_batch(claimed, size))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return count
+
+    async def _run_batch(self, claimed: ClaimedBatch, size: int) -> None:
+        try:
+            batch = Batch(claimed.domain, claimed.messages)
+            try:
+                results = await self._deliver(batch)
+            except Exception as exc:  # an agent bug must not lose the batch
+                log.exception("delivery agent failed", domain=claimed.domain)
+                reply = Reply(451, "4.3.0", f"internal error in delivery agent: {exc!r}")
+                results = [
+                    RecipientResult(r.delivery_id, Outcome.DEFERRED, reply)
+                    for m in claimed.messages
+                    for r in m.recipients
+                ]
+            await self._record(claimed, results)
+        finally:
+            self._in_flight -= size
+            self._drained.set()
+
+    async def _record(self, claimed: ClaimedBatch, results: Sequence[RecipientResult]) -> None:
+        for attempt in range(5):
+            try:
+                bounces = await self._store.record_results(
+                    self.owner, results, now=self._clock(), schedule=self._schedule
+                )
+                break
+            except StorageError as exc:
+                # The lease still protects these deliveries; keep trying for a while, then
+                # leave them to be retried when the lease expires (a possible duplicate,
+                # never a loss).
+                log.warning("recording results failed", error=str(exc), attempt=attempt + 1)
+                await asyncio.sleep(0.5 * (attempt + 1))
+        else:
+            return
+        for result in results:
+            if result.outcome is Outcome.DELIVERED:
+                self.delivered += 1
+            elif result.outcome is Outcome.DEFERRED:
+                self.deferred += 1
+        self.bounced += len(bounces)
+        if bounces:
+            contents = {m.message_id: m.content for m in claimed.messages}
+            await self._send_dsns(bounces, contents)
+
+    async def _send_dsns(self, bounces: Sequence[Bounce], contents: dict[str, bytes]) -> None:
+        by_message: dict[str, list[Bounce]] = {}
+        for bounce in bounces:
+            if should_send_dsn(bounce):
+                by_message.setdefault(bounce.message_id, []).append(bounce)
+        for message_id, group in by_message.items():
+            sender = group[0].sender
+            domain = sender.rpartition("@")[2].lower()
+            try:
+                content = build_dsn(
+                    group,
+                    contents.get(message_id, b""),
+                    reporting_mta=self._settings.delivery.helo_hostname,
+                    now=self._clock(),
+                )
+                dsn_id = await self._store.inject(
+                    NewMessage(
+                        source="dsn",
+                        sender="",
+                        header_from=f"MAILER-DAEMON@{self._settings.delivery.helo_hostname}",
+                        subject="Undelivered Mail Returned to Sender",
+                        content=content,
+                        recipients=(NewRecipient(sender, domain),),
+                        eight_bit=any(b > 127 for b in content),
+                    ),
+                    now=self._clock(),
+                    lifetime=self._settings.queue.lifetime,
+                )
+                await self._store.set_dsn_sent([b.delivery_id for b in group], dsn_id)
+            except StorageError as exc:
+                log.error("could not queue DSN", message_id=message_id, error=str(exc))
+
+    async def drain(self) -> None:
+        """Wait for every batch in flight to finish and be recorded."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
