@@ -120,6 +120,12 @@ class HTTPSettings(_Section):
     public_url: str | None = None
 
 
+class LogSettings(_Section):
+    # "console" for people, "json" for log collectors (one JSON object a line).
+    format: str = Field(default="console", pattern="^(console|json)$")
+    level: str = Field(default="info", pattern="^(?i)(debug|info|warning|error)$")
+
+
 class PathSettings(_Section):
     data_dir: str = "var"
 
@@ -132,6 +138,7 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @property
     def data_dir(self) -> Path:
