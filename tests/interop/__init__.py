@@ -1,0 +1,1 @@
+"""Interoperability tests against real, independent peers (Postfix, swaks, OpenDKIM)."""
