@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from kakitome.config import QueueSettings
 
@@ -27,3 +28,9 @@ class RetrySchedule:
 
     def next_attempt(self, attempts: int, now: float) -> float:
         return now + self.delay(attempts)
+
+
+class RetryPolicy(Protocol):
+    """What the store needs from a retry schedule (``RetrySchedule`` is one)."""
+
+    def next_attempt(self, attempts: int, now: float) -> float: ...

@@ -1,19 +1,108 @@
 """The storage service: every read and write of messages, deliveries, events and API keys.
 
 Callers (injection, the worker, web, CLI) use this class, never the tables. Each public
-method is one transaction. Works on SQLite (WAL) and PostgreSQL with the same code;
-claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL.
+method is one transaction, and a method that writes returns only after the commit: when
+the database cannot commit it raises ``StorageError`` and nothing may be acknowledged.
+The same code runs on SQLite (WAL, ``synchronous=FULL``) and PostgreSQL.
 
-STUB: signatures agreed between helpers; the store helper implements them.
+Claiming. A delivery is due when its status is ``queued`` or ``deferred``, its
+``next_attempt_at`` has come and it has no live lease. ``claim_due`` leases due
+deliveries to one owner for ``lease_seconds``: on SQLite in a single
+``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` under the write lock; on
+PostgreSQL the candidates are picked with ``FOR UPDATE SKIP LOCKED`` in a CTE, so many
+workers on many machines claim in parallel and never get the same delivery. New mail
+(``queued``) and retries (``deferred``) are taken in turn, oldest first, so a backlog of
+one cannot starve the other. A lease that runs out (a dead worker) makes its deliveries
+due again.
+
+Results. ``record_results`` applies the results of one owner's attempts in one
+transaction with bulk statements. A result whose delivery is no longer leased to that
+owner (the lease ran out and someone else took it, or the delivery was deleted) is
+ignored: the newer owner's result is the one that counts.
+
+Waking. ``wait_for_work`` returns early when new work may be due: PostgreSQL's
+``LISTEN/NOTIFY`` on channel ``kakitome_queue`` (sent by inject, release, retry) wakes
+workers in every process; on SQLite an in-process event does it, and other processes
+find the work at their next poll.
+
+Limits: SQLite has one writer at a time; writers in this process queue on a lock,
+writers in other processes wait up to ``busy_timeout``. A lease is not renewed: an
+attempt that outlives ``lease_seconds`` may be made twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import string
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from kakitome.delivery.types import OutboundMessage, RecipientResult
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from kakitome.delivery.types import OutboundMessage, Outcome, Recipient, RecipientResult
+from kakitome.errors import ConfigError, InputError, NotFound, StorageError
+from kakitome.queue.schedule import RetryPolicy
+from kakitome.store import db
+from kakitome.store.ids import new_message_id
+from kakitome.store.migrate import upgrade_to_head
+from kakitome.store.schema import api_keys, deliveries, events
+from kakitome.store.schema import messages as message_table
+
+QUEUED = "queued"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+HELD = "held"
+STATUSES = (QUEUED, DEFERRED, DELIVERED, BOUNCED, HELD)
+PENDING = (QUEUED, DEFERRED, HELD)  # not final: queue actions apply to these
+
+NOTIFY_CHANNEL = "kakitome_queue"
+QUEUE_ACTIONS = {"retry": "retried", "hold": "held", "release": "released", "delete": "deleted"}
+
+# Enhanced status for "delivery time expired" (RFC 3463 X.4.7).
+EXPIRED_ENHANCED = "4.4.7"
+
+API_KEY_PREFIX = "kk_"
+_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+_PREFIX_LENGTH = 8
+# last_used_at is a write on a read path: refresh it at most this often per key.
+_LAST_USED_RESOLUTION = 60.0
+
+# Bound parameters per statement, under SQLite's 32,766 and asyncpg's 32,767.
+_CHUNK = 5_000
+
+# Errors that mean "the database did not do it": connection refused or lost, disk full,
+# locked beyond busy_timeout, pool exhausted, PostgreSQL shutting down.
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +188,268 @@ class ApiKeyInfo:
     scopes: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as listed to its owners: never the secret."""
+
+    id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+# Claiming SQL. Two arms (new mail, retries), each taken oldest first through
+# ix_deliveries_due, interleaved by rank so that neither starves the other.
+_DUE_ARM = """
+    SELECT id, next_attempt_at FROM deliveries
+    WHERE status = '{status}' AND next_attempt_at <= :now
+      AND (lease_until IS NULL OR lease_until <= :now)
+    ORDER BY next_attempt_at
+    LIMIT :limit
+"""
+_RETURNING = "RETURNING id, message_id, recipient, domain, notify, orcpt"
+
+_CLAIM_SQLITE = text(
+    f"""
+    UPDATE deliveries SET lease_owner = :owner, lease_until = :until
+    WHERE id IN (
+        SELECT id FROM (
+            SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS turn
+            FROM ({_DUE_ARM.format(status=QUEUED)})
+            UNION ALL
+            SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS turn
+            FROM ({_DUE_ARM.format(status=DEFERRED)})
+        ) ORDER BY turn LIMIT :limit
+    )
+    {_RETURNING}
+    """
+)
+
+_CLAIM_POSTGRESQL = text(
+    f"""
+    WITH fresh AS MATERIALIZED (
+        {_DUE_ARM.format(status=QUEUED)} FOR UPDATE SKIP LOCKED
+    ), retry AS MATERIALIZED (
+        {_DUE_ARM.format(status=DEFERRED)} FOR UPDATE SKIP LOCKED
+    ), pick AS MATERIALIZED (
+        SELECT id FROM (
+            SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS turn FROM fresh
+            UNION ALL
+            SELECT id, row_number() OVER (ORDER BY next_attempt_at, id) AS turn FROM retry
+        ) AS candidates ORDER BY turn LIMIT :limit
+    )
+    UPDATE deliveries SET lease_owner = :owner, lease_until = :until
+    FROM pick WHERE deliveries.id = pick.id
+    {_RETURNING.replace("RETURNING ", "RETURNING deliveries.").replace(", ", ", deliveries.")}
+    """
+)
+
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+# record_results: one statement, run with executemany.
+_APPLY_RESULT = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        updated_at=bindparam("b_now"),
+        lease_owner=None,
+        lease_until=None,
+        reply_code=bindparam("b_code"),
+        reply_enhanced=bindparam("b_enhanced"),
+        reply_text=bindparam("b_text"),
+        mx_host=bindparam("b_mx_host"),
+        mx_ip=bindparam("b_mx_ip"),
+        tls=bindparam("b_tls", type_=deliveries.c.tls.type),
+    )
+)
+
+
 class Store:
-    """STUB — the store helper replaces every body. Signatures are the contract."""
+    """Messages, deliveries, events and API keys on SQLite or PostgreSQL.
+
+    Open with ``await Store.open(url)``; close with ``await store.close()``. Safe to share
+    between tasks of one event loop.
+    """
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+        self._dialect = engine.dialect.name
+        self._is_pg = self._dialect == "postgresql"
+        # On SQLite, writes take the write lock at BEGIN (see db.py) and queue here first,
+        # so tasks of this process wait on an asyncio lock instead of SQLite's busy loop.
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._write_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._listener: Any = None  # asyncpg.Connection LISTENing, PostgreSQL only
+        self._listener_failed_at = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, pool_size: int = 10, migrate: bool = True) -> Store:
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        migrate: bool = True,
+        busy_timeout_ms: int = db.DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> Store:
         """Connect (sqlite:///path or postgresql://...), set SQLite WAL pragmas, and run
-        Alembic migrations to head when ``migrate``. Creates the SQLite file's folder."""
-        raise NotImplementedError
+        Alembic migrations to head when ``migrate``. Creates the SQLite file's folder.
+
+        Raises ConfigError for an unsupported URL, StorageError when the database cannot
+        be reached or created."""
+        try:
+            engine = db.create_engine(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms)
+        except ConfigError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot create the database folder: {exc}") from exc
+        store = cls(engine, url)
+        try:
+            async with store._write() as conn:
+                if migrate:
+                    await conn.run_sync(upgrade_to_head)
+                else:
+                    await conn.execute(text("SELECT 1"))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
 
     async def close(self) -> None:
-        raise NotImplementedError
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
+        await self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._dialect
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for other storage modules of this package (not for callers)."""
+        return self._engine
+
+    # -- transactions -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction; DB failures become StorageError."""
+        try:
+            if self._is_pg:
+                async with self._engine.begin() as conn:
+                    yield conn
+            else:
+                async with self._write_lock, self._writer.begin() as conn:
+                    yield conn
+        except _STORAGE_ERRORS as exc:
+            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """One read transaction (a consistent snapshot on both engines)."""
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except _STORAGE_ERRORS as exc:
+            raise StorageError(f"database unavailable: {_describe(exc)}") from exc
+
+    # -- injection ----------------------------------------------------------------------
 
     async def inject(self, message: NewMessage, *, now: float, lifetime: float) -> str:
         """Store one message and a queued delivery per recipient in one transaction;
-        return its id only after the commit. Raises StorageError when it cannot commit."""
-        raise NotImplementedError
+        return its id only after the commit. Raises StorageError when it cannot commit,
+        InputError when the message has no recipients."""
+        return (await self.inject_many([message], now=now, lifetime=lifetime))[0]
 
     async def inject_many(
         self, messages: Sequence[NewMessage], *, now: float, lifetime: float
     ) -> list[str]:
         """As inject, for many messages in one transaction (a group commit)."""
-        raise NotImplementedError
+        if not messages:
+            return []
+        message_rows: list[dict[str, Any]] = []
+        delivery_rows: list[dict[str, Any]] = []
+        event_rows: list[dict[str, Any]] = []
+        ids: list[str] = []
+        now_ms = int(now * 1000)
+        expires = now + lifetime
+        for message in messages:
+            if not message.recipients:
+                raise InputError("a message needs at least one recipient")
+            message_id = new_message_id(now_ms)
+            ids.append(message_id)
+            message_rows.append(
+                {
+                    "id": message_id,
+                    "created_at": now,
+                    "source": message.source,
+                    "sender": message.sender,
+                    "header_from": message.header_from,
+                    "subject": message.subject,
+                    "size": len(message.content),
+                    "content": message.content,
+                    "eight_bit": message.eight_bit,
+                    "smtputf8": message.smtputf8,
+                    "requiretls": message.requiretls,
+                    "envid": message.envid,
+                    "ret": message.ret,
+                }
+            )
+            for rcpt in message.recipients:
+                delivery_rows.append(
+                    {
+                        "message_id": message_id,
+                        "recipient": rcpt.address,
+                        "domain": rcpt.domain.lower(),
+                        "status": QUEUED,
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                        "next_attempt_at": now,
+                        "expires_at": expires,
+                        "notify": rcpt.notify,
+                        "orcpt": rcpt.orcpt,
+                    }
+                )
+            event_rows.append(
+                {
+                    "at": now,
+                    "kind": QUEUED,
+                    "message_id": message_id,
+                    "delivery_id": None,
+                    "data": {"source": message.source, "recipients": len(message.recipients)},
+                }
+            )
+        async with self._write() as conn:
+            await conn.execute(insert(message_table), message_rows)
+            await conn.execute(insert(deliveries), delivery_rows)
+            await conn.execute(insert(events), event_rows)
+            await self._notify(conn)
+        self._wake.set()
+        return ids
+
+    # -- the queue ----------------------------------------------------------------------
 
     async def claim_due(
         self, owner: str, *, now: float, limit: int, lease_seconds: float
@@ -128,7 +457,30 @@ class Store:
         """Lease up to ``limit`` due deliveries (status queued/deferred, next_attempt_at <=
         now, lease free or expired) and return them grouped by domain, each message once
         per domain with its recipients there, content loaded."""
-        raise NotImplementedError
+        if limit <= 0:
+            return []
+        statement = _CLAIM_POSTGRESQL if self._is_pg else _CLAIM_SQLITE
+        params = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
+        async with self._write() as conn:
+            claimed = (await conn.execute(statement, params)).all()
+            if not claimed:
+                return []
+            message_ids = sorted({row.message_id for row in claimed})
+            loaded: dict[str, Any] = {}
+            columns = (
+                message_table.c.id,
+                message_table.c.sender,
+                message_table.c.content,
+                message_table.c.eight_bit,
+                message_table.c.smtputf8,
+                message_table.c.requiretls,
+                message_table.c.envid,
+                message_table.c.ret,
+            )
+            for chunk in _chunks(message_ids):
+                result = await conn.execute(select(*columns).where(message_table.c.id.in_(chunk)))
+                loaded.update((row.id, row) for row in result)
+        return _group_claimed(claimed, loaded)
 
     async def record_results(
         self,
@@ -136,21 +488,137 @@ class Store:
         results: Sequence[RecipientResult],
         *,
         now: float,
-        schedule: Any,
+        schedule: RetryPolicy,
     ) -> list[Bounce]:
         """Apply attempt results: delivered/bounced are final; deferred gets
         next_attempt_at from ``schedule.next_attempt(attempts, now)`` or becomes bounced
         when that passes expires_at. Store reply, MX, TLS receipt; add an event per result;
-        clear the lease. Returns the deliveries that became bounced."""
-        raise NotImplementedError
+        clear the lease. Returns the deliveries that became bounced.
+
+        Results for deliveries not leased to ``owner`` are ignored. A deferred result for
+        a delivery put on hold meanwhile keeps it held. An expiry bounce keeps the last
+        reply's code, with enhanced status 4.4.7 and the text "queue lifetime expired: "
+        followed by the last reply; its event has kind "bounced" and ``expired: true``."""
+        if not results:
+            return []
+        by_id = {result.delivery_id: result for result in results}  # the last one wins
+        wanted = sorted(by_id)
+        current = (
+            select(
+                deliveries.c.id,
+                deliveries.c.message_id,
+                deliveries.c.recipient,
+                deliveries.c.status,
+                deliveries.c.attempts,
+                deliveries.c.next_attempt_at,
+                deliveries.c.expires_at,
+                deliveries.c.notify,
+                deliveries.c.orcpt,
+                message_table.c.sender,
+                message_table.c.envid,
+                message_table.c.ret,
+            )
+            .join(message_table, message_table.c.id == deliveries.c.message_id)
+            .where(deliveries.c.lease_owner == owner)
+        )
+        bounces: list[Bounce] = []
+        async with self._write() as conn:
+            rows: list[Any] = []
+            for chunk in _chunks(wanted):
+                rows.extend(await conn.execute(current.where(deliveries.c.id.in_(chunk))))
+            updates: list[dict[str, Any]] = []
+            event_rows: list[dict[str, Any]] = []
+            for row in rows:
+                result = by_id[row.id]
+                change, event, bounce = _apply(row, result, now, schedule)
+                updates.append(change)
+                event_rows.append(event)
+                if bounce is not None:
+                    bounces.append(bounce)
+            if updates:
+                await conn.execute(_APPLY_RESULT, updates)
+                await conn.execute(insert(events), event_rows)
+        return bounces
 
     async def release_leases(self, owner: str | None = None) -> int:
         """Free leases (of one owner, or all). Returns how many."""
-        raise NotImplementedError
+        statement = (
+            update(deliveries)
+            .where(deliveries.c.lease_owner.is_not(None))
+            .values(lease_owner=None, lease_until=None)
+        )
+        if owner is not None:
+            statement = statement.where(deliveries.c.lease_owner == owner)
+        async with self._write() as conn:
+            count = (await conn.execute(statement)).rowcount
+            if count:
+                await self._notify(conn)
+        if count:
+            self._wake.set()
+        return int(count)
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (agreed hook)
+        """Return when new work may be due (an inject, a release, a retry) or after
+        ``timeout`` seconds, whichever is first. Never raises for a lost listener: it
+        falls back to sleeping and listens again on a later call."""
+        if self._is_pg and self._listener is None:
+            await self._listen()
+        if not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def next_due_at(self) -> float | None:
+        """The earliest ``next_attempt_at`` of the unleased queued or deferred deliveries,
+        or None when there are none. Leased deliveries are left out: they come back when
+        their lease runs out, which the worker's poll interval covers."""
+        earliest: float | None = None
+        async with self._read() as conn:
+            for status in (QUEUED, DEFERRED):
+                value = await conn.scalar(
+                    select(deliveries.c.next_attempt_at)
+                    .where(deliveries.c.status == status, deliveries.c.lease_owner.is_(None))
+                    .order_by(deliveries.c.next_attempt_at)
+                    .limit(1)
+                )
+                if value is not None and (earliest is None or value < earliest):
+                    earliest = float(value)
+        return earliest
+
+    # -- receipts and queue management --------------------------------------------------
 
     async def receipt(self, message_id: str) -> MessageReceipt:
         """The message and each recipient's state. Raises NotFound."""
-        raise NotImplementedError
+        async with self._read() as conn:
+            message = (
+                await conn.execute(
+                    select(
+                        message_table.c.id,
+                        message_table.c.created_at,
+                        message_table.c.sender,
+                        message_table.c.header_from,
+                        message_table.c.subject,
+                        message_table.c.size,
+                    ).where(message_table.c.id == message_id)
+                )
+            ).first()
+            if message is None:
+                raise NotFound(f"no message {message_id!r}")
+            rows = await conn.execute(
+                select(*_DELIVERY_COLUMNS)
+                .where(deliveries.c.message_id == message_id)
+                .order_by(deliveries.c.id)
+            )
+            recipients = tuple(_delivery_row(row) for row in rows)
+        return MessageReceipt(
+            id=message.id,
+            created_at=message.created_at,
+            sender=message.sender,
+            header_from=message.header_from,
+            subject=message.subject,
+            size=message.size,
+            recipients=recipients,
+        )
 
     async def list_deliveries(
         self,
@@ -161,7 +629,18 @@ class Store:
         limit: int = 100,
         offset: int = 0,
     ) -> list[DeliveryRow]:
-        raise NotImplementedError
+        """Deliveries matching every given filter, oldest first."""
+        statement = select(*_DELIVERY_COLUMNS).order_by(deliveries.c.id).limit(limit)
+        if offset:
+            statement = statement.offset(offset)
+        if status is not None:
+            statement = statement.where(deliveries.c.status == status)
+        if domain is not None:
+            statement = statement.where(deliveries.c.domain == domain.lower())
+        if message_id is not None:
+            statement = statement.where(deliveries.c.message_id == message_id)
+        async with self._read() as conn:
+            return [_delivery_row(row) for row in await conn.execute(statement)]
 
     async def queue_action(
         self,
@@ -173,11 +652,90 @@ class Store:
         status: str | None = None,
     ) -> int:
         """retry | hold | release | delete on the matching non-final deliveries
-        (delete removes the deliveries, and messages left without any). Returns count."""
-        raise NotImplementedError
+        (delete removes the deliveries, and messages left without any). Returns count.
+
+        retry makes queued/deferred deliveries due now; hold moves queued/deferred to
+        held; release moves held back to queued (never tried) or deferred, due now;
+        delete applies to queued, deferred and held. Each affected delivery gets an event
+        (retried, held, released, deleted). Filters combine with AND; no filter means all.
+        Raises InputError for an unknown action or status."""
+        if action not in QUEUE_ACTIONS:
+            raise InputError(f"unknown queue action {action!r} (retry, hold, release, delete)")
+        if status is not None and status not in STATUSES:
+            raise InputError(f"unknown status {status!r}")
+        applicable = {
+            "retry": (QUEUED, DEFERRED),
+            "hold": (QUEUED, DEFERRED),
+            "release": (HELD,),
+            "delete": PENDING,
+        }[action]
+        if status is not None:
+            applicable = tuple(s for s in applicable if s == status)
+            if not applicable:
+                return 0
+        base: list[ColumnElement[bool]] = [deliveries.c.status.in_(applicable)]
+        if domain is not None:
+            base.append(deliveries.c.domain == domain.lower())
+        groups: Iterable[Sequence[str] | None] = (
+            [None] if message_ids is None else list(_chunks(list(message_ids)))
+        )
+        returning = (deliveries.c.id, deliveries.c.message_id)
+        affected: list[Any] = []
+        async with self._write() as conn:
+            for group in groups:
+                where = and_(*base)
+                if group is not None:
+                    where = and_(where, deliveries.c.message_id.in_(group))
+                if action == "retry":
+                    statement: Any = update(deliveries).values(next_attempt_at=now, updated_at=now)
+                elif action == "hold":
+                    statement = update(deliveries).values(status=HELD, updated_at=now)
+                elif action == "release":
+                    statement = update(deliveries).values(
+                        status=case((deliveries.c.attempts > 0, DEFERRED), else_=QUEUED),
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                else:
+                    statement = delete(deliveries)
+                affected.extend(await conn.execute(statement.where(where).returning(*returning)))
+            if not affected:
+                return 0
+            if action == "delete":
+                touched = sorted({row.message_id for row in affected})
+                for chunk in _chunks(touched):
+                    orphan = ~exists().where(deliveries.c.message_id == message_table.c.id)
+                    await conn.execute(
+                        delete(message_table).where(message_table.c.id.in_(chunk), orphan)
+                    )
+            await conn.execute(
+                insert(events),
+                [
+                    {
+                        "at": now,
+                        "kind": QUEUE_ACTIONS[action],
+                        "message_id": row.message_id,
+                        "delivery_id": row.id,
+                        "data": None,
+                    }
+                    for row in affected
+                ],
+            )
+            if action in ("retry", "release"):
+                await self._notify(conn)
+        if action in ("retry", "release"):
+            self._wake.set()
+        return len(affected)
 
     async def set_dsn_sent(self, delivery_ids: Sequence[int], dsn_message_id: str) -> None:
-        raise NotImplementedError
+        """Remember which DSN message reported these deliveries."""
+        async with self._write() as conn:
+            for chunk in _chunks(list(delivery_ids)):
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(chunk))
+                    .values(dsn_message_id=dsn_message_id)
+                )
 
     async def add_event(
         self,
@@ -188,17 +746,289 @@ class Store:
         delivery_id: int | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        raise NotImplementedError
+        async with self._write() as conn:
+            await conn.execute(
+                insert(events).values(
+                    at=now, kind=kind, message_id=message_id, delivery_id=delivery_id, data=data
+                )
+            )
 
     async def events_for(self, message_id: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The message's events in the order they happened: dicts with id, at, kind,
+        message_id, delivery_id and data."""
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(events).where(events.c.message_id == message_id).order_by(events.c.id)
+            )
+            return [dict(row._mapping) for row in rows]
 
     async def status_counts(self) -> dict[str, int]:
-        raise NotImplementedError
+        """Deliveries per status; every status is present, 0 when none."""
+        counts = dict.fromkeys(STATUSES, 0)
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
+            )
+            for status, count in rows:
+                counts[status] = int(count)
+        return counts
+
+    # -- API keys -----------------------------------------------------------------------
 
     async def create_api_key(self, name: str, scopes: Sequence[str], *, now: float) -> str:
-        """Create a key and return it whole (shown once; only its hash is kept)."""
-        raise NotImplementedError
+        """Create a key and return it whole (shown once; only its hash is kept).
+
+        The key is ``kk_<prefix>_<secret>``: an 8-character prefix that finds the row and
+        is safe to show, and 256 random bits."""
+        for _ in range(5):
+            prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LENGTH))
+            key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+            row = {
+                "name": name,
+                "prefix": prefix,
+                "secret_hash": _hash_key(key),
+                "scopes": list(scopes),
+                "created_at": now,
+            }
+            try:
+                async with self._write() as conn:
+                    await conn.execute(insert(api_keys), [row])
+            except StorageError as exc:
+                if isinstance(exc.__cause__, IntegrityError):
+                    continue  # the prefix is taken (one chance in 2.8e12): draw another
+                raise
+            return key
+        raise StorageError("could not find a free API key prefix")
 
     async def check_api_key(self, key: str, *, now: float) -> ApiKeyInfo | None:
-        raise NotImplementedError
+        """The key's owner and scopes, or None when the key is malformed, unknown or
+        revoked. Compares hashes in constant time."""
+        prefix = _key_prefix(key)
+        if prefix is None:
+            return None
+        async with self._read() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(_hash_key(key), row.secret_hash):
+            return None
+        if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION:
+            async with self._write() as conn:
+                await conn.execute(
+                    update(api_keys).where(api_keys.c.id == row.id).values(last_used_at=now)
+                )
+        return ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix, scopes=tuple(row.scopes))
+
+    async def revoke_api_key(self, key_id: int, *, now: float) -> bool:
+        """Revoke a key by id; False when there is no such key or it was revoked already."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(api_keys).order_by(api_keys.c.id))
+            return [
+                ApiKeyRecord(
+                    id=row.id,
+                    name=row.name,
+                    prefix=row.prefix,
+                    scopes=tuple(row.scopes),
+                    created_at=row.created_at,
+                    last_used_at=row.last_used_at,
+                    revoked_at=row.revoked_at,
+                )
+                for row in rows
+            ]
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        """Wake LISTENing workers when this transaction commits (PostgreSQL only)."""
+        if self._is_pg:
+            await conn.execute(_NOTIFY)
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        # After a failure, try again at most every few seconds; sleep-polling meanwhile.
+        if loop.time() - self._listener_failed_at < 5.0 and self._listener_failed_at:
+            return
+        try:
+            dsn = db.asyncpg_dsn(db.parse_database_url(self._url))
+            listener = await asyncpg.connect(dsn, timeout=5)
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            listener.add_termination_listener(self._on_listener_lost)
+        except _STORAGE_ERRORS:  # TimeoutError is an OSError
+            self._listener_failed_at = loop.time()
+            return
+        self._listener = listener
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    def _on_listener_lost(self, *_args: Any) -> None:
+        self._listener = None
+        self._wake.set()  # something changed: let the worker look at the queue
+
+
+_DELIVERY_COLUMNS = (
+    deliveries.c.id,
+    deliveries.c.message_id,
+    deliveries.c.recipient,
+    deliveries.c.domain,
+    deliveries.c.status,
+    deliveries.c.attempts,
+    deliveries.c.next_attempt_at,
+    deliveries.c.updated_at,
+    deliveries.c.reply_code,
+    deliveries.c.reply_enhanced,
+    deliveries.c.reply_text,
+    deliveries.c.mx_host,
+    deliveries.c.mx_ip,
+    deliveries.c.tls,
+)
+
+
+def _delivery_row(row: Any) -> DeliveryRow:
+    reply = None
+    if row.reply_code is not None:
+        reply = {"code": row.reply_code, "enhanced": row.reply_enhanced, "text": row.reply_text}
+    mx = None if row.mx_host is None else {"host": row.mx_host, "ip": row.mx_ip}
+    return DeliveryRow(
+        id=row.id,
+        message_id=row.message_id,
+        recipient=row.recipient,
+        domain=row.domain,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        updated_at=row.updated_at,
+        reply=reply,
+        mx=mx,
+        tls=row.tls,
+    )
+
+
+def _group_claimed(claimed: Sequence[Any], loaded: dict[str, Any]) -> list[ClaimedBatch]:
+    """Claimed delivery rows → one batch per domain, one message per message id."""
+    by_domain: dict[str, dict[str, list[Recipient]]] = {}
+    for row in sorted(claimed, key=lambda r: (r.domain, r.message_id, r.id)):
+        recipient = Recipient(row.id, row.recipient, row.notify, row.orcpt)
+        by_domain.setdefault(row.domain, {}).setdefault(row.message_id, []).append(recipient)
+    batches = []
+    for domain, per_message in by_domain.items():
+        outbound = []
+        for message_id, recipients in per_message.items():
+            m = loaded[message_id]
+            outbound.append(
+                OutboundMessage(
+                    message_id=message_id,
+                    sender=m.sender,
+                    recipients=tuple(recipients),
+                    content=m.content,
+                    eight_bit=bool(m.eight_bit),
+                    smtputf8=bool(m.smtputf8),
+                    requiretls=bool(m.requiretls),
+                    envid=m.envid,
+                    ret=m.ret,
+                )
+            )
+        batches.append(ClaimedBatch(domain=domain, messages=tuple(outbound)))
+    return batches
+
+
+def _apply(
+    row: Any, result: RecipientResult, now: float, schedule: RetryPolicy
+) -> tuple[dict[str, Any], dict[str, Any], Bounce | None]:
+    """One result against its delivery's current row → (update, event, bounce or None)."""
+    attempts = row.attempts + 1
+    reply = result.reply
+    code, enhanced, reply_text = reply.code, reply.enhanced, reply.text
+    next_at = row.next_attempt_at
+    expired = False
+    if result.outcome is Outcome.DELIVERED:
+        status = DELIVERED
+    elif result.outcome is Outcome.BOUNCED:
+        status = BOUNCED
+    else:
+        next_at = schedule.next_attempt(attempts, now)
+        if next_at > row.expires_at:
+            status, expired = BOUNCED, True
+            enhanced = EXPIRED_ENHANCED
+            reply_text = f"queue lifetime expired: {reply}"
+            next_at = row.next_attempt_at
+        else:
+            status = HELD if row.status == HELD else DEFERRED
+    mx = None if result.mx is None else {"host": result.mx.host, "ip": result.mx.ip}
+    tls = None if result.tls is None else result.tls.to_dict()
+    change = {
+        "b_id": row.id,
+        "b_status": status,
+        "b_attempts": attempts,
+        "b_next": next_at,
+        "b_now": now,
+        "b_code": code,
+        "b_enhanced": enhanced,
+        "b_text": reply_text,
+        "b_mx_host": None if mx is None else mx["host"],
+        "b_mx_ip": None if mx is None else mx["ip"],
+        "b_tls": tls,
+    }
+    data: dict[str, Any] = {
+        "attempt": attempts,
+        "status": status,
+        "reply": {"code": code, "enhanced": enhanced, "text": reply_text},
+        "mx": mx,
+        "tls": tls,
+    }
+    if status == DEFERRED or (status == HELD and not expired):
+        data["next_attempt_at"] = next_at
+    if expired:
+        data["expired"] = True
+        data["last_reply"] = reply.to_dict()
+    event = {
+        "at": now,
+        "kind": BOUNCED if expired else result.outcome.value,
+        "message_id": row.message_id,
+        "delivery_id": row.id,
+        "data": data,
+    }
+    bounce = None
+    if status == BOUNCED:
+        bounce = Bounce(
+            delivery_id=row.id,
+            message_id=row.message_id,
+            recipient=row.recipient,
+            sender=row.sender,
+            reply_code=code,
+            reply_enhanced=enhanced,
+            reply_text=reply_text,
+            mx_host=None if mx is None else mx["host"],
+            notify=row.notify,
+            orcpt=row.orcpt,
+            envid=row.envid,
+            ret=row.ret,
+        )
+    return change, event, bounce
+
+
+def _key_prefix(key: str) -> str | None:
+    """The prefix of a well-formed key, else None."""
+    if not key.startswith(API_KEY_PREFIX) or len(key) < len(API_KEY_PREFIX) + _PREFIX_LENGTH + 2:
+        return None
+    prefix = key[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _PREFIX_LENGTH]
+    if key[len(API_KEY_PREFIX) + _PREFIX_LENGTH] != "_":
+        return None
+    if any(c not in _PREFIX_ALPHABET for c in prefix):
+        return None
+    return prefix
+
+
+def _describe(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text_ = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text_[0] if text_ else ''}"

@@ -59,9 +59,7 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column(
-        "message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
     Column("recipient", String(998), nullable=False),
     Column("domain", String(255), nullable=False),
     # queued | deferred | delivered | bounced | held
