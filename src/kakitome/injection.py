@@ -1,0 +1,254 @@
+"""The one injection path: the HTTP API, the CLI, SMTP submission and campaigns hand
+messages here.
+
+Order of work, and why: validate every address and field, build (or check) the message,
+decorate it, then call the signer last (DKIM must cover the final header), and only then
+store it with one queued delivery per recipient in a single transaction. Everything that
+can be refused is refused before the store is touched, so nothing is queued half-way; the
+returned id means the message is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeAlias
+
+from kakitome.addresses import parse_mailbox
+from kakitome.config import Settings
+from kakitome.message import (
+    Attachment,
+    ComposedMessage,
+    MessageTooLarge,
+    build_message,
+    parse_raw,
+)
+from kakitome.store.repository import NewMessage, NewRecipient, Store
+
+Signer: TypeAlias = Callable[[bytes, str], bytes]
+"""``signer(content, header_from_domain) -> signed content``: adds DKIM-Signature fields
+(or returns the content unchanged when it has no key for the domain). Called last."""
+
+Clock: TypeAlias = Callable[[], float]
+
+SOURCES = frozenset({"api", "cli", "smtp", "campaign", "dsn"})
+
+
+class Injector:
+    """Validate, build, sign and store messages. ``submit_*`` return the message id once
+    it is committed; they raise ``AddressError``/``MessageError`` (bad input, nothing
+    stored), ``MessageTooLarge``, or ``StorageError`` (not committed)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock = time.time,
+        signer: Signer | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._signer = signer
+
+    @property
+    def max_message_size(self) -> int:
+        return self._settings.delivery.max_message_size
+
+    def prepare_fields(
+        self,
+        *,
+        from_: str,
+        to: Sequence[str] = (),
+        cc: Sequence[str] = (),
+        bcc: Sequence[str] = (),
+        reply_to: Sequence[str] | str | None = None,
+        subject: str = "",
+        text: str | None = None,
+        html: str | None = None,
+        attachments: Sequence[Attachment] = (),
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sender: str | None = None,
+        source: str = "api",
+        requiretls: bool = False,
+    ) -> NewMessage:
+        """Build and sign a message from fields, without storing it."""
+        composed = build_message(
+            from_=from_,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            subject=subject,
+            text=text,
+            html=html,
+            attachments=attachments,
+            headers=headers,
+            sender=sender,
+            now=self._clock(),
+            max_size=self.max_message_size,
+        )
+        return self._finish(composed, source=source, requiretls=requiretls)
+
+    def prepare_raw(
+        self,
+        content: bytes,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        source: str = "api",
+        notify: Mapping[str, str] | None = None,
+        orcpt: Mapping[str, str] | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        requiretls: bool = False,
+    ) -> NewMessage:
+        """Check and sign a raw RFC 5322 message, without storing it.
+
+        ``sender`` "" is the null sender; None takes the From address. ``recipients``
+        None takes To, Cc and Bcc. ``notify``/``orcpt`` (RFC 3461, from SMTP submission)
+        are keyed by the recipient address as given.
+        """
+        composed = parse_raw(
+            content,
+            sender=sender,
+            recipients=recipients,
+            now=self._clock(),
+            max_size=self.max_message_size,
+        )
+        params: dict[str, tuple[str | None, str | None]] = {}
+        for given in recipients or ():
+            params[given] = ((notify or {}).get(given), (orcpt or {}).get(given))
+        return self._finish(
+            composed,
+            source=source,
+            params=params,
+            given=list(recipients or ()),
+            envid=envid,
+            ret=ret,
+            requiretls=requiretls,
+        )
+
+    async def submit_fields(
+        self,
+        *,
+        from_: str,
+        to: Sequence[str] = (),
+        cc: Sequence[str] = (),
+        bcc: Sequence[str] = (),
+        reply_to: Sequence[str] | str | None = None,
+        subject: str = "",
+        text: str | None = None,
+        html: str | None = None,
+        attachments: Sequence[Attachment] = (),
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sender: str | None = None,
+        source: str = "api",
+        requiretls: bool = False,
+    ) -> str:
+        """Build a message from fields and queue it; returns the id once committed."""
+        message = self.prepare_fields(
+            from_=from_,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            subject=subject,
+            text=text,
+            html=html,
+            attachments=attachments,
+            headers=headers,
+            sender=sender,
+            source=source,
+            requiretls=requiretls,
+        )
+        return await self.submit(message)
+
+    async def submit_raw(
+        self,
+        content: bytes,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        source: str = "api",
+        notify: Mapping[str, str] | None = None,
+        orcpt: Mapping[str, str] | None = None,
+        envid: str | None = None,
+        ret: str | None = None,
+        requiretls: bool = False,
+    ) -> str:
+        """Check a raw message and queue it; returns the id once committed."""
+        message = self.prepare_raw(
+            content,
+            sender=sender,
+            recipients=recipients,
+            source=source,
+            notify=notify,
+            orcpt=orcpt,
+            envid=envid,
+            ret=ret,
+            requiretls=requiretls,
+        )
+        return await self.submit(message)
+
+    async def submit(self, message: NewMessage) -> str:
+        """Store a prepared message; returns its id after the commit."""
+        return await self._store.inject(
+            message, now=self._clock(), lifetime=self._settings.queue.lifetime
+        )
+
+    async def submit_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        """Store prepared messages in one transaction (a group commit)."""
+        return await self._store.inject_many(
+            messages, now=self._clock(), lifetime=self._settings.queue.lifetime
+        )
+
+    def _finish(
+        self,
+        composed: ComposedMessage,
+        *,
+        source: str,
+        params: Mapping[str, tuple[str | None, str | None]] | None = None,
+        given: Sequence[str] = (),
+        envid: str | None = None,
+        ret: str | None = None,
+        requiretls: bool = False,
+    ) -> NewMessage:
+        if source not in SOURCES:
+            raise ValueError(f"unknown message source {source!r}")
+        content = composed.content
+        if self._signer is not None:
+            content = self._signer(content, composed.header_from.domain)
+            if len(content) > self.max_message_size:
+                raise MessageTooLarge(
+                    f"the signed message is {len(content):,} bytes; "
+                    f"the limit is {self.max_message_size:,} bytes"
+                )
+        # Map each envelope recipient back to the parameters given for it (by position:
+        # parse_raw keeps the order of the given list, minus duplicates).
+        by_key: dict[str, tuple[str | None, str | None]] = {}
+        if params:
+            for raw in given:
+                by_key.setdefault(parse_mailbox(raw).key, params.get(raw, (None, None)))
+        recipients = tuple(
+            NewRecipient(
+                address=box.address,
+                domain=box.domain,
+                notify=by_key.get(box.key, (None, None))[0],
+                orcpt=by_key.get(box.key, (None, None))[1],
+            )
+            for box in composed.recipients
+        )
+        return NewMessage(
+            source=source,
+            sender=composed.sender.address if composed.sender is not None else "",
+            header_from=composed.header_from.address,
+            subject=composed.subject,
+            content=content,
+            recipients=recipients,
+            eight_bit=not content.isascii(),
+            smtputf8=composed.smtputf8,
+            requiretls=requiretls,
+            envid=envid,
+            ret=ret.upper() if ret else None,
+        )

@@ -1,0 +1,130 @@
+"""``/api/v1``: submit messages and read their receipts."""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from kakitome.injection import Injector
+from kakitome.message import Attachment
+from kakitome.receipts import receipt_to_dict
+from kakitome.store.repository import ApiKeyInfo, NewMessage, Store
+from kakitome.web.auth import require_scope
+from kakitome.web.errors import ApiError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AttachmentIn(_Model):
+    filename: str
+    content_type: str = "application/octet-stream"
+    content_base64: str
+
+
+class EnvelopeIn(_Model):
+    from_: str | None = Field(default=None, alias="from")
+    to: list[str] | None = None
+
+
+class MessageIn(_Model):
+    """Either fields (from, to, ...) or a raw RFC 5322 message (raw / raw_base64)."""
+
+    from_: str | None = Field(default=None, alias="from")
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    reply_to: str | list[str] | None = None
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    raw: str | None = None
+    raw_base64: str | None = None
+    envelope: EnvelopeIn | None = None
+
+
+class Accepted(BaseModel):
+    id: str
+    recipients: int
+
+
+def _b64(value: str, what: str) -> bytes:
+    try:
+        return b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "invalid_base64", f"{what} is not valid base64") from exc
+
+
+def _prepare(injector: Injector, body: MessageIn) -> NewMessage:
+    raw_given = body.raw is not None or body.raw_base64 is not None
+    if raw_given:
+        if body.raw is not None and body.raw_base64 is not None:
+            raise ApiError(422, "invalid_request", "give raw or raw_base64, not both")
+        field_names = ("from_", "to", "cc", "bcc", "reply_to", "subject", "text", "html")
+        mixed = [n.rstrip("_") for n in field_names if n in body.model_fields_set]
+        mixed += [n for n in ("attachments", "headers") if n in body.model_fields_set]
+        if mixed:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"a raw message cannot be combined with fields ({', '.join(mixed)}); "
+                "use envelope for the sender and recipients",
+            )
+        content = (
+            body.raw.encode("utf-8")
+            if body.raw is not None
+            else _b64(body.raw_base64 or "", "raw_base64")
+        )
+        envelope = body.envelope or EnvelopeIn()
+        return injector.prepare_raw(
+            content, sender=envelope.from_, recipients=envelope.to, source="api"
+        )
+    if body.envelope is not None:
+        raise ApiError(422, "invalid_request", "envelope is only for raw messages")
+    if body.from_ is None:
+        raise ApiError(422, "invalid_request", "from is required (or give a raw message)")
+    attachments = [
+        Attachment(a.filename, a.content_type, _b64(a.content_base64, f"attachment {a.filename!r}"))
+        for a in body.attachments
+    ]
+    return injector.prepare_fields(
+        from_=body.from_,
+        to=body.to,
+        cc=body.cc,
+        bcc=body.bcc,
+        reply_to=body.reply_to,
+        subject=body.subject,
+        text=body.text,
+        html=body.html,
+        attachments=attachments,
+        headers=body.headers,
+        source="api",
+    )
+
+
+def api_router(store: Store, injector: Injector, clock: Callable[[], float]) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+    can_send = Depends(require_scope(store, "send", clock))
+    can_read = Depends(require_scope(store, "read", clock))
+
+    @router.post("/messages", status_code=202, response_model=Accepted)
+    async def submit_message(body: MessageIn, key: Annotated[ApiKeyInfo, can_send]) -> Accepted:
+        """Queue a message. 202 means it is committed and will be delivered."""
+        message = _prepare(injector, body)
+        message_id = await injector.submit(message)
+        return Accepted(id=message_id, recipients=len(message.recipients))
+
+    @router.get("/messages/{message_id}")
+    async def get_receipt(message_id: str, key: Annotated[ApiKeyInfo, can_read]) -> Any:
+        """The receipt: each recipient's status, attempts, MX, reply and TLS receipt."""
+        return receipt_to_dict(await store.receipt(message_id))
+
+    return router

@@ -1,0 +1,41 @@
+"""The FastAPI application factory. Everything it uses is passed in; no globals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from kakitome.config import Settings
+from kakitome.injection import Injector
+from kakitome.store.repository import Store
+from kakitome.web.api import api_router
+from kakitome.web.errors import install_error_handlers
+from kakitome.web.limits import BodySizeLimit
+
+
+def body_limit(settings: Settings) -> int:
+    """Largest request body read: a message base64-encoded (4/3) or JSON-escaped, with
+    room for the other fields. Larger bodies get 413 before they are read."""
+    return settings.delivery.max_message_size * 2 + 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    injector: Injector,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    app = FastAPI(title="Kakitome", version="0.1.0", docs_url="/api/docs", redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=body_limit(settings))
+    app.include_router(api_router(store, injector, clock))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    return app
