@@ -36,10 +36,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertKind", "IssuedCert", "TestCA", "client_context"]
+__all__ = ["CertKind", "IssuedCert", "LeafKey", "TestCA", "client_context"]
 
 WRONG_NAME = "wrong-name.invalid"
 _DAY = dt.timedelta(days=1)
+
+LeafKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class CertKind(StrEnum):
@@ -193,24 +195,34 @@ class TestCA:
         """A verifying client context that trusts this CA and nothing else."""
         return client_context(self.ca_file)
 
+    @staticmethod
+    def new_key(kind: CertKind = CertKind.VALID, rsa_bits: int = 0) -> LeafKey:
+        """A key for ``issue``: EC P-256, RSA of ``rsa_bits``, or RSA-1024 for WEAK_KEY."""
+        if kind is CertKind.WEAK_KEY:
+            return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        if rsa_bits:
+            return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        return ec.generate_private_key(ec.SECP256R1())
+
     def issue(
-        self, names: Sequence[str], kind: CertKind = CertKind.VALID, *, rsa_bits: int = 0
+        self,
+        names: Sequence[str],
+        kind: CertKind = CertKind.VALID,
+        *,
+        rsa_bits: int = 0,
+        key: LeafKey | None = None,
     ) -> IssuedCert:
         """Issue a leaf certificate of the given kind for ``names`` (DNS names or IPs).
 
-        ``rsa_bits`` > 0 gives an RSA key of that size instead of EC P-256 (``WEAK_KEY``
-        is RSA-1024 whatever is asked).
+        ``key`` reuses a key from ``new_key`` (so TLSA "3 1 x" data stays the same across
+        re-issues); otherwise a new one is made: EC P-256, or RSA of ``rsa_bits`` when
+        that is > 0 (``WEAK_KEY`` is always RSA-1024).
         """
         if not names:
             raise ValueError("a certificate needs at least one name")
         names = tuple(n.lower().rstrip(".") for n in names)
-        key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-        if kind is CertKind.WEAK_KEY:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-        elif rsa_bits:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
+        if key is None:
+            key = self.new_key(kind, rsa_bits)
         now = dt.datetime.now(dt.UTC)
         not_before, not_after = now - _DAY, now + 365 * _DAY
         if kind is CertKind.EXPIRED:
