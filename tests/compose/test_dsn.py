@@ -15,7 +15,7 @@ from kakitome.store.repository import Bounce
 NOW = 1_780_000_000.0
 ORIGINAL = (
     b"From: Sender <sender@example.jp>\r\nTo: x@dest.test\r\nSubject: hello\r\n"
-    b"Message-ID: <orig.1@example.jp>\r\n\r\n\xe3\x81\x93\xe3\x82\x93\xe3\x81\xab\xe3\x81\xa1\xe3\x81\xaf\r\n"
+    b"Message-ID: <orig.1@example.jp>\r\n\r\n" + "こんにちは\r\n".encode()
 )
 BOUNCE = Bounce(
     delivery_id=1,
@@ -39,13 +39,20 @@ def _parse(content: bytes) -> EmailMessage:
     return parsed
 
 
+def _parts(message: EmailMessage) -> list[EmailMessage]:
+    payload = message.get_payload()
+    assert isinstance(payload, list)
+    parts = [p for p in payload if isinstance(p, EmailMessage)]
+    assert len(parts) == len(payload)
+    return parts
+
+
 def _status_blocks(dsn: EmailMessage) -> list[Message]:
-    status = dsn.get_payload()[1]
-    assert isinstance(status, Message)
+    status = _parts(dsn)[1]
     assert status.get_content_type() == "message/delivery-status"
     blocks = status.get_payload()
     assert isinstance(blocks, list)
-    return blocks
+    return [b for b in blocks if isinstance(b, Message)]
 
 
 def test_dsn_structure_and_fields() -> None:
@@ -66,7 +73,7 @@ def test_dsn_structure_and_fields() -> None:
     assert dsn["To"] == "sender@example.jp"
     assert "配信不能" in dsn["Subject"]
     assert dsn["Auto-Submitted"] == "auto-replied"
-    parts = dsn.get_payload()
+    parts = _parts(dsn)
     assert [p.get_content_type() for p in parts] == [
         "text/plain",
         "message/delivery-status",
@@ -91,7 +98,7 @@ def test_dsn_structure_and_fields() -> None:
     assert other["Status"] == "5.0.0"
     assert other["Remote-MTA"] is None and other["Original-Recipient"] is None
 
-    returned = parts[2].get_payload()[0]
+    returned = _parts(parts[2])[0]
     assert returned["Message-ID"] == "<orig.1@example.jp>"
     assert ORIGINAL in content  # the original travels byte for byte
 
@@ -101,7 +108,7 @@ def test_dsn_ret_hdrs_returns_headers_only() -> None:
     content = build_dsn(
         [replace(BOUNCE, ret="HDRS")], ORIGINAL, reporting_mta="mta.example.jp", now=NOW
     )
-    part = _parse(content).get_payload()[2]
+    part = _parts(_parse(content))[2]
     assert part.get_content_type() == "text/rfc822-headers"
     assert "Subject: hello" in part.get_content()
     assert "こんにちは".encode() not in content
@@ -113,7 +120,7 @@ def test_dsn_large_original_returns_headers_only() -> None:
     content = build_dsn(
         [BOUNCE], big, reporting_mta="mta.example.jp", now=NOW, full_return_limit=100
     )
-    assert _parse(content).get_payload()[2].get_content_type() == "text/rfc822-headers"
+    assert _parts(_parse(content))[2].get_content_type() == "text/rfc822-headers"
 
 
 def test_dsn_status_for_transient_expiry() -> None:
