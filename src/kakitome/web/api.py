@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,18 +112,20 @@ def _prepare(injector: Injector, body: MessageIn) -> NewMessage:
 
 def api_router(store: Store, injector: Injector, clock: Callable[[], float]) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
+    # Dependencies as defaults, not Annotated: with postponed annotations FastAPI could not
+    # see these closure variables.
     can_send = Depends(require_scope(store, "send", clock))
     can_read = Depends(require_scope(store, "read", clock))
 
     @router.post("/messages", status_code=202, response_model=Accepted)
-    async def submit_message(body: MessageIn, key: Annotated[ApiKeyInfo, can_send]) -> Accepted:
+    async def submit_message(body: MessageIn, key: ApiKeyInfo = can_send) -> Accepted:
         """Queue a message. 202 means it is committed and will be delivered."""
         message = _prepare(injector, body)
         message_id = await injector.submit(message)
         return Accepted(id=message_id, recipients=len(message.recipients))
 
     @router.get("/messages/{message_id}")
-    async def get_receipt(message_id: str, key: Annotated[ApiKeyInfo, can_read]) -> Any:
+    async def get_receipt(message_id: str, key: ApiKeyInfo = can_read) -> Any:
         """The receipt: each recipient's status, attempts, MX, reply and TLS receipt."""
         return receipt_to_dict(await store.receipt(message_id))
 
