@@ -131,9 +131,7 @@ async def test_no_starttls_defers_under_encrypt(
     assert peer.messages() == []
 
 
-async def test_level_none_never_starttls(
-    make_agent: AgentFactory, make_domain: MakeDomain
-) -> None:
+async def test_level_none_never_starttls(make_agent: AgentFactory, make_domain: MakeDomain) -> None:
     """T8: level none sends in plaintext even when STARTTLS is offered."""
     domain, peer = make_domain()
     [result] = await make_agent(TLS__DEFAULT_LEVEL="none").deliver(batch(domain.name))

@@ -9,7 +9,9 @@ from kakitome.smtp.replies import ReplySyntaxError, parse_reply, parse_reply_lin
 
 def test_multiline_reply_joins_text_and_lifts_enhanced_code() -> None:
     """A multi-line 250 keeps every line's text and the first enhanced code."""
-    reply = parse_reply([b"250-2.0.0 mx.example Hello\r\n", b"250-PIPELINING\r\n", b"250 SIZE 10\r\n"])
+    reply = parse_reply(
+        [b"250-2.0.0 mx.example Hello\r\n", b"250-PIPELINING\r\n", b"250 SIZE 10\r\n"]
+    )
     assert reply.code == 250
     assert reply.enhanced == "2.0.0"
     assert reply.text.split("\n") == ["mx.example Hello", "PIPELINING", "SIZE 10"]
@@ -28,8 +30,14 @@ def test_enhanced_code_class_must_match_reply_class() -> None:
 
 @pytest.mark.parametrize(
     "lines",
-    [[b"hello\r\n"], [b"250x\r\n"], [b"250-a\r\n", b"251 b\r\n"], [b"250 a\r\n", b"250 b\r\n"],
-     [b"650 no\r\n"], []],
+    [
+        [b"hello\r\n"],
+        [b"250x\r\n"],
+        [b"250-a\r\n", b"251 b\r\n"],
+        [b"250 a\r\n", b"250 b\r\n"],
+        [b"650 no\r\n"],
+        [],
+    ],
 )
 def test_malformed_replies_are_refused(lines: list[bytes]) -> None:
     """Garbage, changing codes or misplaced continuations are syntax errors."""

@@ -519,6 +519,8 @@ class DeliveryAgent:
                 )
             return Connection(key, session, mx, self._receipt(attempt, downgraded=True), None)
 
+        if info.session_reused:
+            self.pool.stats.sessions_resumed += 1
         verify_error = remembered.verify_error if remembered else None
         judgement = judge_peer(
             info.peer_certificate,
