@@ -46,7 +46,7 @@ async def test_null_mx(world: LocalInternet) -> None:
 
 
 async def test_nxdomain_versus_nodata(world: LocalInternet) -> None:
-    """A missing name is NXDOMAIN; an existing name (or empty non-terminal) without the type is NODATA."""
+    """Missing name: NXDOMAIN; existing name or empty non-terminal without the type: NODATA."""
     name = world.unique_domain()
     world.dns.add_a("host.sub." + name, "127.0.0.20")
     r = resolver(world.dns)

@@ -30,7 +30,8 @@ FreshPeer = Callable[..., Peer]
 def connect(peer: Peer, name: str | None = None) -> smtplib.SMTP:
     """An SMTP client connected to the peer; STARTTLS will verify against ``name``."""
     client = smtplib.SMTP(timeout=5)
-    client._host = name or peer.hostname
+    # smtplib's starttls() sends and checks the name it connected to; we connect to an IP.
+    client._host = name or peer.hostname  # type: ignore[attr-defined]
     client.connect(peer.ip, peer.port)
     return client
 
