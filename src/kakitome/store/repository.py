@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import secrets
 import string
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -68,6 +69,7 @@ from kakitome.store.ids import new_message_id
 from kakitome.store.migrate import upgrade_to_head
 from kakitome.store.schema import api_keys, deliveries, events
 from kakitome.store.schema import messages as message_table
+from kakitome.tls.receipt import TLSReceipt
 
 QUEUED = "queued"
 DEFERRED = "deferred"
@@ -528,16 +530,20 @@ class Store:
                 rows.extend(await conn.execute(current.where(deliveries.c.id.in_(chunk))))
             updates: list[dict[str, Any]] = []
             event_rows: list[dict[str, Any]] = []
+            # Recipients sent over one connection share a TLS receipt: convert it once.
+            tls_dicts: dict[TLSReceipt, dict[str, Any]] = {}
             for row in rows:
                 result = by_id[row.id]
-                change, event, bounce = _apply(row, result, now, schedule)
+                change, event, bounce = _apply(row, result, now, schedule, tls_dicts)
                 updates.append(change)
                 event_rows.append(event)
                 if bounce is not None:
                     bounces.append(bounce)
-            if updates:
+            if updates and self._is_pg:
                 await conn.execute(_APPLY_RESULT, updates)
                 await conn.execute(insert(events), event_rows)
+            elif updates:
+                await _apply_results_sqlite(conn, updates, event_rows)
         return bounces
 
     async def release_leases(self, owner: str | None = None) -> int:
@@ -913,6 +919,60 @@ def _delivery_row(row: Any) -> DeliveryRow:
     )
 
 
+_APPLY_RESULT_SQLITE = (
+    "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, updated_at = ?,"
+    " lease_owner = NULL, lease_until = NULL, reply_code = ?, reply_enhanced = ?,"
+    " reply_text = ?, mx_host = ?, mx_ip = ?, tls = ? WHERE id = ?"
+)
+_INSERT_EVENT_SQLITE = (
+    "INSERT INTO events (at, kind, message_id, delivery_id, data) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+async def _apply_results_sqlite(
+    conn: AsyncConnection, updates: list[dict[str, Any]], event_rows: list[dict[str, Any]]
+) -> None:
+    """record_results' writes straight to the driver: SQLAlchemy's per-row parameter
+    processing was half the CPU time of a 500-result call. Values are those the Core
+    statement would bind (JSON as text, as SQLAlchemy's JSON type stores it on SQLite)."""
+    tls_json: dict[int, str] = {}  # one JSON text per shared receipt dict
+
+    def dump_tls(value: dict[str, Any] | None) -> str | None:
+        if value is None:
+            return None
+        text_ = tls_json.get(id(value))
+        if text_ is None:
+            text_ = tls_json[id(value)] = json.dumps(value)
+        return text_
+
+    await conn.exec_driver_sql(
+        _APPLY_RESULT_SQLITE,
+        [
+            (
+                u["b_status"],
+                u["b_attempts"],
+                u["b_next"],
+                u["b_now"],
+                u["b_code"],
+                u["b_enhanced"],
+                u["b_text"],
+                u["b_mx_host"],
+                u["b_mx_ip"],
+                dump_tls(u["b_tls"]),
+                u["b_id"],
+            )
+            for u in updates
+        ],
+    )
+    await conn.exec_driver_sql(
+        _INSERT_EVENT_SQLITE,
+        [
+            (e["at"], e["kind"], e["message_id"], e["delivery_id"], json.dumps(e["data"]))
+            for e in event_rows
+        ],
+    )
+
+
 def _group_claimed(claimed: Sequence[Any], loaded: dict[str, Any]) -> list[ClaimedBatch]:
     """Claimed delivery rows → one batch per domain, one message per message id."""
     by_domain: dict[str, dict[str, list[Recipient]]] = {}
@@ -942,7 +1002,11 @@ def _group_claimed(claimed: Sequence[Any], loaded: dict[str, Any]) -> list[Claim
 
 
 def _apply(
-    row: Any, result: RecipientResult, now: float, schedule: RetryPolicy
+    row: Any,
+    result: RecipientResult,
+    now: float,
+    schedule: RetryPolicy,
+    tls_dicts: dict[TLSReceipt, dict[str, Any]],
 ) -> tuple[dict[str, Any], dict[str, Any], Bounce | None]:
     """One result against its delivery's current row → (update, event, bounce or None)."""
     attempts = row.attempts + 1
@@ -964,7 +1028,11 @@ def _apply(
         else:
             status = HELD if row.status == HELD else DEFERRED
     mx = None if result.mx is None else {"host": result.mx.host, "ip": result.mx.ip}
-    tls = None if result.tls is None else result.tls.to_dict()
+    tls = None
+    if result.tls is not None:
+        tls = tls_dicts.get(result.tls)
+        if tls is None:
+            tls = tls_dicts[result.tls] = result.tls.to_dict()
     change = {
         "b_id": row.id,
         "b_status": status,
