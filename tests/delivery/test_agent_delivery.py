@@ -246,7 +246,7 @@ async def test_idle_connections_are_closed(
     agent = make_agent(DELIVERY__IDLE_TIMEOUT="0.2")
     await agent.deliver(batch(domain.name))
     async with asyncio.timeout(5):
-        while not all(c.closed for c in peer.connections()):
+        while not all(c.closed for c in peer.connections()):  # noqa: ASYNC110 - peer thread
             await asyncio.sleep(0.05)
     assert "QUIT" in [c.upper() for c in peer.connections()[0].commands]
     assert agent.pool.idle_count() == 0

@@ -61,6 +61,7 @@ async def test_bad_certificates_are_untrusted_under_may(
         assert result.tls is not None and result.tls.used, kind
         assert result.tls.verification is expected, kind
         assert result.tls.verify_error, kind
+        assert peer.cert is not None
         assert result.tls.peer_certificate_sha256 == _sha256(peer.cert.der)
         assert peer.messages()[0].tls
 
