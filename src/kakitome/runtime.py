@@ -42,7 +42,7 @@ def public_url(settings: Settings) -> str:
 
 async def ensure_first_api_key(store: Store, out: TextIO) -> None:
     """On the very first start, make an API key with every scope and print it once."""
-    if await store.api_key_count() == 0:
+    if not await store.list_api_keys():
         key = await store.create_api_key("initial", ["send", "read", "admin"], now=time.time())
         print(f"API key (shown once, keep it): {key}", file=out, flush=True)
     else:
