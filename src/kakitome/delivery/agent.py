@@ -178,7 +178,10 @@ class DeliveryAgent:
             for start in range(0, len(rcpts), per_transaction):
                 jobs.append(_Job(message, rcpts[start : start + per_transaction]))
         workers = min(self.settings.delivery.per_destination_concurrency, len(jobs))
-        await asyncio.gather(*(self._worker(attempt, jobs) for _ in range(workers)))
+        # A TaskGroup so that a bug in one worker stops the others before deliver() answers.
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(self._worker(attempt, jobs))
         return attempt.results
 
     # -- workers --------------------------------------------------------------------------
@@ -190,9 +193,13 @@ class DeliveryAgent:
                 while jobs:
                     job = jobs.popleft()
                     conn = await self._run_job(attempt, job, conn)
-            finally:
+            except BaseException:
+                # Cancelled or a bug, perhaps mid-transaction: never pool that connection.
                 if conn is not None:
-                    self.pool.release(conn)
+                    self.pool.discard(conn)
+                raise
+            if conn is not None:
+                self.pool.release(conn)
 
     async def _run_job(
         self, attempt: _Attempt, job: _Job, conn: Connection | None
