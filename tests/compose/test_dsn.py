@@ -159,3 +159,12 @@ def test_dsn_needs_bounces_of_one_message() -> None:
 def test_should_send_dsn(sender: str, notify: str | None, expected: bool) -> None:
     """T37: never to the null sender; NOTIFY=NEVER or without FAILURE suppresses the DSN."""
     assert should_send_dsn(replace(BOUNCE, sender=sender, notify=notify)) is expected
+
+
+def test_dsn_without_original() -> None:
+    """When the original is gone, the DSN has only the human and status parts."""
+    dsn = _parse(build_dsn([BOUNCE], b"", reporting_mta="mta.example.jp", now=NOW))
+    assert [p.get_content_type() for p in _parts(dsn)] == [
+        "text/plain",
+        "message/delivery-status",
+    ]

@@ -114,8 +114,9 @@ def build_dsn(
     parts = [
         human.as_bytes(policy=_OUT_POLICY),
         _status_part(bounces, reporting_mta, now, arrival_date).as_bytes(policy=_OUT_POLICY),
-        _original_part(data, first.ret, full_return_limit),
     ]
+    if data.strip():  # the third part is optional (RFC 3464 §2): left out when it is gone
+        parts.append(_original_part(data, first.ret, full_return_limit))
     # The multipart is assembled here rather than by the email package, whose generator
     # cannot pass an 8-bit original through message/rfc822 unchanged; the original keeps
     # its exact bytes (and its DKIM signature).
