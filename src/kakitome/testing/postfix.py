@@ -244,6 +244,9 @@ class PostfixInstance:
                     fields[0] = f"{host}:{port}"
                 line = " ".join(fields)
             out.append(line)
+        # The proto file ships tlsproxy commented out; smtp_tls_connection_reuse needs it.
+        if not any(line.split()[:1] == ["tlsproxy"] for line in out):
+            out.append("tlsproxy unix - - n - 0 tlsproxy")
         return "\n".join(out) + "\n"
 
     def write_config(self) -> None:
@@ -348,13 +351,22 @@ class PostfixInstance:
                 return False
         return True
 
-    def wait_queue_empty(self, timeout: float = 600.0, poll: float = 0.05) -> float:
-        """Block until the queue is empty; return the monotonic time it was seen empty."""
+    def wait_queue_empty(
+        self, timeout: float = 600.0, poll: float = 0.05, *, fail_on_deferred: bool = False
+    ) -> float:
+        """Block until the queue is empty; return the monotonic time it was seen empty.
+
+        With ``fail_on_deferred``, a message in the deferred queue raises at once (a run
+        that expects every delivery to succeed need not wait for the retry).
+        """
         deadline = time.monotonic() + timeout
+        deferred = self.queue_dir / "deferred"
         while True:
             now = time.monotonic()
             if self.queue_is_empty():
                 return now
+            if fail_on_deferred and deferred.is_dir() and any(_files(deferred)):
+                raise PostfixError(f"a message was deferred; maillog tail:\n{self.maillog_tail()}")
             if now > deadline:
                 raise PostfixError(
                     f"queue not empty after {timeout}s:\n{self.queue_listing()[-2000:]}"
