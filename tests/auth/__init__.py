@@ -1,0 +1,1 @@
+"""Tests: sender authentication (DKIM, SPF, DMARC, Authentication-Results)."""
