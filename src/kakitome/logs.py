@@ -32,4 +32,6 @@ def configure_logging(*, json: bool = False, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=numeric, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )

@@ -120,7 +120,7 @@ async def serve_async(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if pool is not None:
-            await pool.close()
+            await pool.aclose()
         await store.close()
 
 

@@ -201,7 +201,14 @@ class Worker:
             except StorageError as exc:
                 log.error("could not queue DSN", message_id=message_id, error=str(exc))
 
-    async def drain(self) -> None:
-        """Wait for every batch in flight to finish and be recorded."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drain(self, grace: float = 30.0) -> None:
+        """Wait for every batch in flight to finish and be recorded; after ``grace``
+        seconds cancel what is left (its leases run out and it is tried again)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("cancelled unfinished batches at shutdown", count=len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 from kakitome.smtp.exceptions import (
     SMTPConnectionError,
@@ -52,8 +53,8 @@ class _Protocol(asyncio.Protocol):
         self._stream = stream
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._stream._transport = transport
+        # uvloop's TCP transport is not a subclass of asyncio.Transport, so no isinstance.
+        self._stream._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._stream._on_data(data)
