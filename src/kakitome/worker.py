@@ -33,6 +33,10 @@ from kakitome.store.repository import Bounce, ClaimedBatch, NewMessage, NewRecip
 
 log = structlog.get_logger("kakitome.worker")
 
+# Messages handed to the agent at once; the agent spreads them over the destination's
+# connections, so this bounds what a crash can duplicate without limiting throughput.
+CHUNK = 16
+
 Deliver = Callable[[Batch], Awaitable[list[RecipientResult]]]
 Clock = Callable[[], float]
 
@@ -118,12 +122,16 @@ class Worker:
             return 0
         count = 0
         for claimed in batches:
-            size = sum(len(m.recipients) for m in claimed.messages)
-            count += size
-            self._in_flight += size
-            task = asyncio.create_task(self._run_batch(claimed, size))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Small chunks are recorded as soon as they are done: a crash can then resend
+            # only what was in flight, not a whole claim window.
+            for start in range(0, len(claimed.messages), CHUNK):
+                chunk = ClaimedBatch(claimed.domain, claimed.messages[start : start + CHUNK])
+                size = sum(len(m.recipients) for m in chunk.messages)
+                count += size
+                self._in_flight += size
+                task = asyncio.create_task(self._run_batch(chunk, size))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         return count
 
     async def _run_batch(self, claimed: ClaimedBatch, size: int) -> None:
