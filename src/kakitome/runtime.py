@@ -18,17 +18,33 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
 from kakitome.config import Settings
 from kakitome.store.repository import Store
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = structlog.get_logger("kakitome.runtime")
 
 ALL_ROLES = ("web", "worker")
+
+
+def _quiet_server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its own signal handling: ours stops every role, not just web."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer
 
 
 def public_url(settings: Settings) -> str:
@@ -85,8 +101,7 @@ async def serve_async(
             worker = Worker(settings, store, agent.deliver)
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
         if "web" in active:
-            import uvicorn
-
+            _QuietServer = _quiet_server_class()
             injector = Injector(store, settings)
             app = create_app(settings, store, injector)
             config = uvicorn.Config(
@@ -97,9 +112,7 @@ async def serve_async(
                 lifespan="off",
                 access_log=False,
             )
-            server = uvicorn.Server(config)
-            # Our own signal handlers stop everything; uvicorn's would only stop itself.
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            server = _QuietServer(config)
 
             async def run_web() -> None:
                 web = asyncio.create_task(server.serve())

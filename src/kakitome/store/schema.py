@@ -114,3 +114,12 @@ api_keys = Table(
     Column("last_used_at", Float),
     Column("revoked_at", Float),
 )
+
+# Tables owned by later parts of the system, each in its own module (and migration).
+from kakitome.store import (  # noqa: E402, F401
+    schema_domains,
+    schema_inbound,
+    schema_lists,
+    schema_tls,
+    schema_web,
+)
