@@ -87,6 +87,13 @@ class Worker:
                 await self._store.release_leases(self.owner)
             log.info("worker stopped", owner=self.owner)
 
+    async def run_once(self) -> int:
+        """Claim what is due now, deliver it, record the results; return how many
+        deliveries were attempted. For tests with an injected clock and for flushing."""
+        claimed = await self._claim_round()
+        await self.drain()
+        return claimed
+
     async def _idle(self, stop: asyncio.Event) -> None:
         """Sleep until new work, a retry falls due, a batch finishes, or stop."""
         timeout = self._settings.queue.poll_interval
