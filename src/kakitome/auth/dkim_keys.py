@@ -38,6 +38,8 @@ __all__ = [
     "DKIMKeyPair",
     "KeyType",
     "PrivateKey",
+    "ascii_domain",
+    "check_rsa_size",
     "dkim_txt_value",
     "ed25519_key_from_seed",
     "generate_key_pair",
@@ -47,6 +49,7 @@ __all__ = [
     "make_selector",
     "parse_selector",
     "private_key_pem",
+    "public_key_b64",
     "split_txt",
     "zone_file_record",
 ]
