@@ -48,7 +48,9 @@ class Flow:
 
     async def send(self, sender: str, to: str, **fields: object) -> str:
         message_id = await self.injector.submit_fields(
-            from_=sender, to=[to], subject=str(fields.get("subject", "hello")),
+            from_=sender,
+            to=[to],
+            subject=str(fields.get("subject", "hello")),
             text=str(fields.get("text", "body\n")),
         )
         self.sent.append(message_id)
@@ -64,7 +66,10 @@ class Flow:
 async def flow(world: LocalInternet, store: Store) -> AsyncIterator[Flow]:
     """A worker on the test store, delivering into the world, driven by a fake clock."""
     settings = world.settings(
-        {"KAKITOME_DELIVERY__HELO_HOSTNAME": "out.kakitome.test", "KAKITOME_QUEUE__RETRY_FIRST": "300"}
+        {
+            "KAKITOME_DELIVERY__HELO_HOSTNAME": "out.kakitome.test",
+            "KAKITOME_QUEUE__RETRY_FIRST": "300",
+        }
     )
     clock = Clock()
     pool = ConnectionPool(settings)
