@@ -207,3 +207,21 @@ async def test_null_mx_bounces_at_once(flow: Flow, world: LocalInternet) -> None
     row = (await flow.store.receipt(message_id)).recipients[0]
     assert row.status == "bounced" and row.attempts == 1
     assert row.reply is not None and (row.reply["code"], row.reply["enhanced"]) == (556, "5.1.10")
+
+
+async def test_delivery_over_ipv6(flow: Flow, world: LocalInternet) -> None:
+    """An MX with only an AAAA record is reached over IPv6, with TLS verified."""
+    peer = world.add_peer("::1")
+    name = world.unique_domain("v6")
+    world.add_domain(name, mx=[(10, peer)])
+    try:
+        message_id = await flow.send("news@sender.test", f"user@{name}")
+        await flow.worker.run_once()
+        row = (await flow.store.receipt(message_id)).recipients[0]
+        assert row.status == "delivered", row.reply
+        assert row.mx is not None and row.mx["ip"] == "::1"
+        assert row.tls is not None and row.tls["verification"] == "verified"
+        assert [m.rcpt_tos for m in peer.messages()] == [(f"user@{name}",)]
+    finally:
+        world.remove_domain(name)
+        world.remove_peer(peer)
