@@ -15,6 +15,7 @@ Nothing else in the code reads ``os.environ``: this module turns the environment
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -22,7 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from kakitome.errors import ConfigError
 from kakitome.tls.policy import TLSLevel
@@ -130,6 +138,75 @@ class PathSettings(_Section):
     data_dir: str = "var"
 
 
+class CheckerSettings(_Section):
+    """The security checker (``kakitome check``): how hard and how long it probes."""
+
+    # TCP port of the SMTP probes (25 on the internet; tests point it at the world's port).
+    port: int = Field(default=25, ge=1, le=65535)
+    # Port of the MTA-STS policy host (443 on the internet; RFC 8461 §3.3).
+    https_port: int = Field(default=443, ge=1, le=65535)
+    # Seconds for the TCP connect, for each SMTP reply and TLS handshake, and for the
+    # whole probe of one address (a host that trickles bytes cannot hold it longer).
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    command_timeout: float = Field(default=15.0, gt=0, le=300)
+    probe_timeout: float = Field(default=60.0, gt=0, le=900)
+    # Seconds for the whole MTA-STS policy fetch (RFC 8461 §3.3 suggests about a minute).
+    policy_timeout: float = Field(default=20.0, gt=0, le=300)
+    # Probes in flight at once, and at once against one IP address: a list check must not
+    # look like an attack to a provider that hosts thousands of the list's domains.
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    per_host_concurrency: int = Field(default=2, ge=1, le=50)
+    # Seconds a list check reuses earlier DNS facts and probe results (0: never).
+    cache_ttl: float = Field(default=3600.0, ge=0)
+    # Entries kept in the cache file (oldest dropped first).
+    cache_entries: int = Field(default=50_000, ge=0, le=1_000_000)
+    # A certificate expiring within this many days is a warning.
+    expiry_warning_days: int = Field(default=14, ge=0, le=365)
+
+
+class DomainSettings(_Section):
+    """Sending domains (kakitome.domains): what the DNS records say and how keys are kept."""
+
+    # Addresses mail leaves from: they go into the SPF records we ask people to publish,
+    # and verify checks that SPF covers them and that each has a forward-confirmed PTR.
+    sending_ips: tuple[str, ...] = ()
+    # An SPF include for a relay or a fleet (e.g. "_spf.mail.example.net"), instead of or
+    # as well as sending_ips.
+    spf_include: str | None = None
+    # The return-path (VERP bounce) domain is <label>.<sending domain>.
+    return_path_label: str = Field(
+        default="bounce", pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+    )
+    # The host that receives bounces for return-path domains (their MX); None: helo_hostname.
+    return_path_mx: str | None = None
+    # Where DMARC aggregate / TLS-RPT reports go; None: dmarc@ / tls-reports@ the
+    # return-path domain (which is ours, so no authorisation record is needed).
+    dmarc_rua: str | None = None
+    tlsrpt_rua: str | None = None
+    # Accept mail From domains that are not configured (sent unsigned). Off: refused.
+    allow_unconfigured_from: bool = False
+    # The secret DKIM private keys are encrypted with at rest: a passphrase, or a file
+    # holding one; with neither, a random one is made in <data_dir>/domain-keys.secret (0600).
+    key_passphrase: SecretStr | None = None
+    key_file: str | None = None
+    # Seconds between re-verifications by `serve` (worker role); 0 turns them off.
+    verify_interval: float = Field(default=3600.0, ge=0)
+    # Seconds a rotated-out DKIM key stays published after its successor took over.
+    rotation_grace: float = Field(default=7 * 86_400.0, ge=0)
+    # Seconds between reloads of the signing keys by processes that inject mail.
+    signer_refresh: float = Field(default=60.0, gt=0)
+
+    @field_validator("sending_ips", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("sending_ips")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(ipaddress.ip_address(v.strip())) for v in value)
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -139,6 +216,8 @@ class Settings(_Section):
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    domains: DomainSettings = Field(default_factory=DomainSettings)
+    checker: CheckerSettings = Field(default_factory=CheckerSettings)
 
     @property
     def data_dir(self) -> Path:
