@@ -117,6 +117,7 @@ api_keys = Table(
 
 # Tables owned by later parts of the system, each in its own module (and migration).
 from kakitome.store import (  # noqa: E402, F401
+    schema_campaigns,
     schema_domains,
     schema_inbound,
     schema_lists,
