@@ -4,7 +4,10 @@
     ├── ConfigError            settings that do not parse or make no sense
     ├── InputError             bad input from a user or client (maps to HTTP 4xx / CLI exit 2)
     │   ├── AddressError       an address that is not a valid mailbox
-    │   └── MessageError       a message that cannot be built or accepted (size, encoding, headers)
+    │   ├── MessageError       a message that cannot be built or accepted (size, encoding, headers)
+    │   │   └── MessageTooLarge            (message.py; HTTP 413, SMTP 552)
+    │   └── DKIMKeyError       a DKIM key that cannot be read or is too weak (auth/dkim_keys.py)
+    ├── DNSTemporaryError      a DNS lookup that timed out or failed (auth/dnsio.py)
     ├── NotFound               an id that names nothing
     ├── StorageError           the database is unavailable or refused a write (HTTP 503, SMTP 451)
     └── DeliveryError          raised inside delivery agents, never past them
