@@ -207,6 +207,94 @@ class DomainSettings(_Section):
         return tuple(str(ipaddress.ip_address(v.strip())) for v in value)
 
 
+class InboundRoute(_Section):
+    """Where mail for one of our inbound addresses goes (first matching route wins).
+
+    ``match``: ``user@example.com`` (one address), ``@example.com`` or ``example.com``
+    (a whole domain), or ``*`` (everything else). ``action``: ``forward`` (POST the message
+    to ``url``, signed with HMAC-SHA256 under ``secret``), ``hold`` (keep it for people to
+    read), or ``reject`` (refuse at RCPT with 550 5.1.1).
+    """
+
+    match: str
+    action: str = Field(pattern="^(forward|hold|reject)$")
+    url: str | None = None
+    secret: SecretStr | None = None
+
+
+class InboundSettings(_Section):
+    """The SMTP listeners (kakitome.inbound): MX on 25, submission on 587 and 465."""
+
+    # Ports; 0 turns a listener off (use high ports for unprivileged runs and tests).
+    mx_port: int = Field(default=25, ge=0, le=65535)
+    submission_port: int = Field(default=587, ge=0, le=65535)
+    submissions_port: int = Field(default=465, ge=0, le=65535)
+    bind_host: str = "0.0.0.0"
+    # The name in our greeting and Received fields; None: delivery.helo_hostname.
+    hostname: str | None = None
+    # Our authserv-id in Authentication-Results (RFC 8601); None: the hostname.
+    authserv_id: str | None = None
+    # PEM certificate chain and key; None: a self-signed pair made in the data dir at first
+    # start (with a warning). Both files are checked for changes and reloaded.
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Seconds between checks of the certificate files' modification times.
+    cert_check_interval: float = Field(default=5.0, ge=0)
+    # Domains (besides the return-path domains) whose mail we take on the MX.
+    domains: tuple[str, ...] = ()
+    # Return-path domains taking any local part (VERP addresses of messages we sent are
+    # accepted on their own, found by the message's envelope sender).
+    return_path_domains: tuple[str, ...] = ()
+    routes: tuple[InboundRoute, ...] = ()
+    # Limits. Size as the SIZE extension advertises it (RFC 1870).
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
+    max_recipients: int = Field(default=100, ge=1, le=10_000)
+    # RFC 5321 §4.5.3.1.6: 998 octets + CRLF (+ 1 for a transparency dot) per line.
+    max_line_length: int = Field(default=1001, ge=1001, le=65_536)
+    # Commands in one connection (a session that never ends is somebody probing).
+    max_commands: int = Field(default=10_000, ge=10)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    # Seconds without a command before the connection is closed (RFC 5321 §4.5.3.2.7
+    # asks a server for 5 minutes; we are less patient).
+    idle_timeout: float = Field(default=120.0, gt=0, le=600)
+    # Authentication failures: each failure waits failure_delay × failures in a row
+    # (capped at 5 s); max_auth_failures within auth_window seconds locks the client
+    # address and the user name out for auth_lockout seconds.
+    auth_failure_delay: float = Field(default=1.0, ge=0, le=10)
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_window: float = Field(default=900.0, gt=0)
+    auth_lockout: float = Field(default=900.0, ge=0)
+    # Suppress an address after this many permanent / temporary bounces.
+    permanent_bounce_threshold: int = Field(default=1, ge=1)
+    temporary_bounce_threshold: int = Field(default=3, ge=1)
+    # Decompressed TLS-RPT reports larger than this are refused (gzip bombs).
+    max_report_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # Forwarding to HTTP routes: timeout per POST, attempts before giving up.
+    forward_timeout: float = Field(default=30.0, gt=0, le=300)
+    forward_attempts: int = Field(default=10, ge=1)
+    # Check SPF, DKIM and DMARC of MX mail (Authentication-Results); off: "none".
+    check_authentication: bool = True
+
+    @field_validator("domains", "return_path_domains", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("domains", "return_path_domains")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower().rstrip(".") for v in value if v.strip())
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else ()
+        return value
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -218,6 +306,7 @@ class Settings(_Section):
     log: LogSettings = Field(default_factory=LogSettings)
     domains: DomainSettings = Field(default_factory=DomainSettings)
     checker: CheckerSettings = Field(default_factory=CheckerSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
 
     @property
     def data_dir(self) -> Path:
