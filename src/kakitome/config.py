@@ -295,6 +295,26 @@ class InboundSettings(_Section):
         return value
 
 
+class ListSettings(_Section):
+    """Lists and subscribers (kakitome.lists): tokens, double opt-in, bounce cleaning."""
+
+    # The HMAC secret of unsubscribe and confirmation tokens (at least 16 characters);
+    # None: 32 random bytes made on first use in <data_dir>/lists-token.secret (0600).
+    # Several machines sharing PostgreSQL must share it, or links made on one fail on another.
+    token_secret: SecretStr | None = None
+    # Seconds a double opt-in confirmation link stays valid.
+    confirmation_lifetime: float = Field(default=7 * 86_400.0, gt=0)
+    # One permanent or three temporary failures mark a subscriber bounced on every list;
+    # temporary failures count within the window (seconds).
+    permanent_bounce_threshold: int = Field(default=1, ge=1)
+    temporary_bounce_threshold: int = Field(default=3, ge=1)
+    temporary_bounce_window: float = Field(default=30 * 86_400.0, gt=0)
+    # Subscriber history (opt-in records excepted: they live as long as the subscriber)
+    # is kept this long; at least 90 days, as the bounce-cleaning record must be.
+    history_retention: float = Field(default=180 * 86_400.0, ge=90 * 86_400.0)
+    # Rows per INSERT batch of a CSV import.
+    import_batch_size: int = Field(default=5_000, ge=100, le=100_000)
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -307,6 +327,7 @@ class Settings(_Section):
     domains: DomainSettings = Field(default_factory=DomainSettings)
     checker: CheckerSettings = Field(default_factory=CheckerSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
+    lists: ListSettings = Field(default_factory=ListSettings)
 
     @property
     def data_dir(self) -> Path:
