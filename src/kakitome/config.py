@@ -315,6 +315,32 @@ class ListSettings(_Section):
     # Rows per INSERT batch of a CSV import.
     import_batch_size: int = Field(default=5_000, ge=100, le=100_000)
 
+class CheckerSettings(_Section):
+    """The security checker (``kakitome check``): how hard and how long it probes."""
+
+    # TCP port of the SMTP probes (25 on the internet; tests point it at the world's port).
+    port: int = Field(default=25, ge=1, le=65535)
+    # Port of the MTA-STS policy host (443 on the internet; RFC 8461 §3.3).
+    https_port: int = Field(default=443, ge=1, le=65535)
+    # Seconds for the TCP connect, for each SMTP reply and TLS handshake, and for the
+    # whole probe of one address (a host that trickles bytes cannot hold it longer).
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    command_timeout: float = Field(default=15.0, gt=0, le=300)
+    probe_timeout: float = Field(default=60.0, gt=0, le=900)
+    # Seconds for the whole MTA-STS policy fetch (RFC 8461 §3.3 suggests about a minute).
+    policy_timeout: float = Field(default=20.0, gt=0, le=300)
+    # Probes in flight at once, and at once against one IP address: a list check must not
+    # look like an attack to a provider that hosts thousands of the list's domains.
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    per_host_concurrency: int = Field(default=2, ge=1, le=50)
+    # Seconds a list check reuses earlier DNS facts and probe results (0: never).
+    cache_ttl: float = Field(default=3600.0, ge=0)
+    # Entries kept in the cache file (oldest dropped first).
+    cache_entries: int = Field(default=50_000, ge=0, le=1_000_000)
+    # A certificate expiring within this many days is a warning.
+    expiry_warning_days: int = Field(default=14, ge=0, le=365)
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -324,6 +350,7 @@ class Settings(_Section):
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    checker: CheckerSettings = Field(default_factory=CheckerSettings)
     domains: DomainSettings = Field(default_factory=DomainSettings)
     checker: CheckerSettings = Field(default_factory=CheckerSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
