@@ -29,6 +29,10 @@ Signer: TypeAlias = Callable[[bytes, str], bytes]
 """``signer(content, header_from_domain) -> signed content``: adds DKIM-Signature fields
 (or returns the content unchanged when it has no key for the domain). Called last."""
 
+ReturnPath: TypeAlias = Callable[[str, str], str]
+"""``return_path(header_from_domain, sender) -> envelope sender`` (a VERP address for signed
+domains, see ``kakitome.domains.verp``); not called for the null sender."""
+
 Clock: TypeAlias = Callable[[], float]
 
 SOURCES = frozenset({"api", "cli", "smtp", "campaign", "dsn"})
@@ -45,11 +49,13 @@ class Injector:
         settings: Settings,
         clock: Clock = time.time,
         signer: Signer | None = None,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
         self._signer = signer
+        self._return_path = return_path
 
     @property
     def max_message_size(self) -> int:
@@ -239,9 +245,12 @@ class Injector:
             )
             for box in composed.recipients
         )
+        sender = composed.sender.address if composed.sender is not None else ""
+        if self._return_path is not None and sender:
+            sender = self._return_path(composed.header_from.domain, sender)
         return NewMessage(
             source=source,
-            sender=composed.sender.address if composed.sender is not None else "",
+            sender=sender,
             header_from=composed.header_from.address,
             subject=composed.subject,
             content=content,

@@ -71,6 +71,8 @@ async def serve_async(
     from kakitome.delivery.agent import DeliveryAgent
     from kakitome.delivery.pool import ConnectionPool
     from kakitome.dns.resolver import Resolver
+    from kakitome.domains.service import DomainService
+    from kakitome.domains.signing import DomainSigning
     from kakitome.injection import Injector
     from kakitome.web.app import create_app
     from kakitome.worker import Worker
@@ -100,9 +102,15 @@ async def serve_async(
             agent = DeliveryAgent(settings, resolver, pool)
             worker = Worker(settings, store, agent.deliver)
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
+            verifier = DomainService(store, settings).run_periodic(stop)
+            tasks.append(asyncio.create_task(verifier, name="domain-verify"))
         if "web" in active:
             _QuietServer = _quiet_server_class()
-            injector = Injector(store, settings)
+            signing = await DomainSigning.load(store, settings)
+            tasks.append(asyncio.create_task(signing.run_refresh(store, stop), name="dkim-keys"))
+            injector = Injector(
+                store, settings, signer=signing.sign, return_path=signing.return_path
+            )
             app = create_app(settings, store, injector)
             config = uvicorn.Config(
                 app,
