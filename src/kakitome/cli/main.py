@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kakitome.cli.domain import domain_app
 from kakitome.config import Settings, load_settings
 from kakitome.errors import (
     AddressError,
@@ -50,6 +51,7 @@ queue_app = typer.Typer(help="Look at and act on the delivery queue.", no_args_i
 apikey_app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(domain_app, name="domain")
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
