@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kakitome.cli.check import check as check_command
 from kakitome.cli.domain import domain_app
 from kakitome.config import Settings, load_settings
 from kakitome.errors import (
@@ -52,6 +53,7 @@ apikey_app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True
 app.add_typer(queue_app, name="queue")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(domain_app, name="domain")
+app.command("check")(check_command)
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
