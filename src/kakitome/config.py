@@ -105,6 +105,50 @@ class DeliverySettings(_Section):
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
 
 
+class MTASTSSettings(_Section):
+    """MTA-STS (RFC 8461): policy discovery and the HTTPS fetch of policies."""
+
+    enabled: bool = True
+    # Port of https://mta-sts.<domain>/ (443 on the internet; tests use a loopback port).
+    https_port: int = Field(default=443, ge=1, le=65535)
+    # RFC 8461 §3.3: fetches are bounded in time and size (64 KiB is the RFC's figure).
+    fetch_timeout: float = Field(default=15.0, gt=0, le=120)
+    max_policy_bytes: int = Field(default=65_536, ge=1024, le=1_048_576)
+    # Cached policies are re-fetched when this much of max_age is left (proactive refresh).
+    refresh_before: float = Field(default=86_400.0, ge=0)
+    # Seconds a discovery result is reused in-process before the TXT record is asked again.
+    recheck_interval: float = Field(default=60.0, ge=0)
+
+
+class DANESettings(_Section):
+    """DANE (RFC 7672): used only when dns.trust_ad says the resolver validates."""
+
+    enabled: bool = True
+
+
+class TLSRPTSettings(_Section):
+    """TLS-RPT (RFC 8460): aggregate reports of our TLS sessions, sent once a UTC day."""
+
+    enabled: bool = True
+    organization_name: str = "Kakitome"
+    contact_info: str = "postmaster@localhost"
+    # The report mail's sender (envelope and From); default postmaster@<helo hostname>.
+    sender: str | None = None
+    # Seconds between checks for finished days to report.
+    interval: float = Field(default=3600.0, gt=0)
+    https_timeout: float = Field(default=30.0, gt=0, le=300)
+
+
+class StrippingSettings(_Section):
+    """STARTTLS-stripping detection: remember which MX hosts offered STARTTLS."""
+
+    enabled: bool = True
+    # Defer (instead of plaintext) when a host that offered STARTTLS within this many
+    # seconds stops offering it, or shows a certificate that no longer verifies.
+    defer: bool = True
+    window: float = Field(default=86_400.0, ge=0)
+
+
 class QueueSettings(_Section):
     # Exponential back-off: first retry after retry_first seconds, multiplied by
     # retry_factor each time, never more than retry_max; bounce after lifetime.
@@ -315,30 +359,25 @@ class ListSettings(_Section):
     # Rows per INSERT batch of a CSV import.
     import_batch_size: int = Field(default=5_000, ge=100, le=100_000)
 
-class CheckerSettings(_Section):
-    """The security checker (``kakitome check``): how hard and how long it probes."""
 
-    # TCP port of the SMTP probes (25 on the internet; tests point it at the world's port).
-    port: int = Field(default=25, ge=1, le=65535)
-    # Port of the MTA-STS policy host (443 on the internet; RFC 8461 §3.3).
-    https_port: int = Field(default=443, ge=1, le=65535)
-    # Seconds for the TCP connect, for each SMTP reply and TLS handshake, and for the
-    # whole probe of one address (a host that trickles bytes cannot hold it longer).
-    connect_timeout: float = Field(default=10.0, gt=0, le=300)
-    command_timeout: float = Field(default=15.0, gt=0, le=300)
-    probe_timeout: float = Field(default=60.0, gt=0, le=900)
-    # Seconds for the whole MTA-STS policy fetch (RFC 8461 §3.3 suggests about a minute).
-    policy_timeout: float = Field(default=20.0, gt=0, le=300)
-    # Probes in flight at once, and at once against one IP address: a list check must not
-    # look like an attack to a provider that hosts thousands of the list's domains.
-    concurrency: int = Field(default=50, ge=1, le=1000)
-    per_host_concurrency: int = Field(default=2, ge=1, le=50)
-    # Seconds a list check reuses earlier DNS facts and probe results (0: never).
-    cache_ttl: float = Field(default=3600.0, ge=0)
-    # Entries kept in the cache file (oldest dropped first).
-    cache_entries: int = Field(default=50_000, ge=0, le=1_000_000)
-    # A certificate expiring within this many days is a warning.
-    expiry_warning_days: int = Field(default=14, ge=0, le=365)
+class CampaignSettings(_Section):
+    """Campaigns and step mail (kakitome.campaigns): batches, tracking, text layout."""
+
+    # Messages rendered, injected and checkpointed per transaction: a crash or a pause
+    # stops at a batch boundary, and a batch is one group commit.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Seconds between the worker's looks for due campaigns and step mail.
+    poll_interval: float = Field(default=5.0, gt=0, le=600)
+    # Open pixel and click redirects for new campaigns and sequences (each can turn it off).
+    tracking: bool = True
+    # HMAC secret of tracking links (at least 16 characters); None: 32 random bytes made on
+    # first use in <data_dir>/campaign-links.secret (0600). Web and worker must share it.
+    link_secret: SecretStr | None = None
+    # Text parts are wrapped at this many display columns (full-width characters count
+    # two, so 76 is 38 Japanese characters); 0: only at RFC 5322's 998 octets.
+    wrap_width: int = Field(default=76, ge=0, le=998)
+    # The sender part of Feedback-ID (Gmail's feedback loop): the same for all our mail.
+    feedback_id_sender: str = Field(default="kakitome", pattern=r"^[A-Za-z0-9._-]{1,40}$")
 
 
 class Settings(_Section):
@@ -350,11 +389,15 @@ class Settings(_Section):
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-    checker: CheckerSettings = Field(default_factory=CheckerSettings)
+    mta_sts: MTASTSSettings = Field(default_factory=MTASTSSettings)
+    dane: DANESettings = Field(default_factory=DANESettings)
+    tlsrpt: TLSRPTSettings = Field(default_factory=TLSRPTSettings)
+    stripping: StrippingSettings = Field(default_factory=StrippingSettings)
     domains: DomainSettings = Field(default_factory=DomainSettings)
     checker: CheckerSettings = Field(default_factory=CheckerSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     lists: ListSettings = Field(default_factory=ListSettings)
+    campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
 
     @property
     def data_dir(self) -> Path:

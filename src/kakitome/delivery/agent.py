@@ -1,17 +1,34 @@
 """The delivery agent: one attempt at a batch (one destination, many messages).
 
-Talks to: the DNS resolver (MX and addresses of the destination) and the destination's
-mail exchangers over SMTP on ``settings.delivery.smtp_port``, from
+Talks to: the DNS resolver (MX and addresses of the destination; TLSA and MTA-STS
+through ``tls.resolution``), the MTA-STS policy hosts over HTTPS (``tls.mta_sts``), and
+the destination's mail exchangers over SMTP on ``settings.delivery.smtp_port``, from
 ``settings.delivery.source_address`` when set, through the connection pool.
 
-Trusts: the TLS policy resolved for the destination (``tls.policy``); certificates are
-judged by ``tls.contexts`` against the system store plus ``settings.tls.ca_file``. Under
-``none`` STARTTLS is never sent; under ``may`` TLS is used when offered and a failed
-handshake means plaintext on a *new* connection, recorded as a downgrade (T6); under
-``encrypt`` and above plaintext is never sent: no STARTTLS or a failed handshake defers
-the mail with 4.7.x, after trying the other MX hosts (T7); ``verify`` requires the
-certificate to chain and match the MX host name, ``secure`` the next-hop domain or the
-policy's ``match_names``. Every result carries a TLS receipt (T8).
+Trusts: the TLS policy resolved per MX host (``tls.resolution``: table, DANE, MTA-STS,
+history, default); certificates are judged by ``tls.contexts`` against the system store
+plus ``settings.tls.ca_file``, or by ``tls.dane`` against TLSA records. Under ``none``
+STARTTLS is never sent; under ``may`` TLS is used when offered and a failed handshake
+means plaintext on a *new* connection, recorded as a downgrade (T6) — unless the host
+offered STARTTLS within ``settings.stripping.window`` and does not now (or its verified
+certificate changed to one that does not verify): then the receipt marks suspected
+stripping, an event is recorded and, with ``settings.stripping.defer``, the host is
+skipped. Under ``encrypt`` and above plaintext is never sent: no STARTTLS or a failed
+handshake defers the mail with 4.7.x after trying the other MX hosts (T7); ``verify``
+requires the certificate to chain and match the MX host name (MTA-STS ``enforce`` uses
+it, T23), ``secure`` the next-hop domain or the policy's ``match_names``, ``dane`` a
+certificate matching the host's TLSA records with SNI the TLSA base domain (T13, T17) —
+an MX whose certificate does not match is skipped, never used in plaintext.
+
+REQUIRETLS (T29): a message flagged ``requiretls`` goes only over a connection to a host
+found securely (DANE or MTA-STS enforce), with a verified certificate, that advertised
+REQUIRETLS; otherwise each recipient bounces with 5.7.30. A message with
+``TLS-Required: No`` (and not REQUIRETLS, which wins) is delivered under a policy lowered
+to ``may`` everywhere (T30).
+
+Every result carries a TLS receipt (T8) naming the level, the policy source and the
+RFC 8460 result of its session; every new TLS session attempt is counted for TLS-RPT
+(T26), and what each host showed is remembered for stripping detection.
 
 Limits: at most ``per_destination_concurrency`` connections in use per destination;
 ``recipients_per_transaction`` RCPTs per transaction; ``messages_per_connection`` per
@@ -24,9 +41,12 @@ of every message gets exactly one ``RecipientResult`` (delivered, deferred or bo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kakitome.config import Settings
@@ -50,12 +70,31 @@ from kakitome.tls.contexts import (
     ClientContexts,
     ContextKind,
     UnverifiedCertificates,
+    certificate_sha256,
     judge_peer,
 )
-from kakitome.tls.policy import PolicySource, TLSLevel, TLSPolicy, resolve_tls_policy
+from kakitome.tls.dane import match_tlsa, peer_chain
+from kakitome.tls.history import HostHistory, Observation, observe, stripping_suspected
+from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification, TLSReceipt
+from kakitome.tls.resolution import DestinationPolicy, HostPolicy, PolicyResolver
+from kakitome.tls.state import MemoryTLSState, TLSState
+from kakitome.tls.tlsrpt import (
+    STARTTLS_NOT_SUPPORTED,
+    SUCCESS,
+    VALIDATION_FAILURE,
+    SessionRecord,
+    classify_certificate,
+    utc_day,
+)
 
 log = logging.getLogger(__name__)
+
+# Sources whose hosts are never remembered as TLS-broken or as having a bad certificate
+# (T40): they refuse plaintext by policy, so such a memory could only weaken them.
+PROTECTED_SOURCES = (PolicySource.DANE, PolicySource.MTA_STS)
+
+_TLS_REQUIRED_NO = re.compile(rb"(?im)^TLS-Required[ \t]*:[ \t]*No[ \t]*\r?$")
 
 
 def outcome_for(reply: Reply) -> Outcome:
@@ -65,6 +104,12 @@ def outcome_for(reply: Reply) -> Outcome:
     if reply.permanent:
         return Outcome.BOUNCED
     return Outcome.DEFERRED
+
+
+def tls_required_no(content: bytes) -> bool:
+    """True when the message's header section has ``TLS-Required: No`` (RFC 8689 §5)."""
+    head = content.split(b"\r\n\r\n", 1)[0]
+    return bool(_TLS_REQUIRED_NO.search(head))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +140,15 @@ class _Attempt:
     """What one deliver() call has learned about the destination so far."""
 
     batch: Batch
-    policy: TLSPolicy
+    destination: DestinationPolicy
     mx: MXResult
     unreachable: set[str] = field(default_factory=set)  # IPs
     policy_failed: dict[str, _HostFailure] = field(default_factory=dict)  # MX host -> why
     tls_broken: set[str] = field(default_factory=set)  # IPs whose handshake failed (may)
     failures: list[_HostFailure] = field(default_factory=list)
     results: list[RecipientResult] = field(default_factory=list)
+    sessions: list[SessionRecord] = field(default_factory=list)
+    observations: dict[str, Observation] = field(default_factory=dict)
 
 
 class DeliveryAgent:
@@ -115,12 +162,17 @@ class DeliveryAgent:
         *,
         contexts: ClientContexts | None = None,
         unverified: UnverifiedCertificates | None = None,
+        tls_state: TLSState | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.resolver = resolver
         self.pool = pool
         self.contexts = contexts or ClientContexts(settings.tls)
         self.unverified = unverified or UnverifiedCertificates()
+        self.state: TLSState = tls_state if tls_state is not None else MemoryTLSState()
+        self.clock = clock
+        self.policies = PolicyResolver(settings, resolver, self.state, clock)
         self.timeouts = Timeouts(
             command=settings.delivery.command_timeout, data=settings.delivery.data_timeout
         )
@@ -159,9 +211,6 @@ class DeliveryAgent:
 
     async def _deliver(self, batch: Batch) -> list[RecipientResult]:
         all_recipients = [r for m in batch.messages for r in m.recipients]
-        policy = resolve_tls_policy(
-            batch.domain, self.settings.tls.policy, self.settings.tls.default_level
-        )
         try:
             mx = await self.resolver.resolve_mx(batch.domain)
         except DeliveryError as exc:
@@ -170,10 +219,27 @@ class DeliveryAgent:
         if mx.null_mx:
             reply = Reply(556, "5.1.10", f"{mx.domain} does not accept mail (null MX)")
             return [RecipientResult(r.delivery_id, Outcome.BOUNCED, reply) for r in all_recipients]
-        attempt = _Attempt(batch, policy, mx)
+        destination = await self.policies.resolve(batch.domain, mx)
+        relaxed = tuple(
+            m for m in batch.messages if not m.requiretls and tls_required_no(m.content)
+        )
+        strict = tuple(m for m in batch.messages if m not in relaxed)
+        results: list[RecipientResult] = []
+        attempts: list[_Attempt] = []
+        for messages, policy in ((strict, destination), (relaxed, destination.relaxed())):
+            if not messages:
+                continue
+            attempt = _Attempt(Batch(batch.domain, messages), policy, mx)
+            attempts.append(attempt)
+            await self._run_attempt(attempt)
+            results.extend(attempt.results)
+        await self._remember(destination, attempts)
+        return results
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
         per_transaction = self.settings.delivery.recipients_per_transaction
         jobs: deque[_Job] = deque()
-        for message in batch.messages:
+        for message in attempt.batch.messages:
             rcpts = message.recipients
             for start in range(0, len(rcpts), per_transaction):
                 jobs.append(_Job(message, rcpts[start : start + per_transaction]))
@@ -182,7 +248,25 @@ class DeliveryAgent:
         async with asyncio.TaskGroup() as group:
             for _ in range(workers):
                 group.create_task(self._worker(attempt, jobs))
-        return attempt.results
+
+    async def _remember(self, destination: DestinationPolicy, attempts: Sequence[_Attempt]) -> None:
+        """Write TLS-RPT counts and host observations; a storage problem only logs."""
+        sessions = [s for a in attempts for s in a.sessions]
+        now = self.clock()
+        try:
+            if sessions:
+                await self.state.record_sessions(sessions)
+            if not self.settings.stripping.enabled:
+                return
+            for attempt in attempts:
+                for host, seen in attempt.observations.items():
+                    hp = destination.host(host)
+                    previous = hp.history or await self.state.get_host_history(host)
+                    updated = observe(previous, host, seen, now)
+                    if updated is not None:
+                        await self.state.put_host_history(updated)
+        except Exception as exc:
+            log.warning("could not record TLS observations for %s: %s", destination.domain, exc)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -210,9 +294,13 @@ class DeliveryAgent:
                 conn, failure = await self._connection(attempt)
                 if conn is None:
                     assert failure is not None
-                    self._record(
-                        attempt, job.recipients, failure.reply, failure.mx, failure.receipt
-                    )
+                    reply = failure.reply
+                    if job.message.requiretls and failure.kind == _HostFailure.POLICY:
+                        # No hop satisfied even the TLS policy: REQUIRETLS cannot be met.
+                        reply = Reply(
+                            550, "5.7.30", f"REQUIRETLS support required: {failure.reply.text}"
+                        )
+                    self._record(attempt, job.recipients, reply, failure.mx, failure.receipt)
                     return None
             refusal = self._refuse_before_sending(attempt, job.message, conn)
             if refusal is not None:
@@ -273,14 +361,26 @@ class DeliveryAgent:
         if message.smtputf8 and not session.supports("SMTPUTF8"):
             return Reply(553, "5.6.7", f"{conn.mx.host} does not support SMTPUTF8")
         if message.requiretls:
-            secure_source = attempt.policy.source in (PolicySource.DANE, PolicySource.MTA_STS)
-            if not (secure_source and conn.receipt.verified and session.supports("REQUIRETLS")):
-                return Reply(
-                    550,
-                    "5.7.30",
-                    f"REQUIRETLS support required: {conn.mx.host} is not a verified REQUIRETLS hop",
-                )
+            return self._requiretls_refusal(attempt, conn)
         return None
+
+    @staticmethod
+    def _requiretls_refusal(attempt: _Attempt, conn: Connection) -> Reply | None:
+        """T29: a secure path (DANE or MTA-STS enforce), a verified certificate, and a
+        server that advertised REQUIRETLS (inside TLS: it is never believed before)."""
+        host = conn.mx.host
+        if not conn.secure:
+            why = (
+                f"{attempt.destination.domain} has no DNSSEC-validated (DANE) or MTA-STS "
+                f"enforce policy for {host}"
+            )
+        elif not conn.receipt.verified:
+            why = f"the certificate of {host} is not verified"
+        elif not (conn.receipt.used and conn.session.supports("REQUIRETLS")):
+            why = f"{host} does not advertise REQUIRETLS"
+        else:
+            return None
+        return Reply(550, "5.7.30", f"REQUIRETLS support required: {why}")
 
     @staticmethod
     def _mail_spec(message: OutboundMessage) -> MailSpec:
@@ -309,15 +409,9 @@ class DeliveryAgent:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _tls_mode(self, policy: TLSPolicy) -> str:
-        if policy.level is TLSLevel.SECURE:
-            return "secure:" + ",".join(policy.match_names)
-        return policy.level.value
-
     def _key(self, attempt: _Attempt, host: MXHost, ip: str) -> PoolKey:
-        return PoolKey(
-            ip, self.settings.delivery.smtp_port, host.name, self._tls_mode(attempt.policy)
-        )
+        hp = attempt.destination.host(host.name)
+        return PoolKey(ip, self.settings.delivery.smtp_port, host.name, hp.pool_mode)
 
     async def _connection(self, attempt: _Attempt) -> tuple[Connection | None, _HostFailure | None]:
         """An idle pooled connection to any MX of the destination, else a new one in MX
@@ -325,7 +419,12 @@ class DeliveryAgent:
         for host in attempt.mx.hosts:
             for ip in host.addresses:
                 key = self._key(attempt, host, ip)
+                hp = attempt.destination.host(host.name)
                 while (conn := self.pool.take(key)) is not None:
+                    if hp.history is not None and not conn.receipt.used:
+                        # Pooled in plaintext, but the host is now expected to offer TLS.
+                        self.pool.release(conn, reusable=False)
+                        continue
                     if await self._still_good(conn):
                         return conn, None
         for host in attempt.mx.hosts:
@@ -416,54 +515,123 @@ class DeliveryAgent:
             ) from exc
         return session
 
+    @staticmethod
     def _receipt(
-        self,
-        attempt: _Attempt,
+        hp: HostPolicy,
         *,
         info: TLSInfo | None = None,
         verification: PeerVerification = PeerVerification.NONE,
         sha256: str | None = None,
         downgraded: bool = False,
         verify_error: str | None = None,
+        tlsrpt: str | None = None,
+        stripping: str | None = None,
+        history: bool = False,
     ) -> TLSReceipt:
         return TLSReceipt(
             used=info is not None,
             version=info.version if info else None,
             cipher=info.cipher if info else None,
             verification=verification,
-            level=attempt.policy.level,
-            policy_source=attempt.policy.source,
+            level=hp.level,
+            # History is named as the source only when it changed what happened.
+            policy_source=PolicySource.HISTORY if history else hp.source,
             peer_certificate_sha256=sha256,
             downgraded=downgraded,
             verify_error=verify_error,
+            tlsrpt_result=tlsrpt,
+            stripping_suspected=stripping,
         )
+
+    # -- TLS-RPT and history bookkeeping ------------------------------------------------------
+
+    def _session_result(
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        ip: str,
+        result: str | None,
+        reason_code: str = "",
+    ) -> str:
+        """Count one session attempt for TLS-RPT (T26); returns the receipt's word for it."""
+        if result is None and hp.sts_failure is not None:
+            result = hp.sts_failure  # the policy could not be fetched: a failed session
+        attempt.sessions.append(
+            SessionRecord(
+                day=utc_day(self.clock()),
+                policy=hp.report,
+                mx_host=hp.mx_host,
+                receiving_ip=ip,
+                result_type=result,
+                sending_ip=self.settings.delivery.source_address or "",
+                reason_code=reason_code,
+            )
+        )
+        return result or SUCCESS
+
+    def _policy_result(
+        self, hp: HostPolicy, verification: PeerVerification, verify_error: str | None
+    ) -> tuple[str | None, str]:
+        """The RFC 8460 result of a completed handshake under this host's policy."""
+        if hp.report.type == "no-policy-found":
+            return None, ""  # without a policy, an encrypted session is a success
+        if hp.sts_mismatch:
+            return VALIDATION_FAILURE, "mx-mismatch"
+        if verification is not PeerVerification.VERIFIED:
+            return classify_certificate(verification, verify_error), ""
+        return None, ""
+
+    async def _suspect_stripping(
+        self, attempt: _Attempt, hp: HostPolicy, ip: str, seen: Observation
+    ) -> str | None:
+        """Stripping check for opportunistic hosts with a history; records the event."""
+        if hp.history is None or not self.settings.stripping.enabled:
+            return None
+        now = self.clock()
+        why = stripping_suspected(hp.history, seen, now=now, window=self.settings.stripping.window)
+        if why is None:
+            return None
+        data = {
+            "domain": attempt.destination.domain,
+            "mx_host": hp.mx_host,
+            "ip": ip,
+            "reason": why,
+            "deferred": self.settings.stripping.defer,
+            "certificate_sha256": seen.sha256,
+        }
+        log.warning("possible STARTTLS stripping: %s", why)
+        try:
+            await self.state.add_tls_event("tls-stripping-suspected", data, now)
+        except Exception as exc:
+            log.warning("could not record the stripping event: %s", exc)
+        return why
+
+    def _observe(self, attempt: _Attempt, host: str, seen: Observation) -> None:
+        attempt.observations[host] = seen
+
+    # -- opening connections -------------------------------------------------------------------
 
     async def _open(self, attempt: _Attempt, host: MXHost, ip: str) -> Connection:
         """A new connection to one MX address that satisfies the policy; raises _HostFailure."""
-        policy = attempt.policy
-        level = policy.level
+        hp = attempt.destination.host(host.name)
         mx = MXUsed(host.name, ip)
         key = self._key(attempt, host, ip)
-
-        if level is TLSLevel.DANE_ONLY:
-            # No TLSA support yet: dane-only can never be met, so never send in plaintext.
-            raise _HostFailure(
-                _HostFailure.POLICY,
-                Reply(451, "4.7.5", "dane-only policy but DANE is not available"),
-                mx,
-                self._receipt(attempt),
-            )
-        if level is TLSLevel.DANE:
-            level = TLSLevel.MAY  # DANE without usable TLSA is opportunistic (RFC 7672)
+        if hp.skip is not None:
+            word = self._session_result(attempt, hp, ip, hp.skip_result, hp.skip_reason_code)
+            raise _HostFailure(_HostFailure.POLICY, hp.skip, mx, self._receipt(hp, tlsrpt=word))
+        level = hp.level
 
         plaintext_downgrade = level is TLSLevel.MAY and ip in attempt.tls_broken
         session = await self._session(attempt, host, ip)
         if level is TLSLevel.NONE or plaintext_downgrade:
             return Connection(
-                key, session, mx, self._receipt(attempt, downgraded=plaintext_downgrade), None
+                key, session, mx, self._receipt(hp, downgraded=plaintext_downgrade), None
             )
 
         if not session.supports("STARTTLS"):
+            seen = Observation(offered_starttls=False)
+            self._observe(attempt, host.name, seen)
+            word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
             if level.mandatory:
                 await session.quit()
                 raise _HostFailure(
@@ -472,24 +640,42 @@ class DeliveryAgent:
                         451, "4.7.4", f"TLS is required, but {host.name} does not offer STARTTLS"
                     ),
                     mx,
-                    self._receipt(attempt),
+                    self._receipt(hp, tlsrpt=word),
                 )
-            return Connection(key, session, mx, self._receipt(attempt), None)
+            why = await self._suspect_stripping(attempt, hp, ip, seen)
+            if why is not None and self.settings.stripping.defer:
+                await session.quit()
+                raise _HostFailure(
+                    _HostFailure.POLICY,
+                    Reply(451, "4.7.4", f"possible STARTTLS stripping, not sent: {why}"),
+                    mx,
+                    self._receipt(hp, tlsrpt=word, stripping=why, history=True),
+                )
+            receipt = self._receipt(hp, tlsrpt=word, stripping=why, history=why is not None)
+            return Connection(key, session, mx, receipt, None)
 
-        wanted = (
-            policy.match_names if level is TLSLevel.SECURE and policy.match_names else (host.name,)
-        )
-        remembered = None if level.verifies else self.unverified.get(host.name)
-        kind = ContextKind.choose(mandatory=level.mandatory, verifying=remembered is None)
+        if level is TLSLevel.DANE:
+            return await self._open_dane(attempt, hp, host, ip, session)
+
+        wanted = hp.match_names if level is TLSLevel.SECURE and hp.match_names else (host.name,)
+        protected = hp.source in PROTECTED_SOURCES and not hp.sts_testing
+        remembered = None if level.verifies or protected else self.unverified.get(host.name)
+        # DANE with only unusable TLSA records: encryption without authentication (T14).
+        verifying = remembered is None and hp.source is not PolicySource.DANE
+        kind = ContextKind.choose(mandatory=level.mandatory, verifying=verifying)
         try:
             reply, info = await session.starttls(
-                self.contexts.get(kind), host.name, self.pool.session_for(key, kind)
+                self.contexts.get(kind), hp.sni or host.name, self.pool.session_for(key, kind)
             )
         except TLSHandshakeError as exc:
             session.stream.abort()
             if exc.certificate_failure and not level.verifies:
-                return await self._open_unverified(attempt, host, ip, exc.verify_error or "")
+                return await self._open_unverified(attempt, hp, host, ip, exc.verify_error or "")
             if exc.certificate_failure:
+                verification = PeerVerification.UNTRUSTED
+                failed = classify_certificate(verification, exc.verify_error)
+                word = self._session_result(attempt, hp, ip, failed)
+                self._observe(attempt, host.name, Observation(offered_starttls=True))
                 raise _HostFailure(
                     _HostFailure.POLICY,
                     Reply(
@@ -499,12 +685,13 @@ class DeliveryAgent:
                     ),
                     mx,
                     self._receipt(
-                        attempt,
-                        verification=PeerVerification.UNTRUSTED,
+                        hp,
+                        verification=verification,
                         verify_error=exc.verify_error,
+                        tlsrpt=word,
                     ),
                 ) from exc
-            return await self._after_handshake_failure(attempt, host, ip, exc)
+            return await self._after_handshake_failure(attempt, hp, host, ip, exc)
         except SMTPError as exc:
             session.stream.abort()
             raise _HostFailure(
@@ -514,6 +701,7 @@ class DeliveryAgent:
             ) from exc
         if info is None:
             # STARTTLS offered but refused (454 and the like).
+            word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
             if level.mandatory:
                 await session.quit()
                 raise _HostFailure(
@@ -522,13 +710,17 @@ class DeliveryAgent:
                         451, "4.7.4", f"TLS is required, but {host.name} refused STARTTLS: {reply}"
                     ),
                     mx,
-                    self._receipt(attempt),
+                    self._receipt(hp, tlsrpt=word),
                 )
-            return Connection(key, session, mx, self._receipt(attempt, downgraded=True), None)
+            return Connection(
+                key, session, mx, self._receipt(hp, downgraded=True, tlsrpt=word), None
+            )
 
         if info.session_reused:
             self.pool.stats.sessions_resumed += 1
-        verify_error = remembered.verify_error if remembered else None
+        verify_error: str | None = remembered.verify_error if remembered else None
+        if hp.source is PolicySource.DANE and not verifying:
+            verify_error = "not checked: the TLSA records have no usable entry (RFC 7672 §2.2)"
         judgement = judge_peer(
             info.peer_certificate,
             chain_verified=info.chain_verified,
@@ -539,12 +731,21 @@ class DeliveryAgent:
         if remembered is not None and judgement.sha256 != remembered.sha256:
             self.unverified.forget(host.name)
             verify_error = "not verified: certificate changed since it last failed verification"
+        result, reason_code = self._policy_result(hp, judgement.verification, verify_error)
+        if level.verifies and judgement.verification is not PeerVerification.VERIFIED:
+            result = result or classify_certificate(judgement.verification, verify_error)
+        seen = Observation(
+            True, judgement.sha256, judgement.verification is PeerVerification.VERIFIED
+        )
+        self._observe(attempt, host.name, seen)
+        word = self._session_result(attempt, hp, ip, result, reason_code)
         receipt = self._receipt(
-            attempt,
+            hp,
             info=info,
             verification=judgement.verification,
             sha256=judgement.sha256,
             verify_error=verify_error,
+            tlsrpt=word,
         )
         if level.verifies and judgement.verification is not PeerVerification.VERIFIED:
             await session.quit()
@@ -559,14 +760,122 @@ class DeliveryAgent:
                 mx,
                 receipt,
             )
-        return Connection(key, session, mx, receipt, kind)
+        return await self._finish(attempt, hp, key, session, mx, ip, receipt, kind, seen)
+
+    async def _finish(
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        key: PoolKey,
+        session: SMTPClientSession,
+        mx: MXUsed,
+        ip: str,
+        receipt: TLSReceipt,
+        kind: ContextKind,
+        seen: Observation,
+    ) -> Connection:
+        """The stripping check for a completed opportunistic handshake, then the connection."""
+        why = await self._suspect_stripping(attempt, hp, ip, seen)
+        if why is not None:
+            receipt = dataclasses.replace(
+                receipt, stripping_suspected=why, policy_source=PolicySource.HISTORY
+            )
+            if self.settings.stripping.defer:
+                await session.quit()
+                raise _HostFailure(
+                    _HostFailure.POLICY,
+                    Reply(451, "4.7.5", f"possible TLS interception, not sent: {why}"),
+                    mx,
+                    receipt,
+                )
+        secure = hp.secure and receipt.verified
+        return Connection(key, session, mx, receipt, kind, secure=secure)
+
+    async def _open_dane(
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        host: MXHost,
+        ip: str,
+        session: SMTPClientSession,
+    ) -> Connection:
+        """STARTTLS under usable TLSA records: SNI the TLSA base domain, the chain must
+        match (T13, T17); any failure skips this MX, never plaintext. No session is
+        resumed: the chain must be seen to be matched."""
+        mx = MXUsed(host.name, ip)
+        key = self._key(attempt, host, ip)
+        kind = ContextKind.MANDATORY_NONVERIFYING
+        try:
+            _, info = await session.starttls(self.contexts.get(kind), hp.sni or host.name)
+        except TLSHandshakeError as exc:
+            session.stream.abort()
+            word = self._session_result(attempt, hp, ip, VALIDATION_FAILURE, "tls-handshake")
+            raise _HostFailure(
+                _HostFailure.POLICY,
+                Reply(451, "4.7.5", f"TLS handshake with {host.name} failed (DANE): {exc}"),
+                mx,
+                self._receipt(hp, tlsrpt=word),
+            ) from exc
+        except SMTPError as exc:
+            session.stream.abort()
+            raise _HostFailure(
+                _HostFailure.UNREACHABLE,
+                Reply(451, "4.4.2", f"STARTTLS with {host.name}: {exc}"),
+                mx,
+            ) from exc
+        if info is None:
+            await session.quit()
+            word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
+            raise _HostFailure(
+                _HostFailure.POLICY,
+                Reply(451, "4.7.4", f"DANE requires TLS, but {host.name} refused STARTTLS"),
+                mx,
+                self._receipt(hp, tlsrpt=word),
+            )
+        # The stream keeps its SSLObject private; the chain is read from it (tls.dane).
+        chain = peer_chain(getattr(session.stream, "_ssl", None))
+        if not chain and info.peer_certificate:
+            chain = [info.peer_certificate]
+        sha = certificate_sha256(info.peer_certificate) if info.peer_certificate else None
+        match = match_tlsa(chain, hp.tlsa, names=(hp.sni or host.name, host.name))
+        if not match.ok:
+            await session.quit()
+            word = self._session_result(attempt, hp, ip, VALIDATION_FAILURE, "tlsa-mismatch")
+            raise _HostFailure(
+                _HostFailure.POLICY,
+                Reply(
+                    451,
+                    "4.7.5",
+                    f"certificate of {host.name} does not match its TLSA records: {match.reason}",
+                ),
+                mx,
+                self._receipt(
+                    hp,
+                    info=info,
+                    verification=PeerVerification.UNTRUSTED,
+                    sha256=sha,
+                    verify_error=match.reason,
+                    tlsrpt=word,
+                ),
+            )
+        self._observe(attempt, host.name, Observation(True, sha, True))
+        word = self._session_result(attempt, hp, ip, None)
+        receipt = self._receipt(
+            hp,
+            info=info,
+            verification=PeerVerification.VERIFIED,
+            sha256=sha,
+            tlsrpt=word,
+        )
+        return Connection(key, session, mx, receipt, kind, secure=True)
 
     async def _open_unverified(
-        self, attempt: _Attempt, host: MXHost, ip: str, verify_error: str
+        self, attempt: _Attempt, hp: HostPolicy, host: MXHost, ip: str, verify_error: str
     ) -> Connection:
         """After a certificate failure at may/encrypt: TLS again without verification, on a
-        new connection, and remember the certificate so next time goes straight there."""
-        level = TLSLevel.MAY if attempt.policy.level is TLSLevel.DANE else attempt.policy.level
+        new connection, and remember the certificate so next time goes straight there
+        (never for hosts under DANE or MTA-STS, T40)."""
+        level = hp.level
         mx = MXUsed(host.name, ip)
         key = self._key(attempt, host, ip)
         session = await self._session(attempt, host, ip)
@@ -580,11 +889,11 @@ class DeliveryAgent:
             )
         try:
             reply, info = await session.starttls(
-                self.contexts.get(kind), host.name, self.pool.session_for(key, kind)
+                self.contexts.get(kind), hp.sni or host.name, self.pool.session_for(key, kind)
             )
         except TLSHandshakeError as exc:
             session.stream.abort()
-            return await self._after_handshake_failure(attempt, host, ip, exc)
+            return await self._after_handshake_failure(attempt, hp, host, ip, exc)
         except SMTPError as exc:
             session.stream.abort()
             raise _HostFailure(
@@ -605,32 +914,42 @@ class DeliveryAgent:
             wanted_names=(host.name,),
             verify_error=verify_error,
         )
-        if judgement.sha256 is not None:
+        if judgement.sha256 is not None and hp.source not in PROTECTED_SOURCES:
             self.unverified.remember(host.name, judgement.sha256, verify_error)
+        result, reason_code = self._policy_result(hp, judgement.verification, verify_error)
+        seen = Observation(True, judgement.sha256, False)
+        self._observe(attempt, host.name, seen)
+        word = self._session_result(attempt, hp, ip, result, reason_code)
         receipt = self._receipt(
-            attempt,
+            hp,
             info=info,
             verification=judgement.verification,
             sha256=judgement.sha256,
             verify_error=verify_error,
+            tlsrpt=word,
         )
-        return Connection(key, session, mx, receipt, kind)
+        return await self._finish(attempt, hp, key, session, mx, ip, receipt, kind, seen)
 
     async def _after_handshake_failure(
-        self, attempt: _Attempt, host: MXHost, ip: str, exc: TLSHandshakeError
+        self, attempt: _Attempt, hp: HostPolicy, host: MXHost, ip: str, exc: TLSHandshakeError
     ) -> Connection:
         """A handshake that failed for a reason other than the certificate."""
         mx = MXUsed(host.name, ip)
-        level = attempt.policy.level
-        if level.mandatory:
+        word = self._session_result(attempt, hp, ip, VALIDATION_FAILURE, "tls-handshake")
+        if hp.level.mandatory:
             raise _HostFailure(
                 _HostFailure.POLICY,
                 Reply(451, "4.7.5", f"TLS handshake with {host.name} failed: {exc}"),
                 mx,
-                self._receipt(attempt),
+                self._receipt(hp, tlsrpt=word),
             ) from exc
-        # T6: plaintext on a new connection, and say so in the receipt.
-        attempt.tls_broken.add(ip)
+        # T6: plaintext on a new connection, and say so in the receipt. Hosts under a
+        # DANE or MTA-STS policy are not remembered as TLS-broken (T40).
+        if hp.source not in PROTECTED_SOURCES:
+            attempt.tls_broken.add(ip)
         session = await self._session(attempt, host, ip)
-        receipt = self._receipt(attempt, downgraded=True, verify_error=exc.verify_error)
+        receipt = self._receipt(hp, downgraded=True, verify_error=exc.verify_error, tlsrpt=word)
         return Connection(self._key(attempt, host, ip), session, mx, receipt, None)
+
+
+__all__ = ["DeliveryAgent", "HostHistory", "outcome_for", "tls_required_no"]

@@ -39,7 +39,9 @@ class PoolKey:
     ip: str
     port: int
     mx_host: str
-    tls_mode: str  # policy level plus names to match, e.g. "verify" or "secure:example.com"
+    # The host's policy: level, source, names to match, TLSA digest, "secure", e.g.
+    # "verify|mta-sts|mx1.example.com||||" (tls.resolution.HostPolicy.pool_mode).
+    tls_mode: str
 
 
 @dataclass(eq=False)
@@ -51,6 +53,9 @@ class Connection:
     mx: MXUsed
     receipt: TLSReceipt
     context_kind: ContextKind | None  # None: plaintext
+    # Opened under a policy found securely (DANE or MTA-STS enforce) and the certificate
+    # was authenticated: a REQUIRETLS message may use it (RFC 8689 §4.2.1).
+    secure: bool = False
     messages: int = 0
     idle_since: float = 0.0
     from_pool: bool = False

@@ -1,8 +1,8 @@
 """TLS policy levels (Postfix's vocabulary) and their resolution for a destination.
 
-A policy is data: the per-domain table in the settings, then the default level. Later
-sources (DANE, MTA-STS, history) plug into ``resolve_tls_policy`` and each result records
-where it came from, so the receipt can say so.
+A policy is data: the per-domain table in the settings, then the default level. DANE,
+MTA-STS and the per-host history refine this per MX host in ``tls.resolution``; each
+result records where it came from, so the receipt can say so.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class PolicySource(StrEnum):
     MTA_STS = "mta-sts"
     HISTORY = "history"
     DEFAULT = "default"
+    # The message's "TLS-Required: No" header lowered the policy to opportunistic (T30).
+    HEADER = "tls-required-header"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,7 @@ def table_lookup(domain: str, table: Mapping[str, TLSLevel]) -> TLSLevel | None:
     return None
 
 
-def resolve_tls_policy(
-    domain: str, table: Mapping[str, TLSLevel], default: TLSLevel
-) -> TLSPolicy:
+def resolve_tls_policy(domain: str, table: Mapping[str, TLSLevel], default: TLSLevel) -> TLSPolicy:
     """The effective policy from the table, else the default."""
     level = table_lookup(domain, table)
     if level is not None:

@@ -33,6 +33,12 @@ class TLSReceipt:
     downgraded: bool = False
     # Why verification failed, in OpenSSL's words, when it did.
     verify_error: str | None = None
+    # The RFC 8460 result of this TLS session: "success" or a result type such as
+    # "certificate-expired"; None when no TLS session was attempted (level none).
+    tlsrpt_result: str | None = None
+    # Why this host looks STARTTLS-stripped (it offered STARTTLS before, or showed a
+    # verified certificate, and does not now); None when nothing looks wrong.
+    stripping_suspected: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -52,6 +58,8 @@ class TLSReceipt:
             "peer_certificate_sha256": self.peer_certificate_sha256,
             "downgraded": self.downgraded,
             "verify_error": self.verify_error,
+            "tlsrpt_result": self.tlsrpt_result,
+            "stripping_suspected": self.stripping_suspected,
         }
 
     @classmethod
@@ -66,4 +74,6 @@ class TLSReceipt:
             peer_certificate_sha256=data.get("peer_certificate_sha256"),
             downgraded=bool(data.get("downgraded", False)),
             verify_error=data.get("verify_error"),
+            tlsrpt_result=data.get("tlsrpt_result"),
+            stripping_suspected=data.get("stripping_suspected"),
         )
