@@ -110,7 +110,7 @@ def check_smtp(facts: DomainFacts, options: CheckOptions) -> Iterator[Finding]:
     probes = list(_probes(facts))
     for _, probe in probes:
         subject = subject_of(probe)
-        if not probe.reachable:
+        if not probe.reachable or (probe.error is not None and probe.banner_code is None):
             yield Finding("HOST_UNREACHABLE", subject, {"port": probe.port, "error": probe.error})
         elif probe.banner_code != 220:
             yield Finding("SMTP_GREETING_REFUSED", subject, {"banner": probe.banner})
