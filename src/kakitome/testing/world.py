@@ -30,12 +30,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kakitome.config import Settings, load_settings
 from kakitome.testing._loop import LoopThread
 from kakitome.testing.ca import TestCA
 from kakitome.testing.dns_server import DNSServer
 from kakitome.testing.mx import Peer, PeerBehaviour
+
+if TYPE_CHECKING:
+    from kakitome.testing.https import HTTPSServer
 
 __all__ = ["Domain", "LocalInternet"]
 
@@ -216,6 +220,20 @@ class LocalInternet:
     def peers(self) -> list[Peer]:
         with self._lock:
             return list(self._peers.values())
+
+    def https_server(self) -> HTTPSServer:
+        """The world's HTTPS server (MTA-STS policy hosts, TLS-RPT receivers), started on
+        first use on the next free 127.0.0.x; its port goes to
+        ``KAKITOME_MTA_STS__HTTPS_PORT``. Stops with the world's loop."""
+        from kakitome.testing.https import HTTPSServer
+
+        with self._lock:
+            server: HTTPSServer | None = getattr(self, "_https", None)
+        if server is None:
+            server = HTTPSServer(self._allocate_ip(), 0, self.ca).start(self._loop())
+            with self._lock:
+                self._https = server
+        return server
 
     # -- domains ----------------------------------------------------------------------------
 
