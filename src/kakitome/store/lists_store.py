@@ -1,0 +1,791 @@
+"""Storage of lists, subscribers, memberships, history and segments (tables in
+``kakitome.store.schema_lists``). Only ``kakitome.lists`` calls it.
+
+Each public method is one transaction on the engine, SQLite and PostgreSQL alike; writes
+on SQLite take the write lock at BEGIN (``sqlite_begin="IMMEDIATE"``, see
+``kakitome.store.db``) and queue on an in-process lock first. Database failures become
+``StorageError``.
+
+Imports go in batches (``import_batch``): one SELECT of the batch's existing addresses,
+one multi-row INSERT of the new subscribers (``RETURNING`` their ids), an executemany
+UPDATE of the existing ones, and one ``INSERT .. ON CONFLICT DO NOTHING`` of the
+memberships, so an existing membership (an unsubscribed person above all) keeps its
+status and opt-in record. Limits: batches of at most ``MAX_BATCH`` rows (bound-parameter
+limits of both engines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from kakitome.errors import InputError, StorageError
+from kakitome.lists.model import (
+    BOUNCED,
+    COMPLAINED,
+    SUBSCRIBED,
+    UNCONFIRMED,
+    AudienceMember,
+    MailingList,
+    Membership,
+    Segment,
+    Subscriber,
+)
+from kakitome.store.schema_lists import (
+    list_members,
+    mailing_lists,
+    segments,
+    subscriber_events,
+    subscribers,
+)
+
+__all__ = ["MAX_BATCH", "ImportCounts", "ImportRow", "ListsStore"]
+
+MAX_BATCH = 5_000
+
+_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One valid, de-duplicated row of an import."""
+
+    address: str
+    key: str
+    name: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    inserted: int  # new subscribers
+    updated: int  # existing subscribers whose name/attributes were updated
+    joined: int  # new memberships
+
+
+class ListsStore:
+    """Lists and subscribers on the engine of a ``Store`` (``store.engine``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._lock = asyncio.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            if self._dialect == "sqlite":
+                async with self._lock, self._writer.begin() as conn:
+                    yield conn
+            else:
+                async with self._engine.begin() as conn:
+                    yield conn
+        except IntegrityError:
+            raise
+        except _ERRORS as exc:
+            raise StorageError(f"database did not commit: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except _ERRORS as exc:
+            raise StorageError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- lists ---------------------------------------------------------------------------
+
+    async def create_list(self, values: Mapping[str, Any]) -> MailingList:
+        try:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    insert(mailing_lists).values(**values).returning(mailing_lists.c.id)
+                )
+                list_id = int(result.scalar_one())
+        except IntegrityError:
+            raise InputError(f"a list named {values['name']!r} exists already") from None
+        found = await self.get_list(list_id)
+        assert found is not None
+        return found
+
+    async def get_list(self, ref: int | str) -> MailingList | None:
+        column = mailing_lists.c.id if isinstance(ref, int) else mailing_lists.c.name
+        async with self._read() as conn:
+            row = (await conn.execute(select(mailing_lists).where(column == ref))).first()
+        return _list(row) if row is not None else None
+
+    async def find_list(self, name: str, mail_domain: str) -> MailingList | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(mailing_lists).where(
+                        mailing_lists.c.name == name, mailing_lists.c.mail_domain == mail_domain
+                    )
+                )
+            ).first()
+        return _list(row) if row is not None else None
+
+    async def all_lists(self) -> list[MailingList]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(mailing_lists).order_by(mailing_lists.c.name))).all()
+        return [_list(r) for r in rows]
+
+    async def list_ids(self, names: Iterable[str]) -> dict[str, int]:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(mailing_lists.c.name, mailing_lists.c.id).where(
+                    mailing_lists.c.name.in_(wanted)
+                )
+            )
+            return {r.name: int(r.id) for r in rows}
+
+    async def delete_list(self, list_id: int) -> bool:
+        async with self._write() as conn:
+            await conn.execute(delete(list_members).where(list_members.c.list_id == list_id))
+            await conn.execute(delete(segments).where(segments.c.list_id == list_id))
+            result = await conn.execute(delete(mailing_lists).where(mailing_lists.c.id == list_id))
+            return bool(result.rowcount)
+
+    async def count_members(self, list_id: int) -> dict[str, int]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(list_members.c.status, func.count())
+                .where(list_members.c.list_id == list_id)
+                .group_by(list_members.c.status)
+            )
+            return {str(status): int(count) for status, count in rows}
+
+    # -- subscribers and members ---------------------------------------------------------
+
+    async def get_subscriber(self, ref: int | str) -> Subscriber | None:
+        column = subscribers.c.id if isinstance(ref, int) else subscribers.c.address_key
+        value = ref if isinstance(ref, int) else ref.lower()
+        async with self._read() as conn:
+            row = (await conn.execute(select(subscribers).where(column == value))).first()
+        return _subscriber(row) if row is not None else None
+
+    async def add_member(
+        self,
+        list_id: int,
+        *,
+        address: str,
+        name: str | None,
+        attributes: Mapping[str, Any] | None,
+        status: str,
+        optin: Mapping[str, Any],
+        now: float,
+        reopen: Sequence[str],
+    ) -> tuple[Membership, str | None]:
+        """Upsert the subscriber and the membership; the membership and its previous
+        status (None when new). A membership in a ``reopen`` status is restarted with the
+        new status and opt-in record; in another status it is left alone."""
+        key = address.lower()
+        async with self._write() as conn:
+            row = (
+                await conn.execute(select(subscribers).where(subscribers.c.address_key == key))
+            ).first()
+            if row is None:
+                result = await conn.execute(
+                    insert(subscribers)
+                    .values(
+                        address=address,
+                        address_key=key,
+                        name=name or "",
+                        attributes=dict(attributes or {}),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(subscribers.c.id)
+                )
+                subscriber_id = int(result.scalar_one())
+            else:
+                subscriber_id = int(row.id)
+                changes: dict[str, Any] = {}
+                if name:
+                    changes["name"] = name
+                if attributes:
+                    changes["attributes"] = {**(row.attributes or {}), **attributes}
+                if changes:
+                    await conn.execute(
+                        update(subscribers)
+                        .where(subscribers.c.id == subscriber_id)
+                        .values(updated_at=now, **changes)
+                    )
+            member = (
+                await conn.execute(
+                    select(list_members.c.status).where(
+                        list_members.c.list_id == list_id,
+                        list_members.c.subscriber_id == subscriber_id,
+                    )
+                )
+            ).first()
+            previous = None if member is None else str(member.status)
+            confirmed_at = now if status == SUBSCRIBED else None
+            record = {
+                "status": status,
+                "updated_at": now,
+                "confirmed_at": confirmed_at,
+                "optin_method": optin["method"],
+                "optin_at": now,
+                "optin_source": optin.get("source", ""),
+                "optin_ip": optin.get("ip"),
+                "optin_detail": optin.get("detail", ""),
+            }
+            if previous is None:
+                await conn.execute(
+                    insert(list_members).values(
+                        list_id=list_id, subscriber_id=subscriber_id, created_at=now, **record
+                    )
+                )
+            elif previous in reopen:
+                await conn.execute(
+                    update(list_members)
+                    .where(
+                        list_members.c.list_id == list_id,
+                        list_members.c.subscriber_id == subscriber_id,
+                    )
+                    .values(**record)
+                )
+            if previous is None or previous in reopen:
+                await _event(conn, subscriber_id, list_id, status, now, optin["method"])
+            loaded = await _load_member(conn, list_id, subscriber_id)
+        assert loaded is not None
+        return loaded, previous
+
+    async def get_member(self, list_id: int, subscriber_id: int) -> Membership | None:
+        async with self._read() as conn:
+            return await _load_member(conn, list_id, subscriber_id)
+
+    async def members(
+        self, list_id: int, *, status: str | None, after: int, limit: int
+    ) -> list[Membership]:
+        query = (
+            select(list_members, subscribers)
+            .join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
+            .where(list_members.c.list_id == list_id, list_members.c.subscriber_id > after)
+            .order_by(list_members.c.subscriber_id)
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(list_members.c.status == status)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_member(r) for r in rows]
+
+    async def delete_member(self, list_id: int, subscriber_id: int) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(list_members).where(
+                    list_members.c.list_id == list_id,
+                    list_members.c.subscriber_id == subscriber_id,
+                )
+            )
+            return bool(result.rowcount)
+
+    async def delete_subscriber(self, subscriber_id: int) -> bool:
+        async with self._write() as conn:
+            for table in (list_members, subscriber_events):
+                await conn.execute(delete(table).where(table.c.subscriber_id == subscriber_id))
+            result = await conn.execute(
+                delete(subscribers).where(subscribers.c.id == subscriber_id)
+            )
+            return bool(result.rowcount)
+
+    async def set_status(
+        self,
+        list_id: int,
+        subscriber_id: int,
+        status: str,
+        *,
+        now: float,
+        kind: str,
+        detail: str = "",
+        only_from: Sequence[str] | None = None,
+    ) -> bool | None:
+        """Change one membership's status; True when changed, False when it already had
+        it (or was not in ``only_from``), None when there is no such membership."""
+        async with self._write() as conn:
+            current = (
+                await conn.execute(
+                    select(list_members.c.status).where(
+                        list_members.c.list_id == list_id,
+                        list_members.c.subscriber_id == subscriber_id,
+                    )
+                )
+            ).first()
+            if current is None:
+                return None
+            if current.status == status or (
+                only_from is not None and current.status not in only_from
+            ):
+                return False
+            values: dict[str, Any] = {"status": status, "updated_at": now}
+            if status == SUBSCRIBED:
+                values["confirmed_at"] = now
+            await conn.execute(
+                update(list_members)
+                .where(
+                    list_members.c.list_id == list_id,
+                    list_members.c.subscriber_id == subscriber_id,
+                )
+                .values(**values)
+            )
+            await _event(conn, subscriber_id, list_id, kind, now, detail)
+            return True
+
+    # -- audience ------------------------------------------------------------------------
+
+    def _audience_query(self, list_id: int, condition: ColumnElement[bool] | None) -> Select[Any]:
+        query = (
+            select(
+                subscribers.c.id,
+                subscribers.c.address,
+                subscribers.c.name,
+                subscribers.c.attributes,
+                list_members.c.confirmed_at,
+            )
+            .select_from(
+                list_members.join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
+            )
+            .where(
+                list_members.c.list_id == list_id,
+                list_members.c.status == SUBSCRIBED,
+                subscribers.c.bounced_at.is_(None),
+            )
+        )
+        if condition is not None:
+            query = query.where(condition)
+        return query
+
+    async def audience_batch(
+        self,
+        list_id: int,
+        condition: ColumnElement[bool] | None,
+        *,
+        after: int,
+        limit: int,
+    ) -> list[AudienceMember]:
+        query = (
+            self._audience_query(list_id, condition)
+            .where(list_members.c.subscriber_id > after)
+            .order_by(list_members.c.subscriber_id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            AudienceMember(
+                subscriber_id=int(r.id),
+                list_id=list_id,
+                address=r.address,
+                name=r.name,
+                attributes=dict(r.attributes or {}),
+                confirmed_at=r.confirmed_at,
+            )
+            for r in rows
+        ]
+
+    async def count_audience(self, list_id: int, condition: ColumnElement[bool] | None) -> int:
+        query = select(func.count()).select_from(
+            self._audience_query(list_id, condition).subquery()
+        )
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def export_page(
+        self,
+        list_id: int,
+        *,
+        status: str | None,
+        condition: ColumnElement[bool] | None,
+        after: int,
+        limit: int,
+    ) -> list[Membership]:
+        query = (
+            select(list_members, subscribers)
+            .join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
+            .where(list_members.c.list_id == list_id, list_members.c.subscriber_id > after)
+            .order_by(list_members.c.subscriber_id)
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(list_members.c.status == status)
+        if condition is not None:
+            query = query.where(condition)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_member(r) for r in rows]
+
+    # -- import --------------------------------------------------------------------------
+
+    async def import_batch(
+        self,
+        list_id: int,
+        rows: Sequence[ImportRow],
+        *,
+        status: str,
+        optin: Mapping[str, Any],
+        now: float,
+        update_existing: bool,
+    ) -> ImportCounts:
+        """Upsert one batch (keys unique within it) in one transaction."""
+        if len(rows) > MAX_BATCH:
+            raise ValueError(f"import batches hold at most {MAX_BATCH} rows")
+        if not rows:
+            return ImportCounts(0, 0, 0)
+        keys = [r.key for r in rows]
+        async with self._write() as conn:
+            found = await conn.execute(
+                select(
+                    subscribers.c.id,
+                    subscribers.c.address_key,
+                    subscribers.c.name,
+                    subscribers.c.attributes,
+                ).where(subscribers.c.address_key.in_(keys))
+            )
+            existing = {r.address_key: r for r in found}
+            ids: dict[str, int] = {k: int(r.id) for k, r in existing.items()}
+            new = [
+                {
+                    "address": r.address,
+                    "address_key": r.key,
+                    "name": r.name,
+                    "attributes": r.attributes,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for r in rows
+                if r.key not in existing
+            ]
+            if new:
+                result = await conn.execute(
+                    insert(subscribers).returning(subscribers.c.id, subscribers.c.address_key),
+                    new,
+                )
+                ids.update({key: int(sid) for sid, key in result.all()})
+            updates: list[dict[str, Any]] = []
+            if update_existing:
+                for r in rows:
+                    old = existing.get(r.key)
+                    if old is None or not (r.name or r.attributes):
+                        continue
+                    name = r.name or old.name
+                    attributes = {**(old.attributes or {}), **r.attributes}
+                    if name != old.name or attributes != (old.attributes or {}):
+                        updates.append(
+                            {"b_id": int(old.id), "b_name": name, "b_attributes": attributes}
+                        )
+            if updates:
+                await conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.id == bindparam("b_id"))
+                    .values(
+                        name=bindparam("b_name"),
+                        attributes=bindparam("b_attributes", type_=subscribers.c.attributes.type),
+                        updated_at=now,
+                    ),
+                    updates,
+                )
+            before = await conn.execute(
+                select(func.count())
+                .select_from(list_members)
+                .where(
+                    list_members.c.list_id == list_id,
+                    list_members.c.subscriber_id.in_(list(ids.values())),
+                )
+            )
+            present = int(before.scalar_one())
+            member_rows = [
+                {
+                    "list_id": list_id,
+                    "subscriber_id": sid,
+                    "status": status,
+                    "created_at": now,
+                    "updated_at": now,
+                    "confirmed_at": now if status == SUBSCRIBED else None,
+                    "optin_method": optin["method"],
+                    "optin_at": now,
+                    "optin_source": optin.get("source", ""),
+                    "optin_ip": optin.get("ip"),
+                    "optin_detail": optin.get("detail", ""),
+                }
+                for sid in ids.values()
+            ]
+            await conn.execute(
+                self._insert(list_members).on_conflict_do_nothing(
+                    index_elements=["list_id", "subscriber_id"]
+                ),
+                member_rows,
+            )
+        return ImportCounts(len(new), len(updates), len(ids) - present)
+
+    # -- bounces and complaints ----------------------------------------------------------
+
+    async def record_bounce(
+        self,
+        key: str,
+        *,
+        permanent: bool,
+        now: float,
+        window_start: float,
+        permanent_threshold: int,
+        temporary_threshold: int,
+        detail: str,
+        list_id: int | None,
+    ) -> tuple[int, int, bool, int] | None:
+        """(permanent, temporary, cleaned, lists changed), or None for unknown addresses.
+        Permanent failures count over the whole kept history, temporary ones since
+        ``window_start``."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    select(subscribers.c.id, subscribers.c.bounced_at).where(
+                        subscribers.c.address_key == key
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            sid = int(row.id)
+            kind = "bounce_permanent" if permanent else "bounce_temporary"
+            await _event(conn, sid, list_id, kind, now, detail)
+            counts = await conn.execute(
+                select(subscriber_events.c.kind, func.count())
+                .where(
+                    subscriber_events.c.subscriber_id == sid,
+                    subscriber_events.c.kind.in_(("bounce_permanent", "bounce_temporary")),
+                    (subscriber_events.c.kind == "bounce_permanent")
+                    | (subscriber_events.c.at >= window_start),
+                )
+                .group_by(subscriber_events.c.kind)
+            )
+            by_kind = {str(k): int(n) for k, n in counts}
+            perm, temp = by_kind.get("bounce_permanent", 0), by_kind.get("bounce_temporary", 0)
+            if row.bounced_at is not None:
+                return perm, temp, True, 0
+            if perm < permanent_threshold and temp < temporary_threshold:
+                return perm, temp, False, 0
+            changed = await _mark_all(conn, sid, BOUNCED, now, f"bounced: {detail}".strip())
+            await conn.execute(
+                update(subscribers).where(subscribers.c.id == sid).values(bounced_at=now)
+            )
+            return perm, temp, True, changed
+
+    async def clear_bounced(self, subscriber_id: int) -> None:
+        """Forget the bounced mark (the person proved the address works by confirming)."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(subscribers).where(subscribers.c.id == subscriber_id).values(bounced_at=None)
+            )
+
+    async def record_complaint(self, key: str, *, now: float, detail: str) -> int | None:
+        async with self._write() as conn:
+            row = (
+                await conn.execute(select(subscribers.c.id).where(subscribers.c.address_key == key))
+            ).first()
+            if row is None:
+                return None
+            return await _mark_all(conn, int(row.id), COMPLAINED, now, detail)
+
+    async def purge_events(self, before: float) -> int:
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(subscriber_events).where(subscriber_events.c.at < before)
+            )
+            return int(result.rowcount or 0)
+
+    async def events(self, subscriber_id: int, limit: int) -> list[dict[str, Any]]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(subscriber_events)
+                .where(subscriber_events.c.subscriber_id == subscriber_id)
+                .order_by(subscriber_events.c.at.desc(), subscriber_events.c.id.desc())
+                .limit(limit)
+            )
+            return [
+                {"kind": r.kind, "list_id": r.list_id, "at": r.at, "detail": r.detail} for r in rows
+            ]
+
+    # -- segments ------------------------------------------------------------------------
+
+    async def save_segment(
+        self, name: str, expression: str, list_id: int | None, now: float
+    ) -> Segment:
+        try:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    insert(segments)
+                    .values(name=name, expression=expression, list_id=list_id, created_at=now)
+                    .returning(segments.c.id)
+                )
+                segment_id = int(result.scalar_one())
+        except IntegrityError:
+            raise InputError(f"a segment named {name!r} exists already") from None
+        return Segment(segment_id, name, expression, list_id, now)
+
+    async def get_segment(self, ref: int | str) -> Segment | None:
+        column = segments.c.id if isinstance(ref, int) else segments.c.name
+        async with self._read() as conn:
+            row = (await conn.execute(select(segments).where(column == ref))).first()
+        return _segment(row) if row is not None else None
+
+    async def all_segments(self) -> list[Segment]:
+        async with self._read() as conn:
+            rows = (await conn.execute(select(segments).order_by(segments.c.name))).all()
+        return [_segment(r) for r in rows]
+
+    async def delete_segment(self, segment_id: int) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(delete(segments).where(segments.c.id == segment_id))
+            return bool(result.rowcount)
+
+
+async def _event(
+    conn: AsyncConnection,
+    subscriber_id: int,
+    list_id: int | None,
+    kind: str,
+    now: float,
+    detail: str,
+) -> None:
+    await conn.execute(
+        insert(subscriber_events).values(
+            subscriber_id=subscriber_id, list_id=list_id, kind=kind, at=now, detail=detail[:2000]
+        )
+    )
+
+
+async def _mark_all(
+    conn: AsyncConnection, subscriber_id: int, status: str, now: float, detail: str
+) -> int:
+    """Set ``status`` on every membership still receiving (or about to) mail."""
+    rows = await conn.execute(
+        select(list_members.c.list_id).where(
+            list_members.c.subscriber_id == subscriber_id,
+            list_members.c.status.in_((SUBSCRIBED, UNCONFIRMED)),
+        )
+    )
+    list_ids = [int(r.list_id) for r in rows]
+    if list_ids:
+        await conn.execute(
+            update(list_members)
+            .where(
+                and_(
+                    list_members.c.subscriber_id == subscriber_id,
+                    list_members.c.list_id.in_(list_ids),
+                )
+            )
+            .values(status=status, updated_at=now)
+        )
+    for list_id in list_ids:
+        await _event(conn, subscriber_id, list_id, status, now, detail)
+    return len(list_ids)
+
+
+async def _load_member(
+    conn: AsyncConnection, list_id: int, subscriber_id: int
+) -> Membership | None:
+    row = (
+        await conn.execute(
+            select(list_members, subscribers)
+            .join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
+            .where(
+                list_members.c.list_id == list_id,
+                list_members.c.subscriber_id == subscriber_id,
+            )
+        )
+    ).first()
+    return _member(row) if row is not None else None
+
+
+def _list(row: Any) -> MailingList:
+    return MailingList(
+        id=int(row.id),
+        name=row.name,
+        title=row.title,
+        description=row.description,
+        opt_in=row.opt_in,
+        from_name=row.from_name,
+        from_address=row.from_address,
+        reply_to=row.reply_to,
+        sender_organization=row.sender_organization,
+        sender_postal_address=row.sender_postal_address,
+        time_zone=row.time_zone,
+        quiet_start=row.quiet_start,
+        quiet_end=row.quiet_end,
+        encoding=row.encoding,
+        mail_domain=row.mail_domain,
+        created_at=row.created_at,
+    )
+
+
+def _subscriber(row: Any) -> Subscriber:
+    return Subscriber(
+        id=int(row.id),
+        address=row.address,
+        name=row.name,
+        attributes=dict(row.attributes or {}),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        bounced_at=row.bounced_at,
+    )
+
+
+def _member(row: Any) -> Membership:
+    mapping = row._mapping
+    subscriber = Subscriber(
+        id=int(mapping[subscribers.c.id]),
+        address=mapping[subscribers.c.address],
+        name=mapping[subscribers.c.name],
+        attributes=dict(mapping[subscribers.c.attributes] or {}),
+        created_at=mapping[subscribers.c.created_at],
+        updated_at=mapping[subscribers.c.updated_at],
+        bounced_at=mapping[subscribers.c.bounced_at],
+    )
+    return Membership(
+        list_id=int(mapping[list_members.c.list_id]),
+        subscriber=subscriber,
+        status=mapping[list_members.c.status],
+        created_at=mapping[list_members.c.created_at],
+        updated_at=mapping[list_members.c.updated_at],
+        confirmed_at=mapping[list_members.c.confirmed_at],
+        optin_method=mapping[list_members.c.optin_method],
+        optin_at=mapping[list_members.c.optin_at],
+        optin_source=mapping[list_members.c.optin_source],
+        optin_ip=mapping[list_members.c.optin_ip],
+        optin_detail=mapping[list_members.c.optin_detail],
+    )
+
+
+def _segment(row: Any) -> Segment:
+    return Segment(int(row.id), row.name, row.expression, row.list_id, row.created_at)
