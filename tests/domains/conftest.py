@@ -3,6 +3,7 @@ service on both databases, and publishing `domain dns` records into the world's 
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -32,8 +33,13 @@ class Env:
     env: dict[str, str]
     settings: Settings
 
-    def publish(self, records: dict[str, Any], *, skip: Callable[[dict[str, Any]], bool] = lambda r: False,
-                ptr: bool = True) -> None:  # fmt: skip
+    def publish(
+        self,
+        records: dict[str, Any],
+        *,
+        skip: Callable[[dict[str, Any]], bool] = lambda r: False,
+        ptr: bool = True,
+    ) -> None:
         """Write the records `domain dns --json` printed into the DNS (minus ``skip``)."""
         dns = self.world.dns
         for record in records["records"]:
@@ -69,8 +75,6 @@ def domain_env(world: LocalInternet, tmp_path: Path) -> Iterator[Env]:
     yield Env(world, domain, ip, helo, env, world.settings(env))
     world.dns.remove_tree(domain)
     world.dns.remove_tree(helo)
-    import ipaddress
-
     world.dns.remove(ipaddress.ip_address(ip).reverse_pointer)
 
 
