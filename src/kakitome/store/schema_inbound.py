@@ -13,7 +13,8 @@ every table is known to the migrations test.
   ``Received`` and ``Authentication-Results`` fields, with what became of it (``kind``:
   bounce, complaint, tlsrpt, route; ``status``: processed, unmatched, held, forward,
   forwarded, failed). Forwarding retries use ``attempts`` and ``next_attempt_at``.
-- ``tlsrpt_reports``: TLS-RPT reports (RFC 8460) other senders sent us, one row per report,
+- ``tlsrpt_received``: TLS-RPT reports (RFC 8460) other senders sent us (ours are in
+  ``schema_tls``), one row per report,
   de-duplicated by (organization, report id).
 
 Inbound routes are settings (``inbound.routes``), not rows: they change with deployments.
@@ -92,8 +93,8 @@ inbound_messages = Table(
     Index("ix_inbound_messages_due", "status", "next_attempt_at"),
 )
 
-tlsrpt_reports = Table(
-    "tlsrpt_reports",
+tlsrpt_received = Table(
+    "tlsrpt_received",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("inbound_message_id", String(32)),

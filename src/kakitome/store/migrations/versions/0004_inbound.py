@@ -76,7 +76,7 @@ def upgrade() -> None:
         "ix_inbound_messages_due", "inbound_messages", ["status", "next_attempt_at"]
     )
     op.create_table(
-        "tlsrpt_reports",
+        "tlsrpt_received",
         sa.Column("id", BigId, nullable=False, autoincrement=True),
         sa.Column("inbound_message_id", sa.String(32), nullable=True),
         sa.Column("received_at", sa.Float(), nullable=False),
@@ -88,15 +88,15 @@ def upgrade() -> None:
         sa.Column("successful", sa.BigInteger(), nullable=False, server_default="0"),
         sa.Column("failed", sa.BigInteger(), nullable=False, server_default="0"),
         sa.Column("report", sa.JSON(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_tlsrpt_reports"),
+        sa.PrimaryKeyConstraint("id", name="pk_tlsrpt_received"),
         sa.UniqueConstraint(
-            "organization", "report_id", name="uq_tlsrpt_reports_organization_report_id"
+            "organization", "report_id", name="uq_tlsrpt_received_organization_report_id"
         ),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("tlsrpt_reports")
+    op.drop_table("tlsrpt_received")
     op.drop_index("ix_inbound_messages_due", table_name="inbound_messages")
     op.drop_index("ix_inbound_messages_received_at", table_name="inbound_messages")
     op.drop_table("inbound_messages")

@@ -1,0 +1,120 @@
+"""Decisions of the listeners, as verdict objects: which recipients the MX takes, and why.
+
+The SMTP state machine (``kakitome.inbound.protocol``) knows nothing of domains, routes or
+the database; it asks this policy at RCPT time and turns the ``Verdict`` into a reply.
+
+The MX takes mail only for (never an open relay):
+
+- the VERP return paths of messages we sent (an address some message of ours went out
+  with as its envelope sender; ``InboundStore.is_return_path``) — bounces;
+- the domains in ``inbound.return_path_domains`` (any local part) — bounces, complaints
+  and TLS reports sent to our own reporting addresses;
+- the domains in ``inbound.domains``, by the first matching route in ``inbound.routes``:
+  ``reject`` refuses at RCPT, ``hold`` and ``forward`` accept. With no route, mail for an
+  inbound domain is held.
+
+Anything else gets 550 5.7.1 (relaying denied). Submission (587/465) takes any recipient
+from an authenticated client, and nothing from anyone else (aiosmtpd's ``auth_required``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kakitome.config import InboundRoute, InboundSettings
+
+__all__ = ["Action", "InboundPolicy", "RecipientClass", "Verdict", "match_route"]
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"  # 5xx
+    DEFER = "defer"  # 4xx
+    DISCONNECT = "disconnect"  # 421 and close
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    code: int
+    enhanced: str
+    text: str
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    @classmethod
+    def accept(cls, text: str = "OK") -> Verdict:
+        return cls(Action.ACCEPT, 250, "2.1.5", text)
+
+    @classmethod
+    def reject(cls, code: int, enhanced: str, text: str) -> Verdict:
+        return cls(Action.REJECT, code, enhanced, text)
+
+    @classmethod
+    def defer(cls, code: int, enhanced: str, text: str) -> Verdict:
+        return cls(Action.DEFER, code, enhanced, text)
+
+
+class RecipientClass(StrEnum):
+    RETURN_PATH = "return_path"  # a VERP address or a return-path domain: bounces, reports
+    ROUTE = "route"  # an inbound domain, by route
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDecision:
+    verdict: Verdict
+    kind: RecipientClass | None = None
+    route: InboundRoute | None = None
+
+
+RELAY_DENIED = Verdict.reject(550, "5.7.1", "relaying denied: not a domain of this server")
+NO_SUCH_USER = Verdict.reject(550, "5.1.1", "no such recipient here")
+HOLD_ROUTE = InboundRoute(match="*", action="hold")
+
+
+def match_route(routes: Sequence[InboundRoute], address: str) -> InboundRoute | None:
+    """The first route matching ``address`` (lower-case), or None."""
+    local, _, domain = address.lower().rpartition("@")
+    for route in routes:
+        pattern = route.match.strip().lower()
+        if pattern == "*":
+            return route
+        if "@" in pattern and not pattern.startswith("@"):
+            if pattern == f"{local}@{domain}":
+                return route
+        elif pattern.lstrip("@") == domain:
+            return route
+    return None
+
+
+class InboundPolicy:
+    """RCPT decisions for the MX."""
+
+    def __init__(
+        self,
+        settings: InboundSettings,
+        is_return_path: Callable[[str], Awaitable[bool]],
+    ) -> None:
+        self._settings = settings
+        self._is_return_path = is_return_path
+        self._domains = set(settings.domains)
+        self._return_path_domains = set(settings.return_path_domains)
+
+    async def check_recipient(self, address: str) -> RecipientDecision:
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        if not domain:
+            return RecipientDecision(NO_SUCH_USER)
+        if domain in self._return_path_domains:
+            return RecipientDecision(Verdict.accept(), RecipientClass.RETURN_PATH)
+        if domain in self._domains:
+            route = match_route(self._settings.routes, address) or HOLD_ROUTE
+            if route.action == "reject":
+                return RecipientDecision(NO_SUCH_USER, RecipientClass.ROUTE, route)
+            return RecipientDecision(Verdict.accept(), RecipientClass.ROUTE, route)
+        if await self._is_return_path(address):
+            return RecipientDecision(Verdict.accept(), RecipientClass.RETURN_PATH)
+        return RecipientDecision(RELAY_DENIED)

@@ -1,0 +1,215 @@
+"""The SMTP listeners of ``kakitome serve --role smtp``: build them from the settings, run
+them on the service's event loop, stop them.
+
+Listeners (a port of 0 turns one off): the MX on ``inbound.mx_port`` (STARTTLS offered,
+never required: T11), submission on ``inbound.submission_port`` (STARTTLS required before
+anything but EHLO/NOOP/QUIT, then AUTH) and ``inbound.submissions_port`` (implicit TLS,
+RFC 8314). All bind ``inbound.bind_host``; all share one ``CertificateSource`` (reloads
+without restart) and one connection tracker (``max_connections``, and
+``max_connections_per_ip`` per client address).
+
+Talks to: clients on the listening sockets; the database (``InboundStore``, the injector);
+DNS for SPF/DKIM/DMARC of MX mail; HTTP endpoints of forward routes (``forward.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from kakitome.config import Settings
+from kakitome.inbound.forward import Forwarder
+from kakitome.inbound.handler import GroupCommit, MXHandler, SubmissionHandler
+from kakitome.inbound.headers import auth_lookup
+from kakitome.inbound.policy import InboundPolicy
+from kakitome.inbound.processor import MXProcessor
+from kakitome.inbound.protocol import ConnectionLimits, ConnectionTracker, KakitomeSMTP
+from kakitome.inbound.tls import CertificateSource, ensure_certificate
+from kakitome.inbound.users import Authenticator, AuthGuard
+from kakitome.injection import Injector
+from kakitome.store.inbound_store import InboundStore, NewInbound
+from kakitome.store.repository import Store
+from kakitome.suppression import Thresholds
+
+__all__ = ["InboundService"]
+
+log = structlog.get_logger("kakitome.inbound")
+
+# aiosmtpd logs every command at INFO on "mail.log" (with the client's bytes), and warns
+# at each implicit-TLS connection that AUTH without STARTTLS is risky — which it is not
+# when the socket is TLS from the first byte. Our own log says what matters.
+_AIOSMTPD_NOISE = (
+    "auth_required == True but auth_require_tls == False",
+    "Session.login_data is deprecated",
+)
+
+
+class _QuietAiosmtpd(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in _AIOSMTPD_NOISE)
+
+
+_aiosmtpd_log = logging.getLogger("mail.log")
+_aiosmtpd_log.setLevel(logging.WARNING)
+_aiosmtpd_log.addFilter(_QuietAiosmtpd())
+
+
+@dataclass
+class _Bound:
+    name: str
+    server: asyncio.Server
+    port: int
+
+
+@dataclass
+class InboundService:
+    """All listeners of one process. ``await start()``; ``await stop()``."""
+
+    settings: Settings
+    store: Store
+    injector: Injector
+    clock: Callable[[], float] = time.time
+    inbound_store: InboundStore = field(init=False)
+    certificates: CertificateSource = field(init=False)
+    tracker: ConnectionTracker = field(init=False)
+    guard: AuthGuard = field(init=False)
+    ports: dict[str, int] = field(default_factory=dict)
+    _servers: list[_Bound] = field(default_factory=list)
+    _forwarder_task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        inbound = self.settings.inbound
+        self.hostname = inbound.hostname or self.settings.delivery.helo_hostname
+        self.inbound_store = InboundStore(self.store.engine, Thresholds.from_settings(inbound))
+        cert, key = ensure_certificate(
+            inbound.cert_file, inbound.key_file, self.settings.data_dir, self.hostname
+        )
+        self.certificates = CertificateSource(cert, key, check_interval=inbound.cert_check_interval)
+        self.tracker = ConnectionTracker(inbound.max_connections, inbound.max_connections_per_ip)
+        self.guard = AuthGuard.from_settings(inbound)
+        self.limits = ConnectionLimits(
+            max_commands=inbound.max_commands,
+            max_line_length=inbound.max_line_length,
+            idle_timeout=inbound.idle_timeout,
+        )
+        lookup = auth_lookup(self.settings.dns) if inbound.check_authentication else None
+        self.commit: GroupCommit[NewInbound, str] = GroupCommit(
+            self.inbound_store.record_inbound_many
+        )
+        self.mx_handler = MXHandler(
+            hostname=self.hostname,
+            authserv_id=inbound.authserv_id or self.hostname,
+            max_recipients=inbound.max_recipients,
+            policy=InboundPolicy(inbound, self.inbound_store.is_return_path),
+            processor=MXProcessor(self.inbound_store, inbound),
+            commit=self.commit,
+            lookup=lookup,
+            clock=self.clock,
+        )
+        self.submission_handler = SubmissionHandler(
+            hostname=self.hostname,
+            max_recipients=inbound.max_recipients,
+            injector=self.injector,
+            authenticator=Authenticator(self.inbound_store, self.guard),
+            clock=self.clock,
+        )
+
+    def _factory(self, kind: str) -> Callable[[], KakitomeSMTP]:
+        inbound = self.settings.inbound
+        common = {
+            "limits": self.limits,
+            "tracker": self.tracker,
+            "hostname": self.hostname,
+            "ident": "Kakitome ESMTP",
+            "data_size_limit": inbound.max_message_size,
+            "enable_SMTPUTF8": True,
+            "loop": asyncio.get_running_loop(),
+        }
+
+        def mx() -> KakitomeSMTP:
+            return KakitomeSMTP(
+                self.mx_handler,
+                tls_context=self.certificates.front,
+                **common,  # type: ignore[arg-type]
+            )
+
+        def submission() -> KakitomeSMTP:
+            return KakitomeSMTP(
+                self.submission_handler,
+                tls_context=self.certificates.front,
+                require_starttls=True,
+                auth_required=True,
+                auth_require_tls=True,
+                auth_exclude_mechanism=["CRAM-MD5"],
+                **common,  # type: ignore[arg-type]
+            )
+
+        def submissions() -> KakitomeSMTP:
+            # The socket is TLS already: no STARTTLS (T4), and AUTH is allowed at once.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return KakitomeSMTP(
+                    self.submission_handler,
+                    implicit_tls=True,
+                    auth_required=True,
+                    auth_require_tls=False,
+                    auth_exclude_mechanism=["CRAM-MD5"],
+                    **common,  # type: ignore[arg-type]
+                )
+
+        return {"mx": mx, "submission": submission, "submissions": submissions}[kind]
+
+    async def start(self) -> None:
+        inbound = self.settings.inbound
+        loop = asyncio.get_running_loop()
+        wanted = (
+            ("mx", inbound.mx_port, False),
+            ("submission", inbound.submission_port, False),
+            ("submissions", inbound.submissions_port, True),
+        )
+        try:
+            for name, port, implicit in wanted:
+                if port == 0:
+                    continue
+                server = await loop.create_server(
+                    self._factory(name),
+                    host=inbound.bind_host,
+                    port=port,
+                    ssl=self.certificates.front if implicit else None,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+                actual = server.sockets[0].getsockname()[1]
+                self._servers.append(_Bound(name, server, actual))
+                self.ports[name] = actual
+                log.info(
+                    "SMTP listener started", listener=name, host=inbound.bind_host, port=actual
+                )
+        except BaseException:
+            await self.stop()
+            raise
+        forwarder = Forwarder(self.inbound_store, inbound, clock=self.clock)
+        self._forwarder_task = asyncio.create_task(forwarder.run(self._stop), name="forwarder")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for bound in self._servers:
+            bound.server.close()
+        for session in list(self.tracker.sessions):
+            session.close()
+        for bound in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bound.server.wait_closed(), 5)
+        self._servers.clear()
+        if self._forwarder_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._forwarder_task, 10)
+            self._forwarder_task = None
