@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.errors import InputError, StorageError
 from kakitome.store.ids import ALPHABET, LENGTH, encode
+from kakitome.store.repository import DeliveryRow
 from kakitome.store.schema import deliveries, events
 from kakitome.store.schema import messages as message_table
 from kakitome.store.schema_web import (
@@ -624,6 +625,60 @@ class WebStore:
             )
             for row in (rows[i] for i in ids if i in rows)
         ]
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Deliveries per non-final status (queued, deferred, held), each counted on its
+        index: cheap however many final deliveries there are."""
+        from kakitome.store.repository import PENDING
+
+        counts: dict[str, int] = {}
+        async with self._read() as conn:
+            for status in PENDING:
+                counts[status] = int(
+                    await conn.scalar(
+                        select(func.count())
+                        .select_from(deliveries)
+                        .where(deliveries.c.status == status)
+                    )
+                    or 0
+                )
+        return counts
+
+    async def queue_page(
+        self,
+        statuses: Sequence[str],
+        *,
+        domain: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[DeliveryRow], str | None]:
+        """Deliveries in ``statuses``, newest message first, cut at a message boundary;
+        returns (rows, cursor of the next page)."""
+        from kakitome.store.repository import _DELIVERY_COLUMNS, _delivery_row
+
+        d = deliveries
+        rows: list[Any] = []
+        async with self._read() as conn:
+            for status in statuses:
+                stmt = select(*_DELIVERY_COLUMNS).where(d.c.status == status)
+                if domain:
+                    stmt = stmt.where(d.c.domain == _ascii_domain(domain.lstrip("@")))
+                if before:
+                    stmt = stmt.where(d.c.message_id < before)
+                stmt = stmt.order_by(d.c.message_id.desc(), d.c.id).limit(limit + 1)
+                rows.extend(await conn.execute(stmt))
+        rows.sort(key=lambda r: (r.message_id, -r.id), reverse=True)
+        more = len(rows) > limit
+        rows = rows[: limit + 1]
+        next_before: str | None = None
+        if more:
+            last = rows[limit].message_id
+            kept = [r for r in rows[:limit] if r.message_id != last]
+            if kept:
+                rows, next_before = kept, kept[-1].message_id
+            else:
+                rows, next_before = rows[:limit], None
+        return [_delivery_row(r) for r in rows], next_before
 
     # -- statistics -----------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ from kakitome.config import Settings
 from kakitome.injection import Injector
 from kakitome.store.repository import Store
 from kakitome.web.api import api_router
+from kakitome.web.api_admin import admin_api_router
 from kakitome.web.errors import install_error_handlers
 from kakitome.web.limits import BodySizeLimit
+from kakitome.web.public import public_router
+from kakitome.web.ui import mount_ui
 
 
 def body_limit(settings: Settings) -> int:
@@ -32,6 +35,9 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=body_limit(settings))
     app.include_router(api_router(store, injector, clock))
+    app.include_router(public_router(settings, store, injector, clock))
+    app.include_router(admin_api_router(store, clock))
+    mount_ui(app, settings, store, clock=clock)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

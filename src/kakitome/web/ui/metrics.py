@@ -1,0 +1,59 @@
+"""``/metrics``: Prometheus text format, made fresh from the database at each scrape.
+
+Served without authentication, like ``/healthz``: it holds counts only, no addresses or
+content. Keep the HTTP port on a private network (or behind a proxy) if counts are
+sensitive. Each scrape costs one indexed count per pending status and one small roll-up
+query (the last hour), not a scan of the deliveries.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from kakitome.store.repository import Store
+from kakitome.store.web_store import WebStore
+
+
+def metrics_router(store: Store, web: WebStore) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Queue sizes, active API keys and the last hour's deliveries, for Prometheus."""
+        registry = CollectorRegistry()
+        queue = Gauge(
+            "kakitome_queue_deliveries",
+            "Deliveries not yet final, by status.",
+            ["status"],
+            registry=registry,
+        )
+        for status, count in (await web.pending_counts()).items():
+            queue.labels(status=status).set(count)
+        keys = Gauge("kakitome_api_keys_active", "API keys not revoked.", registry=registry)
+        keys.set(sum(1 for k in await store.list_api_keys() if k.revoked_at is None))
+        now = time.time()
+        await web.refresh_rollup(now=now)
+        stats = await web.stats(since=now - 3600, until=now)
+        hour = Gauge(
+            "kakitome_last_hour_deliveries",
+            "Delivery outcomes in the current and previous hour (from the roll-up).",
+            ["outcome"],
+            registry=registry,
+        )
+        total = stats.total
+        for outcome in (
+            "delivered",
+            "delivered_tls",
+            "delivered_verified",
+            "downgraded",
+            "deferred",
+            "bounced",
+        ):
+            hour.labels(outcome=outcome).set(getattr(total, outcome))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
