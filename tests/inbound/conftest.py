@@ -56,9 +56,7 @@ StartInbound = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_inbound(
-    tmp_path: Path, world: LocalInternet
-) -> AsyncIterator[StartInbound]:
+async def start_inbound(tmp_path: Path, world: LocalInternet) -> AsyncIterator[StartInbound]:
     """``await start_inbound(**env)``: listeners on free loopback ports with a test-CA
     certificate; ``env`` adds ``KAKITOME_*`` overrides (e.g. ``INBOUND__MAX_RECIPIENTS``)."""
     started: list[Running] = []
@@ -87,7 +85,9 @@ async def start_inbound(
         injector = Injector(store, settings)
         service = InboundService(settings, store, injector)
         await service.start()
-        running = Running(settings, store, service.inbound_store, service, injector, world.ca.ca_file)
+        running = Running(
+            settings, store, service.inbound_store, service, injector, world.ca.ca_file
+        )
         started.append(running)
         return running
 

@@ -23,10 +23,26 @@ async def test_starttls_then_auth_on_587_queues_the_message(
     running = await start_inbound()
     await _user(running)
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.submission),
-        "--tls", "--auth", "PLAIN", "--auth-user", "app", "--auth-password", PASSWORD,
-        "--from", "app@sender.test", "--to", "someone@example.test",
-        "--ehlo", "client.test", "--data", MESSAGE,
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "app@sender.test",
+        "--to",
+        "someone@example.test",
+        "--ehlo",
+        "client.test",
+        "--data",
+        MESSAGE,
     )
     assert code == 0, out
     assert "235 2.7.0" in out
@@ -45,9 +61,22 @@ async def test_auth_before_starttls_is_refused_530(
     running = await start_inbound()
     await _user(running)
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.submission),
-        "--auth-optional", "--auth-user", "app", "--auth-password", PASSWORD,
-        "--from", "app@sender.test", "--to", "someone@example.test", "--ehlo", "client.test",
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submission),
+        "--auth-optional",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "app@sender.test",
+        "--to",
+        "someone@example.test",
+        "--ehlo",
+        "client.test",
     )
     assert code != 0
     assert "AUTH" not in "".join(line for line in out.splitlines() if line.startswith("<-  250"))
@@ -63,10 +92,26 @@ async def test_implicit_tls_on_465(start_inbound: StartInbound, swaks_bin: str) 
     running = await start_inbound()
     await _user(running)
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.submissions),
-        "--tls-on-connect", "--auth", "LOGIN", "--auth-user", "app",
-        "--auth-password", PASSWORD, "--from", "app@sender.test",
-        "--to", "someone@example.test", "--ehlo", "client.test", "--data", MESSAGE,
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submissions),
+        "--tls-on-connect",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "app@sender.test",
+        "--to",
+        "someone@example.test",
+        "--ehlo",
+        "client.test",
+        "--data",
+        MESSAGE,
     )
     assert code == 0, out
     assert "STARTTLS" not in out
@@ -77,14 +122,34 @@ async def test_relay_without_auth_is_refused(start_inbound: StartInbound, swaks_
     """The MX takes mail for its own domains only; anything else is 550 5.7.1 (never a relay)."""
     running = await start_inbound()
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.mx), "--tls",
-        "--from", "someone@elsewhere.test", "--to", "victim@example.org", "--ehlo", "client.test",
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.mx),
+        "--tls",
+        "--from",
+        "someone@elsewhere.test",
+        "--to",
+        "victim@example.org",
+        "--ehlo",
+        "client.test",
     )
     assert code != 0
     assert "550 5.7.1" in out
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.submission), "--tls",
-        "--from", "someone@elsewhere.test", "--to", "victim@example.org", "--ehlo", "client.test",
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submission),
+        "--tls",
+        "--from",
+        "someone@elsewhere.test",
+        "--to",
+        "victim@example.org",
+        "--ehlo",
+        "client.test",
     )
     assert code != 0
     assert "530 5.7.0" in out
@@ -97,9 +162,17 @@ async def test_mx_takes_mail_for_inbound_domain_without_tls(
     """Port 25 offers STARTTLS but never requires it; held mail says ESMTP (T11, T9)."""
     running = await start_inbound(INBOUND__CHECK_AUTHENTICATION="false")
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.mx),
-        "--from", "someone@elsewhere.test", "--to", f"info@{INBOUND_DOMAIN}",
-        "--ehlo", "client.test",
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.mx),
+        "--from",
+        "someone@elsewhere.test",
+        "--to",
+        f"info@{INBOUND_DOMAIN}",
+        "--ehlo",
+        "client.test",
     )
     assert code == 0, out
     assert "STARTTLS" in out
@@ -116,10 +189,26 @@ async def test_oversized_refused_at_size_and_at_data(
     await _user(running)
     big = MESSAGE + ("x" * 70 + "\r\n") * 60
     code, out = await run_swaks(
-        swaks_bin, "--server", "127.0.0.1", "--port", str(running.submission), "--tls",
-        "--auth", "PLAIN", "--auth-user", "app", "--auth-password", PASSWORD,
-        "--from", "app@sender.test", "--to", "someone@example.test", "--ehlo", "client.test",
-        "--data", big,
+        swaks_bin,
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "app@sender.test",
+        "--to",
+        "someone@example.test",
+        "--ehlo",
+        "client.test",
+        "--data",
+        big,
     )
     assert code != 0
     assert "552 5.3.4" in out
