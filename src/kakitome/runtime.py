@@ -75,6 +75,7 @@ async def serve_async(
     from kakitome.domains.signing import DomainSigning
     from kakitome.injection import Injector
     from kakitome.web.app import create_app
+    from kakitome.web.ui import ensure_first_admin
     from kakitome.worker import Worker
 
     active = tuple(roles) or ALL_ROLES
@@ -131,6 +132,7 @@ async def serve_async(
             tasks.append(asyncio.create_task(run_web(), name="web"))
             print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
             await ensure_first_api_key(store, out)
+            await ensure_first_admin(store, out)
         print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
         await stop.wait()
         await asyncio.gather(*tasks, return_exceptions=True)

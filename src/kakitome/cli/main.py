@@ -34,6 +34,7 @@ from kakitome.errors import (
     NotFound,
     StorageError,
 )
+from kakitome.cli.users import user_app
 from kakitome.injection import Injector
 from kakitome.message import Attachment, MessageTooLarge
 from kakitome.receipts import is_settled, iso_utc, queue_row_to_dict, receipt_to_dict
@@ -52,6 +53,7 @@ queue_app = typer.Typer(help="Look at and act on the delivery queue.", no_args_i
 apikey_app = typer.Typer(help="API keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.command("check")(check_command)
 
