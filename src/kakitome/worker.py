@@ -25,6 +25,7 @@ import structlog
 
 from kakitome.config import Settings
 from kakitome.delivery.dsn import build_dsn, should_send_dsn
+from kakitome.delivery.requiretls_dsn import build_requiretls_dsn
 from kakitome.delivery.types import Batch, Outcome, RecipientResult
 from kakitome.errors import StorageError
 from kakitome.queue.schedule import RetrySchedule
@@ -182,9 +183,15 @@ class Worker:
         self.bounced += len(bounces)
         if bounces:
             contents = {m.message_id: m.content for m in claimed.messages}
-            await self._send_dsns(bounces, contents)
+            requiretls = {m.message_id for m in claimed.messages if m.requiretls}
+            await self._send_dsns(bounces, contents, requiretls)
 
-    async def _send_dsns(self, bounces: Sequence[Bounce], contents: dict[str, bytes]) -> None:
+    async def _send_dsns(
+        self,
+        bounces: Sequence[Bounce],
+        contents: dict[str, bytes],
+        requiretls: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
         by_message: dict[str, list[Bounce]] = {}
         for bounce in bounces:
             if should_send_dsn(bounce):
@@ -193,7 +200,9 @@ class Worker:
             sender = group[0].sender
             domain = sender.rpartition("@")[2].lower()
             try:
-                content = build_dsn(
+                # RFC 8689 §5: a REQUIRETLS message's DSN is redacted and needs TLS itself.
+                build = build_requiretls_dsn if message_id in requiretls else build_dsn
+                content = build(
                     group,
                     contents.get(message_id, b""),
                     reporting_mta=self._settings.delivery.helo_hostname,
@@ -208,6 +217,7 @@ class Worker:
                         content=content,
                         recipients=(NewRecipient(sender, domain),),
                         eight_bit=any(b > 127 for b in content),
+                        requiretls=message_id in requiretls,
                     ),
                     now=self._clock(),
                     lifetime=self._settings.queue.lifetime,
