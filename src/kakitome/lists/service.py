@@ -333,6 +333,10 @@ class ListService:
             source="campaign",
         )
 
+    def verify_confirmation_token(self, token: str) -> tuple[int, int]:
+        """``(list_id, subscriber_id)`` of a valid, unexpired confirmation token."""
+        return self._signer.verify_confirmation_token(token, now=self._clock())
+
     async def confirm(self, token: str, *, ip: str | None = None) -> Membership:
         """Confirm a double opt-in membership with a token; TokenError when invalid or
         expired, NotFound when the membership is gone. Confirming twice is harmless; an
