@@ -170,7 +170,6 @@ class DomainService:
             keys=[self._new_key(domain.ascii, pair, ACTIVE) for pair in pairs],
             now=now,
         )
-        log.info("sending domain added", domain=domain.ascii, selectors=[p.selector for p in pairs])
         return DomainView(domain, row)
 
     async def list_domains(self) -> list[DomainView]:
@@ -184,7 +183,6 @@ class DomainService:
         domain = parse_domain_name(name)
         if not await self._repo.remove(domain.ascii):
             raise NotFound(f"{domain.display()} is not a sending domain")
-        log.info("sending domain removed", domain=domain.ascii)
 
     async def records(self, name: str) -> DomainRecords:
         domain = parse_domain_name(name)
@@ -208,9 +206,6 @@ class DomainService:
         pairs = [self._key(kind, None, now, used) for kind in (KeyType.RSA, KeyType.ED25519)]
         await self._repo.add_keys(
             row.id, [self._new_key(domain.ascii, p, PENDING) for p in pairs], now=now
-        )
-        log.info(
-            "DKIM rotation started", domain=domain.ascii, selectors=[p.selector for p in pairs]
         )
         return DomainView(domain, await self._get(domain))
 
@@ -281,13 +276,6 @@ class DomainService:
                     "to": verification.state,
                     "failing": verification.failing_codes(),
                 },
-            )
-            log.info(
-                "sending domain state changed",
-                domain=row.name,
-                state=verification.state,
-                previous=previous,
-                failing=verification.failing_codes(),
             )
         return verification
 
