@@ -15,6 +15,7 @@ from kakitome.web.api_admin import admin_api_router
 from kakitome.web.errors import install_error_handlers
 from kakitome.web.limits import BodySizeLimit
 from kakitome.web.public import public_router
+from kakitome.web.tracking import tracking_router
 from kakitome.web.ui import mount_ui
 
 
@@ -35,6 +36,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=body_limit(settings))
     app.include_router(api_router(store, injector, clock))
+    app.include_router(tracking_router(settings, store, clock))
     app.include_router(public_router(settings, store, injector, clock))
     app.include_router(admin_api_router(store, clock))
     mount_ui(app, settings, store, clock=clock)
