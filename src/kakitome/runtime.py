@@ -68,7 +68,6 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
 async def serve_async(
     settings: Settings, roles: Sequence[str] = (), *, out: TextIO = sys.stdout
 ) -> None:
-    from kakitome.campaigns.runner import campaign_task
     from kakitome.delivery.agent import DeliveryAgent
     from kakitome.delivery.pool import ConnectionPool
     from kakitome.dns.resolver import Resolver
@@ -76,6 +75,7 @@ async def serve_async(
     from kakitome.domains.signing import DomainSigning
     from kakitome.injection import Injector
     from kakitome.web.app import create_app
+    from kakitome.web.ui import ensure_first_admin
     from kakitome.worker import Worker
 
     active = tuple(roles) or ALL_ROLES
@@ -105,8 +105,6 @@ async def serve_async(
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
             verifier = DomainService(store, settings).run_periodic(stop)
             tasks.append(asyncio.create_task(verifier, name="domain-verify"))
-            campaigns = campaign_task(store, settings, stop)
-            tasks.append(asyncio.create_task(campaigns, name="campaigns"))
         if "web" in active:
             _QuietServer = _quiet_server_class()
             signing = await DomainSigning.load(store, settings)
@@ -134,6 +132,7 @@ async def serve_async(
             tasks.append(asyncio.create_task(run_web(), name="web"))
             print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
             await ensure_first_api_key(store, out)
+            await ensure_first_admin(store, out)
         print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
         await stop.wait()
         await asyncio.gather(*tasks, return_exceptions=True)
