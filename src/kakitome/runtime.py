@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("kakitome.runtime")
 
-ALL_ROLES = ("web", "worker")
+ALL_ROLES = ("web", "worker", "smtp")
 
 
 def _quiet_server_class() -> type[uvicorn.Server]:
@@ -68,12 +68,15 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
 async def serve_async(
     settings: Settings, roles: Sequence[str] = (), *, out: TextIO = sys.stdout
 ) -> None:
+    from kakitome.campaigns.runner import campaign_task
     from kakitome.delivery.agent import DeliveryAgent
     from kakitome.delivery.pool import ConnectionPool
     from kakitome.dns.resolver import Resolver
     from kakitome.domains.service import DomainService
     from kakitome.domains.signing import DomainSigning
+    from kakitome.inbound.server import InboundService
     from kakitome.injection import Injector
+    from kakitome.store.inbound_store import InboundStore
     from kakitome.web.app import create_app
     from kakitome.web.ui import ensure_first_admin
     from kakitome.worker import Worker
@@ -92,6 +95,7 @@ async def serve_async(
 
     tasks: list[asyncio.Task[None]] = []
     pool: ConnectionPool | None = None
+    inbound: InboundService | None = None
     try:
         if "worker" in active:
             if settings.database.url.startswith("sqlite"):
@@ -101,10 +105,13 @@ async def serve_async(
             resolver = Resolver(settings.dns)
             pool = ConnectionPool(settings)
             agent = DeliveryAgent(settings, resolver, pool)
-            worker = Worker(settings, store, agent.deliver)
+            suppression = InboundStore(store.engine)
+            worker = Worker(settings, store, agent.deliver, suppressed=suppression.suppressed_among)
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
             verifier = DomainService(store, settings).run_periodic(stop)
             tasks.append(asyncio.create_task(verifier, name="domain-verify"))
+            campaigns = campaign_task(store, settings, stop)
+            tasks.append(asyncio.create_task(campaigns, name="campaigns"))
         if "web" in active:
             _QuietServer = _quiet_server_class()
             signing = await DomainSigning.load(store, settings)
@@ -133,11 +140,23 @@ async def serve_async(
             print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
             await ensure_first_api_key(store, out)
             await ensure_first_admin(store, out)
+        if "smtp" in active:
+            if "web" not in active:
+                signing = await DomainSigning.load(store, settings)
+                refresh = signing.run_refresh(store, stop)
+                tasks.append(asyncio.create_task(refresh, name="dkim-keys"))
+            submit = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
+            inbound = InboundService(settings, store, submit)
+            await inbound.start()
+            ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
+            print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
         print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
         await stop.wait()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stop.set()
+        if inbound is not None:
+            await inbound.stop()
         for task in tasks:
             if not task.done():
                 with contextlib.suppress(asyncio.CancelledError):

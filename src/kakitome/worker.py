@@ -31,6 +31,7 @@ from kakitome.errors import StorageError
 from kakitome.queue.schedule import RetrySchedule
 from kakitome.smtp.replies import Reply
 from kakitome.store.repository import Bounce, ClaimedBatch, NewMessage, NewRecipient, Store
+from kakitome.suppression import recipients_of, split_suppressed
 
 log = structlog.get_logger("kakitome.worker")
 
@@ -40,6 +41,8 @@ CHUNK = 16
 
 Deliver = Callable[[Batch], Awaitable[list[RecipientResult]]]
 Clock = Callable[[], float]
+# ``suppressed(addresses)`` -> the suppression keys among them (kakitome.suppression).
+Suppressed = Callable[[Sequence[str]], Awaitable[set[str]]]
 
 
 def default_owner() -> str:
@@ -56,10 +59,12 @@ class Worker:
         *,
         clock: Clock = time.time,
         owner: str | None = None,
+        suppressed: Suppressed | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._deliver = deliver
+        self._suppressed = suppressed
         self._clock = clock
         self.owner = owner or default_owner()
         self._schedule = RetrySchedule.from_settings(settings.queue)
@@ -144,9 +149,15 @@ class Worker:
 
     async def _run_batch(self, claimed: ClaimedBatch, size: int) -> None:
         try:
-            batch = Batch(claimed.domain, claimed.messages)
+            batch: Batch | None = Batch(claimed.domain, claimed.messages)
             try:
-                results = await self._deliver(batch)
+                results: list[RecipientResult] = []
+                if self._suppressed is not None and batch is not None:
+                    # Suppressed recipients bounce here, at delivery time (kakitome.suppression).
+                    keys = await self._suppressed(recipients_of(batch))
+                    batch, results = split_suppressed(batch, keys)
+                if batch is not None:
+                    results += await self._deliver(batch)
             except Exception as exc:  # an agent bug must not lose the batch
                 log.exception("delivery agent failed", domain=claimed.domain)
                 reply = Reply(451, "4.3.0", f"internal error in delivery agent: {exc!r}")

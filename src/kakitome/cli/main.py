@@ -24,6 +24,8 @@ from rich.table import Table
 
 from kakitome.cli.check import check as check_command
 from kakitome.cli.domain import domain_app
+from kakitome.cli.inbound import smtp_user_app, suppression_app
+from kakitome.cli.users import user_app
 from kakitome.config import Settings, load_settings
 from kakitome.errors import (
     AddressError,
@@ -34,7 +36,6 @@ from kakitome.errors import (
     NotFound,
     StorageError,
 )
-from kakitome.cli.users import user_app
 from kakitome.injection import Injector
 from kakitome.message import Attachment, MessageTooLarge
 from kakitome.receipts import is_settled, iso_utc, queue_row_to_dict, receipt_to_dict
@@ -55,6 +56,8 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
+app.add_typer(smtp_user_app, name="smtp-user")
+app.add_typer(suppression_app, name="suppression")
 app.command("check")(check_command)
 
 JsonOption = Annotated[
