@@ -47,7 +47,7 @@ def test_japanese_attribute_names_and_values() -> None:
         'domain in ["docomo.ne.jp", "ezweb.ne.jp"] or attr.age >= 20.5',
         'member("news") and status = "subscribed"',
         "not (attr.vip = true or has(attr.coupon))",
-        "attr.note is not null and email endswith \"@example.jp\"",
+        'attr.note is not null and email endswith "@example.jp"',
     ],
 )
 def test_text_and_json_forms_round_trip(text: str) -> None:
@@ -61,11 +61,11 @@ def test_text_and_json_forms_round_trip(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('attr.plan = ', "expected a value"),
+        ("attr.plan = ", "expected a value"),
         ('attr.plan "gold"', "expected an operator"),
         ('plan = "gold"', "unknown field 'plan'"),
-        ('activity.opened(30)', "duration"),
-        ('activity.sent(3d)', "unknown activity"),
+        ("activity.opened(30)", "duration"),
+        ("activity.sent(3d)", "unknown activity"),
         ('status = "active"', "unknown status"),
         ('(name = "a"', "expected ')'"),
         ('name = "a" name = "b"', "unexpected"),
@@ -83,10 +83,10 @@ def test_invalid_expressions_have_clear_errors(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "attr.plan = \"x\"; DROP TABLE subscribers; --",
+        'attr.plan = "x"; DROP TABLE subscribers; --',
         "attr.plan = 'x' OR 1=1 --'",
         'attr.x") = 1 or ("a = "b"',
-        "email = \"a\" union select * from api_keys",
+        'email = "a" union select * from api_keys',
         'attr.$.a = "x"',
     ],
 )
