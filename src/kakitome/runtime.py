@@ -71,12 +71,14 @@ async def serve_async(
     from kakitome.campaigns.runner import campaign_task
     from kakitome.delivery.agent import DeliveryAgent
     from kakitome.delivery.pool import ConnectionPool
+    from kakitome.delivery.tlsrpt_task import tlsrpt_task
     from kakitome.dns.resolver import Resolver
     from kakitome.domains.service import DomainService
     from kakitome.domains.signing import DomainSigning
     from kakitome.inbound.server import InboundService
     from kakitome.injection import Injector
     from kakitome.store.inbound_store import InboundStore
+    from kakitome.store.tls_store import TLSStore
     from kakitome.web.app import create_app
     from kakitome.web.ui import ensure_first_admin
     from kakitome.worker import Worker
@@ -104,7 +106,10 @@ async def serve_async(
                     log.info("released leases left by an earlier process", count=released)
             resolver = Resolver(settings.dns)
             pool = ConnectionPool(settings)
-            agent = DeliveryAgent(settings, resolver, pool)
+            tls_store = TLSStore(store.engine)
+            agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store)
+            tlsrpt = tlsrpt_task(settings, store, tls_store, resolver, stop)
+            tasks.append(asyncio.create_task(tlsrpt, name="tlsrpt"))
             suppression = InboundStore(store.engine)
             worker = Worker(settings, store, agent.deliver, suppressed=suppression.suppressed_among)
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))

@@ -25,6 +25,7 @@ from rich.table import Table
 from kakitome.cli.check import check as check_command
 from kakitome.cli.domain import domain_app
 from kakitome.cli.inbound import smtp_user_app, suppression_app
+from kakitome.cli.policy import policy_app
 from kakitome.cli.users import user_app
 from kakitome.config import Settings, load_settings
 from kakitome.errors import (
@@ -58,6 +59,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(smtp_user_app, name="smtp-user")
 app.add_typer(suppression_app, name="suppression")
+app.add_typer(policy_app, name="policy")
 app.command("check")(check_command)
 
 JsonOption = Annotated[
@@ -245,6 +247,9 @@ def send(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until every recipient is settled.")
     ] = False,
+    requiretls: Annotated[
+        bool, typer.Option("--requiretls", help="Deliver only over verified TLS (RFC 8689).")
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 60.0,
     as_json: JsonOption = False,
     config: ConfigOption = None,
@@ -262,6 +267,7 @@ def send(
                 sender=from_,
                 recipients=recipients or None,
                 source="cli",
+                requiretls=requiretls,
             )
         else:
             if from_ is None:
@@ -285,6 +291,7 @@ def send(
                 attachments=attachments,
                 headers=[_parse_header(h) for h in header or []],
                 source="cli",
+                requiretls=requiretls,
             )
         message_id = await injector.submit(message)
         if not wait:

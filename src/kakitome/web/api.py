@@ -49,6 +49,8 @@ class MessageIn(_Model):
     raw: str | None = None
     raw_base64: str | None = None
     envelope: EnvelopeIn | None = None
+    # RFC 8689: deliver only over verified TLS along a secure path, else bounce.
+    requiretls: bool = False
 
 
 class Accepted(BaseModel):
@@ -85,7 +87,11 @@ def _prepare(injector: Injector, body: MessageIn) -> NewMessage:
         )
         envelope = body.envelope or EnvelopeIn()
         return injector.prepare_raw(
-            content, sender=envelope.from_, recipients=envelope.to, source="api"
+            content,
+            sender=envelope.from_,
+            recipients=envelope.to,
+            source="api",
+            requiretls=body.requiretls,
         )
     if body.envelope is not None:
         raise ApiError(422, "invalid_request", "envelope is only for raw messages")
@@ -107,6 +113,7 @@ def _prepare(injector: Injector, body: MessageIn) -> NewMessage:
         attachments=attachments,
         headers=body.headers,
         source="api",
+        requiretls=body.requiretls,
     )
 
 

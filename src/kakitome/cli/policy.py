@@ -1,0 +1,96 @@
+"""``kakitome policy``: the effective TLS policy of a destination, explained.
+
+``kakitome policy explain example.com [--json]`` resolves the domain's MX hosts and, for
+each, the level that delivery would use now and where every part came from: the table,
+DANE (TLSA on DNSSEC-validated answers), MTA-STS (fetched or cached), the host's TLS
+history, or the default. It uses the same resolver, policy code and database (MTA-STS
+cache, history) as delivery, so what it prints is what the agent would do; discovering an
+MTA-STS policy stores it in the cache as delivery would. Exit 0 when it could resolve,
+1 when DNS or the database failed, 2 on bad input.
+"""
+
+# No `from __future__ import annotations`: Typer reads the annotations at run time.
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kakitome.config import Settings
+from kakitome.store.repository import Store
+
+policy_app = typer.Typer(
+    help="TLS policy of destinations: DANE, MTA-STS, history.", no_args_is_help=True
+)
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Settings file (default: $KAKITOME_CONFIG or ./kakitome.toml)."),
+]
+
+
+async def explain_policy(settings: Settings, store: Store, domain: str) -> dict[str, Any]:
+    """The explanation as one JSON-ready document (also used by tests)."""
+    from kakitome.dns.resolver import Resolver, to_alabel
+    from kakitome.errors import DeliveryError
+    from kakitome.store.tls_store import TLSStore
+    from kakitome.tls.resolution import PolicyResolver
+
+    resolver = Resolver(settings.dns)
+    name = to_alabel(domain)
+    try:
+        mx = await resolver.resolve_mx(name)
+    except DeliveryError as exc:
+        return {"domain": name, "error": str(exc.reply), "hosts": []}
+    if mx.null_mx:
+        return {"domain": name, "null_mx": True, "hosts": []}
+    policy = await PolicyResolver(settings, resolver, TLSStore(store.engine)).resolve(name, mx)
+    document = policy.to_dict()
+    for host, entry in zip(mx.hosts, document["hosts"], strict=True):
+        entry["preference"] = host.preference
+        entry["addresses"] = list(host.addresses)
+    return document
+
+
+@policy_app.command("explain")
+def explain(
+    domain: Annotated[str, typer.Argument(help="The destination domain, e.g. example.com.")],
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """The effective TLS policy for each MX of DOMAIN and where each part came from."""
+    from kakitome.cli.main import _emit_json, _run
+
+    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+        return await explain_policy(settings, store, domain)
+
+    result = _run(config, as_json, work)
+    if as_json:
+        _emit_json(result)
+        return
+    out = Console(soft_wrap=True, highlight=False)
+    if result.get("error"):
+        out.print(f"{result['domain']}: {result['error']}", markup=False)
+        raise typer.Exit(1)
+    if result.get("null_mx"):
+        out.print(f"{result['domain']} accepts no mail (null MX).", markup=False)
+        return
+    base = result["base"]
+    out.print(f"{result['domain']}: base level {base['level']} ({base['source']})", markup=False)
+    for note in result.get("notes", []):
+        out.print(f"  note: {note}", markup=False)
+    table = Table("MX", "level", "source", "how it was decided")
+    for host in result["hosts"]:
+        level = host["level"] + (" (skipped)" if host["skip"] else "")
+        lines = [f"{p['source']}: {p['what']} — {p['detail']}" for p in host["explanation"]]
+        if host["skip"]:
+            lines.append(f"skip: {host['skip']}")
+        if host["tlsa"]:
+            lines.append("TLSA: " + "; ".join(t[:40] for t in host["tlsa"]))
+        table.add_row(host["mx_host"], level, host["source"], "\n".join(lines))
+    out.print(table)
