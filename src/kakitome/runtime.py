@@ -118,7 +118,9 @@ async def serve_async(
             campaigns = campaign_task(store, settings, stop)
             tasks.append(asyncio.create_task(campaigns, name="campaigns"))
         if "web" in active:
-            _QuietServer = _quiet_server_class()
+            import uvicorn
+
+            quiet_server = _quiet_server_class()
             signing = await DomainSigning.load(store, settings)
             tasks.append(asyncio.create_task(signing.run_refresh(store, stop), name="dkim-keys"))
             injector = Injector(
@@ -133,7 +135,7 @@ async def serve_async(
                 lifespan="off",
                 access_log=False,
             )
-            server = _QuietServer(config)
+            server = quiet_server(config)
 
             async def run_web() -> None:
                 web = asyncio.create_task(server.serve())
