@@ -11,7 +11,11 @@ from kakitome.errors import InputError
 from kakitome.lists import ListService, OptIn
 from tests.lists.conftest import make_list
 
-SJIS_CSV = "メールアドレス,氏名,会員種別\nyamada@example.jp,山田 太郎,ゴールド\nsato@example.jp,髙橋 ①,一般\n"
+SJIS_CSV = (
+    "メールアドレス,氏名,会員種別\n"
+    "yamada@example.jp,山田 太郎,ゴールド\n"
+    "sato@example.jp,髙橋 ①,一般\n"
+)
 
 
 async def test_shift_jis_file_is_detected(service: ListService) -> None:
