@@ -4,6 +4,7 @@ its stores, and helpers to talk to it (swaks as a subprocess, raw sockets)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,7 +98,7 @@ async def start_inbound(tmp_path: Path, world: LocalInternet) -> AsyncIterator[S
         await running.store.close()
 
 
-async def run_swaks(swaks: str, *args: str, timeout: float = 30.0) -> tuple[int, str]:
+async def run_swaks(swaks: str, *args: str, timeout: float = 30.0) -> tuple[int, str]:  # noqa: ASYNC109
     """Run swaks without blocking the loop that serves it; (exit status, transcript)."""
     proc = await asyncio.create_subprocess_exec(
         swaks,
@@ -128,7 +129,7 @@ class RawClient:
         await client.reply()
         return client
 
-    async def reply(self, timeout: float = 10.0) -> str:
+    async def reply(self, timeout: float = 10.0) -> str:  # noqa: ASYNC109
         """One whole (possibly multi-line) reply."""
         lines = []
         while True:
@@ -155,7 +156,5 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
-            pass

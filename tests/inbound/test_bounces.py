@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (real-world bounce texts keep their long lines)
 """DSN corpus: RFC 3464 reports and the common real-world formats parse to the right status;
 ARF complaints and TLS-RPT reports parse."""
 

@@ -92,7 +92,9 @@ async def test_submission_received_says_esmtpsa(start_inbound: StartInbound) -> 
     await client.cmd("MAIL FROM:<app@sender.test>")
     await client.cmd("RCPT TO:<someone@example.test>")
     await client.cmd("DATA")
-    await client.send(b"From: app@sender.test\r\nTo: someone@example.test\r\nSubject: s\r\n\r\nx\r\n.\r\n")
+    await client.send(
+        b"From: app@sender.test\r\nTo: someone@example.test\r\nSubject: s\r\n\r\nx\r\n.\r\n"
+    )
     reply = await client.reply()
     assert reply.startswith("250 2.0.0 OK queued as"), reply
     await client.close()
