@@ -9,7 +9,7 @@ import json
 from email import policy
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 from kakitome.delivery.types import Outcome
 from kakitome.injection import Injector
