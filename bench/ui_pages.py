@@ -237,9 +237,8 @@ def main() -> None:
         f"({report['rollup_events']:,} events, once)"
     )
     for name, numbers in report["pages"].items():
-        print(
-            f"  {name:<24} median {numbers['median_ms']:8.1f} ms   worst {numbers['max_ms']:8.1f} ms"
-        )
+        median, worst = numbers["median_ms"], numbers["max_ms"]
+        print(f"  {name:<24} median {median:8.1f} ms   worst {worst:8.1f} ms")
     slow = report["slowest"]
     print(f"slowest page: {slow['page']} (median {slow['median_ms']:.1f} ms)")
 
