@@ -27,7 +27,14 @@ class ServiceProcess:
     """`python -m kakitome serve` with the given environment; output kept in a log file."""
 
     def __init__(self, env: dict[str, str], workdir: Path, roles: tuple[str, ...] = ()) -> None:
-        self.env = {**os.environ, **env}
+        # Inbound listeners off unless a test asks for them: the default ports (25, 587,
+        # 465 on every address) belong to no test.
+        quiet = {
+            "KAKITOME_INBOUND__MX_PORT": "0",
+            "KAKITOME_INBOUND__SUBMISSION_PORT": "0",
+            "KAKITOME_INBOUND__SUBMISSIONS_PORT": "0",
+        }
+        self.env = {**os.environ, **quiet, **env}
         self.port = int(self.env.setdefault("KAKITOME_HTTP__PORT", str(free_port())))
         self.workdir = workdir
         self.roles = roles
