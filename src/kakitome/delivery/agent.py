@@ -73,7 +73,7 @@ from kakitome.tls.contexts import (
     certificate_sha256,
     judge_peer,
 )
-from kakitome.tls.dane import match_tlsa, peer_chain
+from kakitome.tls.dane import match_tlsa
 from kakitome.tls.history import HostHistory, Observation, observe, stripping_suspected
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification, TLSReceipt
@@ -832,8 +832,7 @@ class DeliveryAgent:
                 mx,
                 self._receipt(hp, tlsrpt=word),
             )
-        # The stream keeps its SSLObject private; the chain is read from it (tls.dane).
-        chain = peer_chain(getattr(session.stream, "_ssl", None))
+        chain = session.stream.peer_chain()
         if not chain and info.peer_certificate:
             chain = [info.peer_certificate]
         sha = certificate_sha256(info.peer_certificate) if info.peer_certificate else None

@@ -33,6 +33,8 @@ from kakitome.smtp.exceptions import (
 # Unread bytes we keep at most: far more than any legitimate burst of pipelined replies.
 MAX_BUFFER = 1024 * 1024
 _READ_CHUNK = 16384
+# ssl.Certificate.public_bytes(format): DER is _ssl.ENCODING_DER, not re-exported by ssl.
+_ENCODING_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,31 @@ class SMTPStream:
         if self._ssl is None:
             return None
         return self._ssl.session
+
+    def peer_chain(self) -> list[bytes]:
+        """The certificate chain the peer sent in the TLS handshake: leaf first, DER, as
+        sent and not verified (DANE judges it: ``tls.dane.match_tlsa``).
+
+        Empty before ``start_tls`` and when the peer showed no certificate. Python 3.13
+        has ``SSLObject.get_unverified_chain()``; 3.10-3.12 have the same method,
+        undocumented, on the object's private ``_sslobj``. When neither exists the leaf
+        alone is returned.
+        """
+        if self._ssl is None:
+            return []
+        getter = getattr(self._ssl, "get_unverified_chain", None)
+        if getter is None:
+            getter = getattr(getattr(self._ssl, "_sslobj", None), "get_unverified_chain", None)
+        if getter is None:
+            leaf = self._ssl.getpeercert(binary_form=True)
+            return [leaf] if leaf else []
+        chain: list[bytes] = []
+        for cert in getter() or []:
+            if isinstance(cert, bytes):
+                chain.append(cert)
+            else:
+                chain.append(cert.public_bytes(_ENCODING_DER))
+        return chain
 
     @property
     def buffered(self) -> int:
