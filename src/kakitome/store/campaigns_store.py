@@ -19,6 +19,7 @@ rows this transaction won get their message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -197,9 +198,22 @@ class CampaignStore:
     """Campaigns, sequences, sends and tracking events on the store's database."""
 
     def __init__(self, store: Store) -> None:
+        self._store = store
         self._engine = store.engine
         self._writer = store.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._is_pg = store.dialect == "postgresql"
+
+    def _wake_workers(self) -> None:
+        """After a commit that queued mail: wake this process's ``Store.wait_for_work``.
+
+        PostgreSQL is woken by the ``pg_notify`` inside the transaction; on SQLite the
+        worker otherwise noticed campaign mail only at its next ``queue.poll_interval``.
+        The store has no public hook for this, so its in-process event (the one
+        ``inject_many`` sets) is set directly; absent, nothing happens and the poll finds
+        the work. Other processes still find it at their next poll."""
+        wake = getattr(self._store, "_wake", None)
+        if isinstance(wake, asyncio.Event):
+            wake.set()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -415,6 +429,8 @@ class CampaignStore:
             # A send row exists already: someone else queued this batch. Nothing of ours
             # was written (the transaction rolled back as a whole).
             return False
+        if sent:
+            self._wake_workers()
         return True
 
     async def sent_subscribers(self, campaign_id: int, subscriber_ids: Sequence[int]) -> set[int]:
@@ -691,6 +707,8 @@ class CampaignStore:
                     )
                     .values(message_id=message_id)
                 )
+        if written:
+            self._wake_workers()
         return len(written)
 
     async def set_watermark(self, step_id: int, watermark: float) -> None:
