@@ -1,5 +1,5 @@
 """Fixtures for the real, independent peers that Debian ships (Postfix, swaks, OpenDKIM,
-Mail::DKIM, Chromium).
+Mail::DKIM, Chromium, unbound).
 
 A test that needs a peer asks for its fixture. When the peer is missing the test is
 skipped with the reason — unless ``KAKITOME_TEST_REQUIRE_PEERS=1`` (``.ci/run`` sets it),
@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from kakitome.testing.postfix import find_program, postfix_unavailable_reason
+from kakitome.testing.unbound import find_unbound, unbound_unavailable_reason
 
 REQUIRE_PEERS_ENV = "KAKITOME_TEST_REQUIRE_PEERS"
 
@@ -82,12 +83,20 @@ def _perl_mail_dkim_probe() -> tuple[str | None, str | None]:
     return perl, None
 
 
+def _unbound_probe() -> tuple[str | None, str | None]:
+    reason = unbound_unavailable_reason()
+    if reason is not None:
+        return None, reason
+    return find_unbound(), None
+
+
 PROBES: dict[str, Probe] = {
     "postfix": _postfix_probe,
     "swaks": _program_probe("swaks", package="swaks"),
     "opendkim": _program_probe("opendkim-testmsg", "opendkim", package="opendkim opendkim-tools"),
     "perl-mail-dkim": _perl_mail_dkim_probe,
     "chromium": _program_probe("chromium", "chromium-browser", package="chromium"),
+    "unbound": _unbound_probe,
 }
 
 
@@ -119,3 +128,9 @@ def perl_mail_dkim() -> str:
 def chromium_bin() -> str:
     """Path of the system Chromium (for Playwright tests)."""
     return require_peer("chromium", PROBES["chromium"])
+
+
+@pytest.fixture(scope="session")
+def unbound_bin() -> str:
+    """Path of the ``unbound`` daemon (a validating resolver for DNSSEC tests)."""
+    return require_peer("unbound", PROBES["unbound"])

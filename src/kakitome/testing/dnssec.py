@@ -57,6 +57,7 @@ import dns.rrset
 import dns.zone
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from kakitome.testing._loop import LoopThread
 from kakitome.testing.dns_server import CLASSIC_UDP_LIMIT, DNSServer, Query
 
 __all__ = ["SignedZoneServer", "TestZone", "ZoneKeys"]
@@ -336,6 +337,11 @@ class SignedZoneServer(DNSServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
         self._zones: dict[dns.name.Name, TestZone] = {}
+
+    def start(self, loop_thread: LoopThread | None = None) -> SignedZoneServer:
+        """Bind UDP and TCP and serve on ``loop_thread`` (or a new one)."""
+        super().start(loop_thread)
+        return self
 
     def add_zone(self, zone: TestZone) -> TestZone:
         with self._lock:
