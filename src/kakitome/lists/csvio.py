@@ -173,9 +173,11 @@ def _records(lines: Iterable[bytes], encoding: str) -> Iterator[CsvRow]:
             yield CsvRow(start, [], f"the CSV does not parse here: {exc}")
             continue
         start, previous = previous + 1, reader.line_num
-        error = next((bad.pop(n) for n in range(start, previous + 1) if n in bad), None)
-        for n in range(start, previous + 1):
-            bad.pop(n, None)
+        error = None
+        if bad:  # only after a line that did not decode
+            error = next((bad.pop(n) for n in range(start, previous + 1) if n in bad), None)
+            for n in range(start, previous + 1):
+                bad.pop(n, None)
         if not cells:
             continue  # an empty line
         if len(cells) > MAX_COLUMNS:

@@ -6,34 +6,35 @@ on SQLite take the write lock at BEGIN (``sqlite_begin="IMMEDIATE"``, see
 ``kakitome.store.db``) and queue on an in-process lock first. Database failures become
 ``StorageError``.
 
-Imports go in batches (``import_batch``): one SELECT of the batch's existing addresses,
-one multi-row INSERT of the new subscribers (``RETURNING`` their ids), an executemany
-UPDATE of the existing ones, and one ``INSERT .. ON CONFLICT DO NOTHING`` of the
-memberships, so an existing membership (an unsubscribed person above all) keeps its
-status and opt-in record. Limits: batches of at most ``MAX_BATCH`` rows (bound-parameter
-limits of both engines).
+Imports go in batches (``import_batch``, at most ``IMPORT_BATCH_MAX`` rows, one
+transaction each), set-based so that no SQL is built per row: the batch goes into a
+temporary table (SQLite: the driver's ``executemany`` with tuples; PostgreSQL: ``COPY``
+through asyncpg), then one UPDATE of the existing subscribers whose name or attributes
+change, one ``INSERT .. SELECT .. ON CONFLICT DO NOTHING`` of the new subscribers and one
+of the memberships, so an existing membership (an unsubscribed person above all) keeps
+its status and opt-in record. ``MAX_BATCH`` bounds the other batched reads (audience).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote_ascii
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
-    bindparam,
     delete,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -58,9 +59,11 @@ from kakitome.store.schema_lists import (
     subscribers,
 )
 
-__all__ = ["MAX_BATCH", "ImportCounts", "ImportRow", "ListsStore"]
+__all__ = ["IMPORT_BATCH_MAX", "MAX_BATCH", "ImportCounts", "ImportRow", "ListsStore"]
 
 MAX_BATCH = 5_000
+# Rows per import transaction at most (no bound-parameter limit: a temporary table).
+IMPORT_BATCH_MAX = 100_000
 
 _ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
 
@@ -116,9 +119,6 @@ class ListsStore:
                 yield conn
         except _ERRORS as exc:
             raise StorageError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
-
-    def _insert(self, table: Any) -> Any:
-        return (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
 
     # -- lists ---------------------------------------------------------------------------
 
@@ -458,96 +458,39 @@ class ListsStore:
         now: float,
         update_existing: bool,
     ) -> ImportCounts:
-        """Upsert one batch (keys unique within it) in one transaction."""
-        if len(rows) > MAX_BATCH:
-            raise ValueError(f"import batches hold at most {MAX_BATCH} rows")
+        """Upsert one batch (keys unique within it) in one transaction.
+
+        Set-based on both engines (see the module docstring): the rows go into a
+        temporary table (SQLite: the driver's ``executemany`` with plain tuples;
+        PostgreSQL: ``COPY`` with asyncpg's ``copy_records_to_table``), then one UPDATE
+        of the existing subscribers whose name or attributes change (attributes merged,
+        the file's values winning: ``json_patch`` / ``jsonb ||``), one
+        ``INSERT .. ON CONFLICT DO NOTHING`` of the new subscribers and one of the
+        memberships. No SQLAlchemy statement is built per row."""
+        if len(rows) > IMPORT_BATCH_MAX:
+            raise ValueError(f"import batches hold at most {IMPORT_BATCH_MAX} rows")
         if not rows:
             return ImportCounts(0, 0, 0)
-        keys = [r.key for r in rows]
+        records = [
+            (n, r.key, r.address, r.name, _attributes_json(r.attributes))
+            for n, r in enumerate(rows)
+        ]
+        member = (
+            list_id,
+            status,
+            now,
+            now,
+            now if status == SUBSCRIBED else None,
+            optin["method"],
+            now,
+            optin.get("source", "") or "",
+            optin.get("ip"),
+            optin.get("detail", "") or "",
+        )
         async with self._write() as conn:
-            found = await conn.execute(
-                select(
-                    subscribers.c.id,
-                    subscribers.c.address_key,
-                    subscribers.c.name,
-                    subscribers.c.attributes,
-                ).where(subscribers.c.address_key.in_(keys))
-            )
-            existing = {r.address_key: r for r in found}
-            ids: dict[str, int] = {k: int(r.id) for k, r in existing.items()}
-            new = [
-                {
-                    "address": r.address,
-                    "address_key": r.key,
-                    "name": r.name,
-                    "attributes": r.attributes,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for r in rows
-                if r.key not in existing
-            ]
-            if new:
-                result = await conn.execute(
-                    insert(subscribers).returning(subscribers.c.id, subscribers.c.address_key),
-                    new,
-                )
-                ids.update({key: int(sid) for sid, key in result.all()})
-            updates: list[dict[str, Any]] = []
-            if update_existing:
-                for r in rows:
-                    old = existing.get(r.key)
-                    if old is None or not (r.name or r.attributes):
-                        continue
-                    name = r.name or old.name
-                    attributes = {**(old.attributes or {}), **r.attributes}
-                    if name != old.name or attributes != (old.attributes or {}):
-                        updates.append(
-                            {"b_id": int(old.id), "b_name": name, "b_attributes": attributes}
-                        )
-            if updates:
-                await conn.execute(
-                    update(subscribers)
-                    .where(subscribers.c.id == bindparam("b_id"))
-                    .values(
-                        name=bindparam("b_name"),
-                        attributes=bindparam("b_attributes", type_=subscribers.c.attributes.type),
-                        updated_at=now,
-                    ),
-                    updates,
-                )
-            before = await conn.execute(
-                select(func.count())
-                .select_from(list_members)
-                .where(
-                    list_members.c.list_id == list_id,
-                    list_members.c.subscriber_id.in_(list(ids.values())),
-                )
-            )
-            present = int(before.scalar_one())
-            member_rows = [
-                {
-                    "list_id": list_id,
-                    "subscriber_id": sid,
-                    "status": status,
-                    "created_at": now,
-                    "updated_at": now,
-                    "confirmed_at": now if status == SUBSCRIBED else None,
-                    "optin_method": optin["method"],
-                    "optin_at": now,
-                    "optin_source": optin.get("source", ""),
-                    "optin_ip": optin.get("ip"),
-                    "optin_detail": optin.get("detail", ""),
-                }
-                for sid in ids.values()
-            ]
-            await conn.execute(
-                self._insert(list_members).on_conflict_do_nothing(
-                    index_elements=["list_id", "subscriber_id"]
-                ),
-                member_rows,
-            )
-        return ImportCounts(len(new), len(updates), len(ids) - present)
+            if self._dialect == "postgresql":
+                return await _import_postgresql(conn, records, member, now, update_existing)
+            return await _import_sqlite(conn, records, member, now, update_existing)
 
     # -- bounces and complaints ----------------------------------------------------------
 
@@ -668,6 +611,154 @@ class ListsStore:
         async with self._write() as conn:
             result = await conn.execute(delete(segments).where(segments.c.id == segment_id))
             return bool(result.rowcount)
+
+
+# -- import, set-based ----------------------------------------------------------------------
+
+_SQLITE_IMPORT_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS kakitome_import ("
+    "ord INTEGER PRIMARY KEY, key TEXT NOT NULL, address TEXT NOT NULL, "
+    "name TEXT NOT NULL, attributes TEXT NOT NULL)"
+)
+# The merged name and attributes of an existing subscriber (the file's values win; an
+# empty name keeps the old one). json_patch == {**old, **new} for the string values a
+# CSV gives; json() puts the old text in the same minified form for the comparison.
+_SQLITE_UPDATE = """
+UPDATE subscribers SET
+  name = CASE WHEN i.name <> '' THEN i.name ELSE subscribers.name END,
+  attributes = json_patch(COALESCE(subscribers.attributes, '{}'), i.attributes),
+  updated_at = ?
+FROM temp.kakitome_import AS i
+WHERE subscribers.address_key = i.key
+  AND (i.name <> '' OR i.attributes <> '{}')
+  AND (
+    (i.name <> '' AND i.name IS NOT subscribers.name)
+    OR json(COALESCE(subscribers.attributes, '{}'))
+       IS NOT json_patch(COALESCE(subscribers.attributes, '{}'), i.attributes)
+  )
+"""
+_SQLITE_INSERT_SUBSCRIBERS = """
+INSERT INTO subscribers (address, address_key, name, attributes, created_at, updated_at)
+SELECT address, key, name, attributes, ?, ? FROM temp.kakitome_import WHERE true ORDER BY ord
+ON CONFLICT (address_key) DO NOTHING
+"""
+_SQLITE_INSERT_MEMBERS = """
+INSERT INTO list_members (list_id, subscriber_id, status, created_at, updated_at,
+  confirmed_at, optin_method, optin_at, optin_source, optin_ip, optin_detail)
+SELECT ?, s.id, ?, ?, ?, ?, ?, ?, ?, ?, ?
+FROM temp.kakitome_import AS i JOIN subscribers AS s ON s.address_key = i.key
+WHERE true ORDER BY i.ord
+ON CONFLICT (list_id, subscriber_id) DO NOTHING
+"""
+
+
+def _attributes_json(attributes: Mapping[str, Any]) -> str:
+    """JSON text of an import row's attributes, with ASCII escapes as SQLAlchemy's JSON
+    type writes them; string values (all a CSV gives) without ``json.dumps``' overhead."""
+    if not attributes:
+        return "{}"
+    quote = _quote_ascii
+    try:
+        return "{" + ",".join(f"{quote(k)}:{quote(v)}" for k, v in attributes.items()) + "}"
+    except TypeError:  # a value that is not a string
+        return json.dumps(dict(attributes))
+
+
+async def _import_sqlite(
+    conn: AsyncConnection,
+    records: list[tuple[int, str, str, str, str]],
+    member: tuple[Any, ...],
+    now: float,
+    update_existing: bool,
+) -> ImportCounts:
+    await conn.exec_driver_sql(_SQLITE_IMPORT_TABLE)
+    await conn.exec_driver_sql("DELETE FROM temp.kakitome_import")
+    await conn.exec_driver_sql("INSERT INTO temp.kakitome_import VALUES (?, ?, ?, ?, ?)", records)
+    updated = 0
+    if update_existing:
+        result = await conn.exec_driver_sql(_SQLITE_UPDATE, (now,))
+        updated = max(0, int(result.rowcount or 0))
+    result = await conn.exec_driver_sql(_SQLITE_INSERT_SUBSCRIBERS, (now, now))
+    inserted = max(0, int(result.rowcount or 0))
+    result = await conn.exec_driver_sql(_SQLITE_INSERT_MEMBERS, member)
+    joined = max(0, int(result.rowcount or 0))
+    await conn.exec_driver_sql("DELETE FROM temp.kakitome_import")
+    return ImportCounts(inserted, updated, joined)
+
+
+# ON COMMIT DELETE ROWS: the table stays per session (so asyncpg's prepared statements
+# stay valid) and is empty after every commit or rollback.
+_PG_IMPORT_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS kakitome_import ("
+    "ord integer PRIMARY KEY, key text NOT NULL, address text NOT NULL, "
+    "name text NOT NULL, attributes text NOT NULL) ON COMMIT DELETE ROWS"
+)
+_PG_UPDATE = """
+UPDATE subscribers AS s SET
+  name = CASE WHEN i.name <> '' THEN i.name ELSE s.name END,
+  attributes = (COALESCE(s.attributes::jsonb, '{}'::jsonb) || i.attributes::jsonb)::json,
+  updated_at = $1::float8
+FROM kakitome_import AS i
+WHERE s.address_key = i.key
+  AND (i.name <> '' OR i.attributes <> '{}')
+  AND (
+    (i.name <> '' AND i.name IS DISTINCT FROM s.name)
+    OR COALESCE(s.attributes::jsonb, '{}'::jsonb)
+       IS DISTINCT FROM (COALESCE(s.attributes::jsonb, '{}'::jsonb) || i.attributes::jsonb)
+  )
+"""
+_PG_INSERT_SUBSCRIBERS = """
+INSERT INTO subscribers (address, address_key, name, attributes, created_at, updated_at)
+SELECT address, key, name, attributes::json, $1::float8, $1::float8
+FROM kakitome_import ORDER BY ord
+ON CONFLICT (address_key) DO NOTHING
+"""
+_PG_INSERT_MEMBERS = """
+INSERT INTO list_members (list_id, subscriber_id, status, created_at, updated_at,
+  confirmed_at, optin_method, optin_at, optin_source, optin_ip, optin_detail)
+SELECT $1::bigint, s.id, $2::text, $3::float8, $4::float8, $5::float8, $6::text,
+  $7::float8, $8::text, $9::text, $10::text
+FROM kakitome_import AS i JOIN subscribers AS s ON s.address_key = i.key
+ORDER BY i.ord
+ON CONFLICT (list_id, subscriber_id) DO NOTHING
+"""
+
+
+async def _import_postgresql(
+    conn: AsyncConnection,
+    records: list[tuple[int, str, str, str, str]],
+    member: tuple[Any, ...],
+    now: float,
+    update_existing: bool,
+) -> ImportCounts:
+    import asyncpg
+
+    # The first statement through SQLAlchemy opens the transaction; the asyncpg
+    # connection under it then works inside that same transaction.
+    await conn.exec_driver_sql(_PG_IMPORT_TABLE)
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        await driver.execute("DELETE FROM kakitome_import")
+        await driver.copy_records_to_table(
+            "kakitome_import",
+            records=records,
+            columns=("ord", "key", "address", "name", "attributes"),
+        )
+        updated = 0
+        if update_existing:
+            updated = _pg_count(await driver.execute(_PG_UPDATE, now))
+        inserted = _pg_count(await driver.execute(_PG_INSERT_SUBSCRIBERS, now))
+        joined = _pg_count(await driver.execute(_PG_INSERT_MEMBERS, *member))
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"database did not commit: {type(exc).__name__}: {exc}") from exc
+    return ImportCounts(inserted, updated, joined)
+
+
+def _pg_count(status: str) -> int:
+    """The row count of a command tag (``INSERT 0 12``, ``UPDATE 3``)."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 async def _event(
