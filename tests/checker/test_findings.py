@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from kakitome.checker.checks import CheckOptions, check_dane
+from kakitome.checker.facts import (
+    AddressProbe,
+    CertificateFacts,
+    DaneFacts,
+    DomainFacts,
+    HostFacts,
+    TLSARecordFacts,
+)
 from kakitome.checker.report import Transport
 from kakitome.checker.sending import adapt_findings, reverse_dns_findings, sending_findings
 from kakitome.checker.service import Checker
@@ -237,13 +250,21 @@ def _tlsa(world: LocalInternet, host: str, usage: int, sel: int, mt: int, data: 
         ("insecure", "DANE_INSECURE"),
         ("pkix", "DANE_NO_USABLE"),
         ("servfail", "DANE_LOOKUP_FAILED"),
-        ("ta", "DANE_UNCHECKED"),
+        ("ta-match", "DANE_VALID"),
+        ("ta-match-full", "DANE_VALID"),
+        ("ta-mismatch", "DANE_MISMATCH"),
+        ("ta-wrong-name", "DANE_MISMATCH"),
+        ("ta-expired", "DANE_MISMATCH"),
     ],
 )
 async def test_dane(world: LocalInternet, fresh_peer: Callable[..., Peer],
                     make_checker: Callable[..., Checker], case: str, code: str) -> None:
-    """TLSA records: valid, mismatch, not DNSSEC-validated, unusable, failed lookup, DANE-TA."""
-    peer = fresh_peer()
+    """TLSA records: valid, mismatch, not DNSSEC-validated, unusable, failed lookup; DANE-TA
+    (2 x x) checked on the chain the server sent, as delivery checks it (T17): the CA's
+    key or certificate matches; another key does not; nor does a leaf with the wrong name
+    or out of date under the right CA."""
+    kind = {"ta-wrong-name": CertKind.WRONG_NAME, "ta-expired": CertKind.EXPIRED}.get(case)
+    peer = fresh_peer(PeerBehaviour(cert=kind) if kind else None)
     domain = world.add_domain(world.unique_domain(), mx=[(10, peer)], ad=case != "insecure")
     host = domain.mx[0][1]
     assert peer.cert is not None
@@ -259,14 +280,43 @@ async def test_dane(world: LocalInternet, fresh_peer: Callable[..., Peer],
         _tlsa(world, host, 1, 1, 1, peer.cert.tlsa(1, 1))
     elif case == "servfail":
         world.dns.set_rcode(f"_25._tcp.{host}", "SERVFAIL")
-    elif case == "ta":
+    elif case in ("ta-match", "ta-wrong-name", "ta-expired"):
+        _tlsa(world, host, 2, 1, 1, _ca_tlsa(world.ca, 1, 1))
+    elif case == "ta-match-full":
+        _tlsa(world, host, 2, 0, 1, _ca_tlsa(world.ca, 0, 1))
+    elif case == "ta-mismatch":
         _tlsa(world, host, 2, 1, 1, b"\x02" * 32)
     report = await check(make_checker, domain.name)
     assert code in codes(report)
-    if case == "match":
+    assert "DANE_UNCHECKED" not in codes(report)
+    if case in ("match", "ta-match"):
         assert report.grade[0] == "A" and report.transport[1] == "DANE"
-    if case == "mismatch":
+    if case in ("mismatch", "ta-mismatch"):
         assert report.grade[0] == "F"
+
+
+def _ca_tlsa(ca: TestCA, selector: int, matching: int) -> bytes:
+    der = ca.der
+    data = der if selector == 0 else x509.load_der_x509_certificate(der).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(data).digest() if matching == 1 else hashlib.sha512(data).digest()
+
+
+def test_dane_ta_without_recorded_chain_is_unchecked(ca: TestCA) -> None:
+    """A probe without a recorded chain (a cache entry written before chains were kept):
+    DANE-EE is still judged on the leaf's digests, DANE-TA is reported unchecked."""
+    leaf = ca.issue(["mx.old.test"])
+    probe = AddressProbe("mx.old.test", "127.0.0.1", 25, reachable=True, tls_ok=True,
+                         certificate=CertificateFacts.from_der(leaf.der))
+    ta = DaneFacts("_25._tcp.mx.old.test", (TLSARecordFacts(2, 1, 1, "ab" * 32),),
+                   secure=True, host_secure=True)
+    host = HostFacts("mx.old.test", 10, ("127.0.0.1",), probes=(probe,), dane=ta)
+    facts = DomainFacts("old.test", hosts=(host,))
+    assert "DANE_UNCHECKED" in {f.code for f in check_dane(facts, CheckOptions())}
+    ee = DaneFacts(ta.name, (TLSARecordFacts(3, 1, 1, leaf.tlsa(1, 1).hex()),),
+                   secure=True, host_secure=True)
+    facts = DomainFacts("old.test", hosts=(replace(host, dane=ee),))
+    assert "DANE_VALID" in {f.code for f in check_dane(facts, CheckOptions())}
 
 
 POLICY = "version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n"

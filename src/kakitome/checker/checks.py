@@ -284,7 +284,7 @@ def check_dane(facts: DomainFacts, options: CheckOptions) -> Iterator[Finding]:
         if not dane.usable:
             yield Finding("DANE_NO_USABLE", host.name)
             continue
-        verdicts = [dane_verdict(dane, p) for p in host.probes if p.tls_ok]
+        verdicts = [dane_verdict(dane, p, now=options.now) for p in host.probes if p.tls_ok]
         if "mismatch" in verdicts:
             yield Finding("DANE_MISMATCH", host.name)
         elif verdicts and all(v == "match" for v in verdicts):

@@ -8,15 +8,19 @@ Trusts: answers as data to report. DNSSEC status is the resolver's ``authenticat
 insecure and not used for a verdict of "protected".
 
 Limits: the resolver's per-query lifetime (``dns.timeout``) and its bounded caches; MX sets
-and address lists are cut as the resolver cuts them. DANE matching here covers DANE-EE
-(usage 3) fully; DANE-TA (usage 2) needs the server's chain, which Python 3.11 does not
-expose, so such records are reported as "unchecked" (the tls/ DANE code used by delivery
-is the authority for delivery decisions).
+and address lists are cut as the resolver cuts them. DANE matching is delivery's own
+(``tls.dane.match_tlsa``) on the chain the probe recorded: DANE-EE (usage 3) against the
+leaf, names and dates ignored; DANE-TA (usage 2) against a certificate of the chain, then
+the leaf must chain to it, be in date and carry the MX host name. A probe without a
+recorded chain (a cache entry from an older version) is judged on its leaf's digests and
+DANE-TA is then reported as "unchecked".
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import hashlib
 import ipaddress
 
@@ -33,6 +37,7 @@ from kakitome.checker.facts import (
 )
 from kakitome.dns.resolver import Resolver
 from kakitome.errors import DeliveryError
+from kakitome.tls.dane import TLSARecord, match_tlsa
 
 # RFC 7672: TLSA for SMTP lives at _25._tcp.<MX host> whatever port a test world uses.
 DANE_PORT = 25
@@ -93,16 +98,35 @@ def tlsa_association(record: TLSARecordFacts, cert: CertificateFacts) -> bool:
     return False
 
 
-def dane_verdict(dane: DaneFacts, probe: AddressProbe) -> str:
+def _tlsa_records(records: tuple[TLSARecordFacts, ...]) -> list[TLSARecord]:
+    out = []
+    for r in records:
+        try:
+            out.append(TLSARecord(r.usage, r.selector, r.matching, bytes.fromhex(r.data)))
+        except ValueError:  # not hex: cannot match anything
+            continue
+    return out
+
+
+def dane_verdict(dane: DaneFacts, probe: AddressProbe, *, now: dt.datetime | None = None) -> str:
     """"match", "mismatch", "unchecked" or "no-certificate" for one probed address."""
     cert = probe.certificate
     if not probe.tls_ok or cert is None:
         return "no-certificate"
     usable = dane.usable
+    if probe.chain:
+        try:
+            chain = [base64.b64decode(c, validate=True) for c in probe.chain]
+        except ValueError:
+            chain = []
+        if chain:
+            # The TLSA base domain is the MX host name (the checker does not expand CNAMEs).
+            result = match_tlsa(chain, _tlsa_records(usable), names=(probe.host,), now=now)
+            return "match" if result.ok else "mismatch"
+    # No chain recorded: DANE-EE from the leaf's digests; a DANE-TA record naming the leaf
+    # itself is allowed (the leaf is then its own anchor); other DANE-TA cannot be judged.
     if any(r.usage == 3 and tlsa_association(r, cert) for r in usable):
         return "match"
-    # A DANE-TA record naming the leaf itself is allowed (the leaf is then the anchor); a
-    # real DANE-TA check needs the chain, which Python 3.11 does not give us.
     if any(r.usage == 2 and tlsa_association(r, cert) for r in usable):
         return "match"
     if any(r.usage == 2 for r in usable):

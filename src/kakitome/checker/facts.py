@@ -145,6 +145,9 @@ class AddressProbe(_Record):
     name_matched: str | None = None  # the MX name the certificate matched, if any
     certificate: CertificateFacts | None = None
     versions: tuple[VersionProbe, ...] = ()  # empty when not probed
+    # The certificates the server sent, leaf first, base64 DER (at most tls.dane.MAX_CHAIN):
+    # what DANE-TA is judged on. Empty when no handshake completed (or in older caches).
+    chain: tuple[str, ...] = ()
 
     @property
     def requiretls(self) -> bool:
@@ -178,6 +181,7 @@ class AddressProbe(_Record):
                 "extensions_tls": tuple(data.get("extensions_tls", ())),
                 "certificate": CertificateFacts.from_dict(cert) if cert else None,
                 "versions": tuple(VersionProbe.from_dict(v) for v in data.get("versions", ())),
+                "chain": tuple(data.get("chain", ())),
             }
         )
 
@@ -217,8 +221,8 @@ class DaneFacts(_Record):
     secure: bool = False  # TLSA answer authenticated (AD from a trusted resolver)
     host_secure: bool = False  # the host's address answer authenticated too
     lookup_error: str | None = None
-    # Per probed address: "match", "mismatch", "unchecked" (usage 2 needs the chain), or
-    # "no-certificate"; filled in after the probe.
+    # Per probed address: "match", "mismatch", "unchecked" (usage 2 without a recorded
+    # chain), or "no-certificate"; filled in after the probe.
     matches: tuple[tuple[str, str], ...] = ()
 
     @property

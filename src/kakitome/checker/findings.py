@@ -393,10 +393,10 @@ _spec(
 )
 _spec(
     "DANE_UNCHECKED", S.INFO, "dane",
-    "The DANE-TA records of {subject} could not be checked (the chain is not available to "
-    "this checker).",
+    "The DANE-TA records of {subject} could not be checked (no certificate chain was "
+    "recorded for it, as in results cached by an older version).",
     "{subject} の DANE-TA レコードは検証できませ"
-    "んでした (このチェッカーは証明書チェーンを取得できません)。",
+    "んでした (証明書チェーンが記録されていません。旧バージョンのキャッシュ結果など)。",
 )
 _spec(
     "DANE_VALID", S.OK, "dane",

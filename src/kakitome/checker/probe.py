@@ -10,7 +10,9 @@ the delivery engine's opportunistic context (``tls.contexts``: the system store 
 ``tls.ca_file``); when that fails on the certificate a second connection with a
 non-verifying context learns the cipher and the certificate anyway (Python 3.11 has no
 verify callback), exactly as delivery does. Name matching is ``tls.contexts``'s RFC 6125
-matching against the MX host name (Postfix's ``verify`` level).
+matching against the MX host name (Postfix's ``verify`` level). The chain the server sent
+(``SMTPStream.peer_chain``, at most ``tls.dane.MAX_CHAIN`` certificates) is kept with the
+probe so DANE-TA can be judged as delivery judges it (``tls.dane.match_tlsa``).
 
 TLS versions are probed one per connection with contexts limited to that version, cipher
 list ``ALL:@SECLEVEL=0`` so OpenSSL's security level does not hide TLS 1.0/1.1 support,
@@ -25,6 +27,7 @@ by ``checker.probe_timeout``; replies are bounded by the SMTP client's line limi
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
 import warnings
@@ -42,6 +45,7 @@ from kakitome.tls.contexts import (
     certificate_dns_names,
     certificate_matches,
 )
+from kakitome.tls.dane import MAX_CHAIN
 
 VERSIONS: tuple[tuple[str, ssl.TLSVersion], ...] = (
     ("TLSv1", ssl.TLSVersion.TLSv1),
@@ -179,6 +183,10 @@ class Prober:
             return replace(probe, starttls_reply=str(reply), tls_error=f"STARTTLS refused: {reply}")
         cert = None
         matched = None
+        chain = tuple(
+            base64.b64encode(der).decode("ascii")
+            for der in session.stream.peer_chain()[:MAX_CHAIN]
+        )
         if info.peer_certificate is not None:
             with contextlib.suppress(ValueError):
                 cert = CertificateFacts.from_der(info.peer_certificate)
@@ -193,6 +201,7 @@ class Prober:
             chain_verified=verifying and info.peer_certificate is not None,
             name_matched=matched,
             certificate=cert,
+            chain=chain,
             extensions_tls=tuple(sorted(session.capabilities)),
         )
 
