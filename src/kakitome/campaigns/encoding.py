@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import quopri
 import re
 import unicodedata
@@ -194,8 +195,16 @@ def _fold_ascii(line: str) -> str:
     return "\r\n".join(parts)
 
 
+@functools.lru_cache(maxsize=8192)
 def _width(char: str) -> int:
     return 2 if unicodedata.east_asian_width(char[0]) in ("W", "F") else 1
+
+
+def _columns(text: str) -> int:
+    """Display columns of ``text`` (full-width characters count two)."""
+    if text.isascii():
+        return len(text)
+    return sum(_width(c) for c in text)
 
 
 def _tokens(line: str) -> list[str]:
@@ -228,13 +237,13 @@ def wrap_text(
 
 
 def _wrap_line(line: str, width: int, max_octets: int, size: Callable[[str], int]) -> list[str]:
-    columns = sum(_width(c) for c in line)
+    columns = _columns(line)
     if (width <= 0 or columns <= width) and size(line) <= max_octets:
         return [line]
     lines: list[list[str]] = [[]]
     used = 0
     for token in _tokens(line):
-        token_width = sum(_width(c) for c in token)
+        token_width = _columns(token)
         current = lines[-1]
         too_wide = width > 0 and used + token_width > width
         too_long = size("".join(current) + token) > max_octets
@@ -252,7 +261,7 @@ def _wrap_line(line: str, width: int, max_octets: int, size: Callable[[str], int
                 current.pop()
             lines.append(carried)
             current = lines[-1]
-            used = sum(_width(c) for t in carried for c in t)
+            used = sum(_columns(t) for t in carried)
         if size(token) > max_octets:
             # One atom too long for any line (a huge URL): cut it between characters.
             piece = ""
@@ -264,7 +273,7 @@ def _wrap_line(line: str, width: int, max_octets: int, size: Callable[[str], int
                     piece = ""
                 piece += char
             token = piece
-            token_width = sum(_width(c) for c in token)
+            token_width = _columns(token)
             used = 0
         current.append(token)
         used += token_width

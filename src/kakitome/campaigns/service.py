@@ -91,6 +91,8 @@ STOPPABLE = ("draft", "scheduled", "sending", "paused")
 # this long before it was added onwards; those further along skip it rather than get it
 # out of order (and a step added right after the sequence still reaches early joiners).
 STEP_GRACE = 86_400.0
+# Messages composed and signed between two turns of the event loop (see _outgoing_yielding).
+COMPOSE_SLICE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +417,9 @@ class CampaignService:
                     report.held_for_quiet_hours.append(row.id)
                     log.info("campaign held for quiet hours", campaign=row.id)
                     return batches
-                outgoing = self._outgoing(compiled, mailing, mailing_list, batch, now)
+                outgoing = await self._outgoing_yielding(
+                    compiled, mailing, mailing_list, batch, now
+                )
                 committed = await self._db.commit_campaign_batch(
                     row.id,
                     old_checkpoint=checkpoint,
@@ -446,6 +450,26 @@ class CampaignService:
             report.finished.append(row.id)
             log.info("campaign finished", campaign=row.id)
         return batches
+
+    async def _outgoing_yielding(
+        self,
+        compiled: CompiledTemplate,
+        mailing: Mailing,
+        mailing_list: MailingList,
+        batch: Sequence[AudienceMember],
+        now: float,
+    ) -> list[Outgoing]:
+        """``_outgoing`` in slices of ``COMPOSE_SLICE``, giving the event loop a turn
+        between them: rendering and DKIM signing take a few milliseconds per message, and
+        a batch of 500 in one go would stall the worker's deliveries (and hold up any
+        transaction they have open) for seconds."""
+        out: list[Outgoing] = []
+        for start in range(0, len(batch), COMPOSE_SLICE):
+            out += self._outgoing(
+                compiled, mailing, mailing_list, batch[start : start + COMPOSE_SLICE], now
+            )
+            await asyncio.sleep(0)
+        return out
 
     def _outgoing(
         self,
@@ -579,7 +603,7 @@ class CampaignService:
                 todo = [m for m in due if m.subscriber_id not in done]
                 if not todo:
                     continue
-                outgoing = self._outgoing(compiled, mailing, mailing_list, todo, now)
+                outgoing = await self._outgoing_yielding(compiled, mailing, mailing_list, todo, now)
                 queued += await self._db.commit_step_batch(
                     step.id, outgoing, now=now, lifetime=self._settings.queue.lifetime
                 )

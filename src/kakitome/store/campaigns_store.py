@@ -217,8 +217,16 @@ class CampaignStore:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
+        # On SQLite, queue behind the store's in-process write lock like every other
+        # writer of this process (the worker's record_results above all): without it two
+        # writers of one process meet in SQLite's busy handler, which sleeps in steps of
+        # up to 100 ms and gives up after busy_timeout ("database is locked").
+        lock = None if self._is_pg else getattr(self._store, "_write_lock", None)
         try:
-            async with self._writer.begin() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                if isinstance(lock, asyncio.Lock):
+                    await stack.enter_async_context(lock)
+                conn = await stack.enter_async_context(self._writer.begin())
                 yield conn
         except IntegrityError:
             raise
