@@ -25,15 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from kakitome.testing.ca import TestCA
 from kakitome.testing.postfix import find_program, make_instance_root, receiving_instance
@@ -86,6 +89,8 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
 
 
 async def _tls_session(port: int, body: bytes, ctx: ssl.SSLContext) -> None:
+    """One connection, one message: EHLO, STARTTLS, EHLO, then MAIL, RCPT and DATA in one
+    write (both receivers advertise PIPELINING), the message, QUIT."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def reply() -> bytes:
@@ -102,13 +107,14 @@ async def _tls_session(port: int, body: bytes, ctx: ssl.SSLContext) -> None:
     writer.write(b"STARTTLS\r\n")
     await reply()
     await writer.start_tls(ctx)
-    for command in (
-        b"EHLO client.test",
-        b"MAIL FROM:<sender@source.test>",
-        f"RCPT TO:<user@{DOMAIN}>".encode(),
-        b"DATA",
-    ):
-        writer.write(command + b"\r\n")
+    writer.write(b"EHLO client.test\r\n")
+    await reply()
+    writer.write(
+        b"MAIL FROM:<sender@source.test>\r\n"
+        + f"RCPT TO:<user@{DOMAIN}>\r\n".encode()
+        + b"DATA\r\n"
+    )
+    for _ in range(3):
         await reply()
     writer.write(body + b".\r\n")
     await reply()
@@ -117,15 +123,19 @@ async def _tls_session(port: int, body: bytes, ctx: ssl.SSLContext) -> None:
     writer.close()
 
 
-async def _tls_load(port: int, messages: int, sessions: int, size: int) -> float:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+def _body(size: int) -> bytes:
     line = b"x" * 76 + b"\r\n"
     body = b"From: sender@source.test\r\nTo: user@bench.test\r\nSubject: bench\r\n\r\n"
-    body += line * max(1, (size - len(body)) // len(line))
+    return body + line * max(1, (size - len(body)) // len(line))
+
+
+async def _tls_worker_process(port: int, messages: int, sessions: int, size: int) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    body = _body(size)
     left = messages
-    started = time.monotonic()
 
     async def worker() -> None:
         nonlocal left
@@ -134,17 +144,65 @@ async def _tls_load(port: int, messages: int, sessions: int, size: int) -> float
             await _tls_session(port, body, ctx)
 
     await asyncio.gather(*(worker() for _ in range(sessions)))
+
+
+def _tls_child(port: int, messages: int, sessions: int, size: int, go: Any) -> None:
+    go.wait()
+    import uvloop
+
+    uvloop.run(_tls_worker_process(port, messages, sessions, size))
+
+
+def tls_load(port: int, messages: int, sessions: int, size: int, processes: int) -> float:
+    """Messages per second accepted over STARTTLS (TLS 1.3, a full handshake per message),
+    from ``processes`` OS processes with ``sessions`` connections at once in all."""
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    children = []
+    for i in range(processes):
+        share = messages // processes + (1 if i < messages % processes else 0)
+        conns = sessions // processes + (1 if i < sessions % processes else 0)
+        child = ctx.Process(target=_tls_child, args=(port, share, max(1, conns), size, go))
+        child.start()
+        children.append(child)
+    time.sleep(0.5)  # all children imported and waiting
+    started = time.monotonic()
+    go.set()
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"load generator process failed ({child.exitcode})")
     return messages / (time.monotonic() - started)
 
 
-def tls_load(port: int, messages: int, sessions: int, size: int) -> float:
-    """Messages per second accepted over STARTTLS by the asyncio client."""
-    try:
-        import uvloop
+def kakitome_env(work: Path, port: int, cert_file: Path, key_file: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAKITOME_DATABASE__URL": os.environ.get("BENCH_DATABASE_URL")
+        or f"sqlite:///{work / 'k.db'}",
+        "KAKITOME_PATHS__DATA_DIR": str(work / "data"),
+        "KAKITOME_LOG__LEVEL": "warning",
+        "KAKITOME_INBOUND__BIND_HOST": "127.0.0.1",
+        "KAKITOME_INBOUND__MX_PORT": str(port),
+        "KAKITOME_INBOUND__SUBMISSION_PORT": "0",
+        "KAKITOME_INBOUND__SUBMISSIONS_PORT": "0",
+        "KAKITOME_INBOUND__CERT_FILE": str(cert_file),
+        "KAKITOME_INBOUND__KEY_FILE": str(key_file),
+        "KAKITOME_INBOUND__DOMAINS": DOMAIN,
+        "KAKITOME_INBOUND__CHECK_AUTHENTICATION": "false",
+        "KAKITOME_INBOUND__MAX_CONNECTIONS_PER_IP": "1000",
+    }
 
-        return uvloop.run(_tls_load(port, messages, sessions, size))
-    except ImportError:
-        return asyncio.run(_tls_load(port, messages, sessions, size))
+
+def _measure(
+    port: int, args: argparse.Namespace, prefix: str, results: dict[str, list[float]]
+) -> None:
+    if args.load in ("both", "plain"):
+        rate = smtp_source(port, args.messages, args.sessions, args.size)
+        results.setdefault(f"{prefix}_plain", []).append(rate)
+    if args.load in ("both", "starttls"):
+        rate = tls_load(port, args.messages, args.sessions, args.size, args.processes)
+        results.setdefault(f"{prefix}_starttls", []).append(rate)
 
 
 def main() -> None:
@@ -152,66 +210,68 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument(
+        "--processes", type=int, default=2, help="OS processes of the STARTTLS load generator"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="alternate the receivers N times")
+    parser.add_argument("--load", choices=("both", "plain", "starttls"), default="both")
+    parser.add_argument("--target", choices=("both", "postfix", "kakitome"), default="both")
+    parser.add_argument(
+        "--port", type=int, default=0, help="a Kakitome MX already running (for profiling)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kakitome-bench-inbound-"))
     ca = TestCA(work / "ca")
     cert = ca.issue(["mx.bench.test"])
-    results: dict[str, float] = {}
-
-    # Postfix smtpd with STARTTLS offered, mail discarded after the queue file is written.
-    pf_root = make_instance_root()
-    pf_port = free_port()
-    postfix = receiving_instance(
-        pf_root,
-        listen=("127.0.0.1", pf_port),
-        cert_file=cert.cert_file,
-        key_file=cert.key_file,
-        domains=[DOMAIN],
-    )
-    postfix.write_config()
-    postfix.start()
+    results: dict[str, list[float]] = {}
+    postfix = pf_root = proc = None
+    pf_port = k_port = 0
     try:
-        results["postfix_plain"] = smtp_source(pf_port, args.messages, args.sessions, args.size)
-        postfix.wait_queue_empty()
-        results["postfix_starttls"] = tls_load(pf_port, args.messages, args.sessions, args.size)
-        postfix.wait_queue_empty()
+        if args.target in ("both", "postfix"):
+            # Postfix smtpd, STARTTLS offered, mail discarded after the queue file is written.
+            pf_root = make_instance_root()
+            pf_port = free_port()
+            postfix = receiving_instance(
+                pf_root,
+                listen=("127.0.0.1", pf_port),
+                cert_file=cert.cert_file,
+                key_file=cert.key_file,
+                domains=[DOMAIN],
+            )
+            postfix.write_config()
+            postfix.start()
+        if args.target in ("both", "kakitome"):
+            k_port = args.port
+            if not k_port:
+                k_port = free_port()
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "kakitome", "serve", "--role", "smtp"],
+                    env=kakitome_env(work, k_port, cert.cert_file, cert.key_file),
+                    cwd=work,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            wait_port(k_port)
+        for _ in range(args.runs):
+            if postfix is not None:
+                _measure(pf_port, args, "postfix", results)
+                postfix.wait_queue_empty()
+            if k_port:
+                _measure(k_port, args, "kakitome", results)
     finally:
-        postfix.stop()
-        shutil.rmtree(pf_root, ignore_errors=True)
-
-    k_port = free_port()
-    env = {
-        **os.environ,
-        "KAKITOME_DATABASE__URL": f"sqlite:///{work / 'k.db'}",
-        "KAKITOME_PATHS__DATA_DIR": str(work / "data"),
-        "KAKITOME_LOG__LEVEL": "warning",
-        "KAKITOME_INBOUND__BIND_HOST": "127.0.0.1",
-        "KAKITOME_INBOUND__MX_PORT": str(k_port),
-        "KAKITOME_INBOUND__SUBMISSION_PORT": "0",
-        "KAKITOME_INBOUND__SUBMISSIONS_PORT": "0",
-        "KAKITOME_INBOUND__CERT_FILE": str(cert.cert_file),
-        "KAKITOME_INBOUND__KEY_FILE": str(cert.key_file),
-        "KAKITOME_INBOUND__DOMAINS": DOMAIN,
-        "KAKITOME_INBOUND__CHECK_AUTHENTICATION": "false",
-        "KAKITOME_INBOUND__MAX_CONNECTIONS_PER_IP": "1000",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kakitome", "serve", "--role", "smtp"],
-        env=env,
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(k_port)
-        results["kakitome_plain"] = smtp_source(k_port, args.messages, args.sessions, args.size)
-        results["kakitome_starttls"] = tls_load(k_port, args.messages, args.sessions, args.size)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    results["ratio_plain"] = results["kakitome_plain"] / results["postfix_plain"]
-    results["ratio_starttls"] = results["kakitome_starttls"] / results["postfix_starttls"]
-    print(json.dumps({k: round(v, 2) for k, v in results.items()} | vars(args), indent=2))
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        if postfix is not None:
+            postfix.stop()
+        if pf_root is not None:
+            shutil.rmtree(pf_root, ignore_errors=True)
+    report: dict[str, Any] = {k: [round(r, 1) for r in v] for k, v in results.items()}
+    for load in ("plain", "starttls"):
+        k, p = results.get(f"kakitome_{load}"), results.get(f"postfix_{load}")
+        if k and p:
+            report[f"ratio_{load}_median"] = round(statistics.median(k) / statistics.median(p), 2)
+    print(json.dumps(report | vars(args), indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
 

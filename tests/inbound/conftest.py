@@ -131,7 +131,7 @@ class RawClient:
 
     async def reply(self, timeout: float = 10.0) -> str:  # noqa: ASYNC109
         """One whole (possibly multi-line) reply."""
-        lines = []
+        lines: list[str] = []
         while True:
             line = await asyncio.wait_for(self.reader.readline(), timeout)
             if not line:
