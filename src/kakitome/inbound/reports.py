@@ -14,6 +14,7 @@ import email.message
 import email.utils
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,8 +68,16 @@ def _report_type(msg: email.message.Message) -> str:
     return str(msg.get_param("report-type", "")).strip('"').lower()
 
 
+# MIME types and parameters are never encoded or folded inside a token: a message whose
+# bytes lack these words cannot be an ARF or TLS-RPT report, and is not parsed at all.
+_ARF_HINT = re.compile(rb"feedback-report", re.IGNORECASE)
+_TLSRPT_HINT = re.compile(rb"tlsrpt", re.IGNORECASE)
+
+
 def parse_arf(raw: bytes) -> Complaint | None:
     """The complaint in an ARF report, or None when the message is not one."""
+    if _ARF_HINT.search(raw) is None:
+        return None
     msg = _message(raw)
     if _report_type(msg) != "feedback-report":
         return None
@@ -126,6 +135,8 @@ def _blocks(part: email.message.Message) -> list[list[tuple[str, str]]]:
 
 def tlsrpt_json(raw: bytes, *, max_bytes: int) -> bytes | None:
     """The JSON of a TLS-RPT mail (decompressed), or None when it carries no report."""
+    if _TLSRPT_HINT.search(raw) is None:
+        return None
     msg = _message(raw)
     candidates = [msg] if msg.get_content_type() in TLSRPT_TYPES else []
     if _report_type(msg) == "tlsrpt" or not candidates:
