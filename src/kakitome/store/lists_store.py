@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote_ascii
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -731,8 +732,6 @@ async def _import_postgresql(
     now: float,
     update_existing: bool,
 ) -> ImportCounts:
-    import asyncpg
-
     # The first statement through SQLAlchemy opens the transaction; the asyncpg
     # connection under it then works inside that same transaction.
     await conn.exec_driver_sql(_PG_IMPORT_TABLE)
