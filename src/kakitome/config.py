@@ -380,6 +380,58 @@ class CampaignSettings(_Section):
     feedback_id_sender: str = Field(default="kakitome", pattern=r"^[A-Za-z0-9._-]{1,40}$")
 
 
+class SiteLimits(_Section):
+    """The budget of one destination site (kakitome.delivery.shaping), shared by every
+    worker process on the database."""
+
+    # Connections open at once to the site, across all workers (a ceiling: slow start
+    # begins at initial_connections and grows by one per successful transaction).
+    max_connections: int = Field(default=20, ge=1, le=1000)
+    initial_connections: int = Field(default=2, ge=1, le=1000)
+    # Messages over one connection before it is closed (also bounded by
+    # delivery.messages_per_connection).
+    messages_per_connection: int = Field(default=100, ge=1, le=100_000)
+    # Messages per minute to the site across all workers; 0: no rate limit.
+    messages_per_minute: int = Field(default=0, ge=0, le=10_000_000)
+
+
+class ShapingSettings(_Section):
+    """Shaping per destination site: domains whose primary MX is at one provider share one
+    budget (see kakitome.delivery.shaping for the rule and the built-in providers)."""
+
+    enabled: bool = True
+    # Budget of a site that has no entry of its own.
+    default: SiteLimits = Field(default_factory=SiteLimits)
+    # Per-site budgets, over the built-in ones: {"google.com": {"max_connections": 30}}.
+    sites: dict[str, SiteLimits] = Field(default_factory=dict)
+    # More MX host suffixes of providers, over the built-in ones: {"mx.example.net": "example.net"}.
+    providers: dict[str, str] = Field(default_factory=dict)
+    # After a 421 or a 4.7.x reply the site's connection window halves and does not grow
+    # again for this many seconds (one halving per cool-down, however many workers saw it).
+    cooldown: float = Field(default=60.0, ge=0, le=86_400)
+    # Seconds a connection slot of a worker that died stays taken (live workers renew).
+    slot_lease: float = Field(default=30.0, ge=1, le=3600)
+
+    @field_validator("sites", "providers", mode="before")
+    @classmethod
+    def _table(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+
+class ScaleSettings(_Section):
+    """Running many worker processes (docs/SCALING.md)."""
+
+    # Prometheus metrics of a process without the web role on http://metrics_host:port/metrics;
+    # 0: off (the web role serves /metrics on the HTTP port).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Renew this worker's delivery leases every lease_seconds / 3, so a slow attempt
+    # (a site's rate limit, a slow peer) is not taken over by another worker.
+    renew_leases: bool = True
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -398,6 +450,8 @@ class Settings(_Section):
     inbound: InboundSettings = Field(default_factory=InboundSettings)
     lists: ListSettings = Field(default_factory=ListSettings)
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
+    shaping: ShapingSettings = Field(default_factory=ShapingSettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
 
     @property
     def data_dir(self) -> Path:

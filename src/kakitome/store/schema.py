@@ -121,6 +121,7 @@ from kakitome.store import (  # noqa: E402, F401
     schema_domains,
     schema_inbound,
     schema_lists,
+    schema_scale,
     schema_tls,
     schema_web,
 )
