@@ -58,15 +58,18 @@ StartInbound = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start_inbound(tmp_path: Path, world: LocalInternet) -> AsyncIterator[StartInbound]:
-    """``await start_inbound(**env)``: listeners on free loopback ports with a test-CA
-    certificate; ``env`` adds ``KAKITOME_*`` overrides (e.g. ``INBOUND__MAX_RECIPIENTS``)."""
+    """``await start_inbound(database_url=None, **env)``: listeners on free loopback ports
+    with a test-CA certificate, on SQLite in ``tmp_path`` or on ``database_url`` (pass the
+    ``database_url`` fixture to run on both engines); ``env`` adds ``KAKITOME_*`` overrides
+    (e.g. ``INBOUND__MAX_RECIPIENTS``)."""
     started: list[Running] = []
     issued = world.ca.issue([HOSTNAME])
 
-    async def start(**extra: str) -> Running:
+    async def start(database_url: str | None = None, **extra: str) -> Running:
         env = {
             **world.env(),
-            "KAKITOME_DATABASE__URL": f"sqlite:///{tmp_path / 'db' / 'kakitome.db'}",
+            "KAKITOME_DATABASE__URL": database_url
+            or f"sqlite:///{tmp_path / 'db' / 'kakitome.db'}",
             "KAKITOME_PATHS__DATA_DIR": str(tmp_path / "data"),
             "KAKITOME_DELIVERY__HELO_HOSTNAME": HOSTNAME,
             "KAKITOME_INBOUND__BIND_HOST": "127.0.0.1",

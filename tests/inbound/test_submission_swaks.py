@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from kakitome.domains.service import DomainService
 from kakitome.inbound.users import hash_password
-from tests.inbound.conftest import INBOUND_DOMAIN, RawClient, StartInbound, run_swaks
+from tests.inbound.conftest import INBOUND_DOMAIN, RawClient, Running, StartInbound, run_swaks
 
 PASSWORD = "correct horse battery staple"
 MESSAGE = "Subject: hello\r\nFrom: app@sender.test\r\nTo: someone@example.test\r\n\r\nhi\r\n"
 
 
-async def _user(running: object, name: str = "app") -> None:
-    from tests.inbound.conftest import Running
-
-    assert isinstance(running, Running)
+async def _user(running: Running, name: str = "app", domain: str = "sender.test") -> None:
+    """An SMTP user, and ``domain`` as a configured sending domain (submission takes From
+    domains that are configured, and no others)."""
     await running.inbound.create_smtp_user(name, hash_password(PASSWORD), now=0.0)
+    await DomainService(running.store, running.settings).add(domain)
 
 
 async def test_starttls_then_auth_on_587_queues_the_message(
@@ -224,3 +227,55 @@ async def test_oversized_refused_at_size_and_at_data(
     )
     assert (await client.cmd("MAIL FROM:<app@sender.test> SIZE=100000")).startswith("552 5.3.4")
     await client.close()
+
+
+def _swaks_submit(running: Running, envelope_from: str, data: str) -> list[str]:
+    return [
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(running.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "app",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        envelope_from,
+        "--to",
+        "someone@example.test",
+        "--ehlo",
+        "client.test",
+        "--data",
+        data,
+    ]
+
+
+async def test_submission_from_only_configured_sending_domains(
+    database_url: str, start_inbound: StartInbound, swaks_bin: str
+) -> None:
+    """An authenticated user may send From configured sending domains only: another domain
+    in MAIL FROM or in the From field gets 550 5.7.1 with the reason; nothing is queued.
+    On both engines; the domain list is read from the database."""
+    running = await start_inbound(database_url)
+    await _user(running)
+    forged = MESSAGE.replace("From: app@sender.test", "From: ceo@bank.test")
+    code, out = await run_swaks(swaks_bin, *_swaks_submit(running, "app@bank.test", MESSAGE))
+    assert code != 0, out
+    assert "550 5.7.1 Sender domain bank.test not allowed for this user (MAIL FROM)" in out
+    assert "kakitome domain add bank.test" in out
+    code, out = await run_swaks(swaks_bin, *_swaks_submit(running, "app@sender.test", forged))
+    assert code != 0, out
+    assert "550 5.7.1 Sender domain bank.test not allowed for this user (header From)" in out
+    assert "queued as" not in out
+    # Upper case and a domain added while the service runs (found on the next miss).
+    await DomainService(running.store, running.settings).add("other.test")
+    await asyncio.sleep(2.1)
+    other = MESSAGE.replace("From: app@sender.test", "From: News <news@OTHER.test>")
+    code, out = await run_swaks(swaks_bin, *_swaks_submit(running, "app@Sender.TEST", other))
+    assert code == 0, out
+    message_id = out.split("queued as ")[1].split()[0]
+    receipt = await running.store.receipt(message_id)
+    assert [r.recipient for r in receipt.recipients] == ["someone@example.test"]

@@ -7,8 +7,10 @@ accepts:
   At DATA: the T10 check, ``Received`` + ``Authentication-Results``, then the processor's
   verdict is committed (group commit) before 250; a failed commit answers 451 4.3.0.
 - Submission: AUTH PLAIN/LOGIN after TLS (aiosmtpd refuses MAIL before AUTH with 530
-  5.7.0); the message, with a ``Received`` field saying ESMTPSA, goes through the one
-  injection path (``Injector.submit_raw``: validation, DKIM, queue) and 250 means queued.
+  5.7.0); the envelope and header From domains must be configured sending domains
+  (``senders``: 550 5.7.1 otherwise); the message, with a ``Received`` field saying
+  ESMTPSA, goes through the one injection path (``Injector.submit_raw``: validation,
+  DKIM, queue) and 250 means queued.
 
 T10: the data must not contain a CR or LF that is not part of a CRLF pair. aiosmtpd only
 ends DATA at ``<CRLF>.<CRLF>``, so ``\\n.\\n`` or ``\\r.\\r`` never end a message here; a
@@ -39,6 +41,7 @@ from kakitome.inbound.headers import (
 from kakitome.inbound.policy import InboundPolicy, RecipientDecision
 from kakitome.inbound.processor import MXProcessor, Received
 from kakitome.inbound.protocol import InboundEnvelope, InboundSession, KakitomeSMTP, tls_info
+from kakitome.inbound.senders import SendingDomains, from_domains, refusal
 from kakitome.inbound.users import Authenticator, AuthOutcome
 from kakitome.injection import Injector
 from kakitome.message import MessageTooLarge
@@ -285,13 +288,44 @@ class SubmissionHandler(_BaseHandler):
         max_recipients: int,
         injector: Injector,
         authenticator: Authenticator,
+        senders: SendingDomains | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(hostname, max_recipients)
         self.advertise_auth = True
         self.injector = injector
         self.authenticator = authenticator
+        self.senders = senders
         self.clock = clock
+
+    async def _refused_domain(self, session: InboundSession, domains: list[str], where: str) -> str:
+        """The 550 reply for the first domain the user may not send From, or ""."""
+        if self.senders is None:
+            return ""
+        for domain in domains:
+            if not await self.senders.allows(session.username or "", domain):
+                log.info("sender domain refused", user=session.username, domain=domain, where=where)
+                return refusal(domain, where)
+        return ""
+
+    async def handle_MAIL(
+        self,
+        server: KakitomeSMTP,
+        session: InboundSession,
+        envelope: InboundEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if address and address != "<>" and "@" in address:
+            try:
+                refused = await self._refused_domain(
+                    session, [address.rpartition("@")[2]], "MAIL FROM"
+                )
+            except StorageError:
+                return "451 4.3.0 Temporary lookup failure; try again later"
+            if refused:
+                return refused
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
 
     async def handle_RCPT(
         self,
@@ -313,6 +347,14 @@ class SubmissionHandler(_BaseHandler):
         original = envelope.original_content or b""
         if has_bare_cr_or_lf(original):
             return "550 5.5.2 Message refused: bare CR or LF in data (RFC 5321 2.3.8)"
+        domains = from_domains(original)
+        if domains is not None:
+            try:
+                refused = await self._refused_domain(session, domains, "header From")
+            except StorageError:
+                return "451 4.3.0 Temporary lookup failure; try again later"
+            if refused:
+                return refused
         now = self.clock()
         received = self.received(server, session, envelope, new_message_id(int(now * 1000)), now)
         sender = envelope.mail_from or ""

@@ -25,15 +25,18 @@ from dataclasses import dataclass, field
 import structlog
 
 from kakitome.config import Settings
+from kakitome.domains.repository import DomainRepository
 from kakitome.inbound.forward import Forwarder
 from kakitome.inbound.handler import GroupCommit, MXHandler, SubmissionHandler
 from kakitome.inbound.headers import auth_lookup
 from kakitome.inbound.policy import InboundPolicy
 from kakitome.inbound.processor import MXProcessor
 from kakitome.inbound.protocol import ConnectionLimits, ConnectionTracker, KakitomeSMTP
+from kakitome.inbound.senders import SendingDomains
 from kakitome.inbound.tls import CertificateSource, ensure_certificate
 from kakitome.inbound.users import Authenticator, AuthGuard
 from kakitome.injection import Injector
+from kakitome.lists import ListService
 from kakitome.store.inbound_store import InboundStore, NewInbound
 from kakitome.store.repository import Store
 from kakitome.suppression import Thresholds
@@ -104,12 +107,20 @@ class InboundService:
         self.commit: GroupCommit[NewInbound, str] = GroupCommit(
             self.inbound_store.record_inbound_many
         )
+        # Newsletter lists (issue 7): the MX takes list addresses (blank-mail sign-up,
+        # mailto unsubscribe) and hands them to the ListService; confirmation mails of
+        # double opt-in lists go out through the injector.
+        self.lists = ListService(
+            self.store, self.settings, injector=self.injector, clock=self.clock
+        )
         self.mx_handler = MXHandler(
             hostname=self.hostname,
             authserv_id=inbound.authserv_id or self.hostname,
             max_recipients=inbound.max_recipients,
-            policy=InboundPolicy(inbound, self.inbound_store.is_return_path),
-            processor=MXProcessor(self.inbound_store, inbound),
+            policy=InboundPolicy(
+                inbound, self.inbound_store.is_return_path, self.lists.is_list_address
+            ),
+            processor=MXProcessor(self.inbound_store, inbound, self.lists.handle_list_mail),
             commit=self.commit,
             lookup=lookup,
             clock=self.clock,
@@ -119,8 +130,12 @@ class InboundService:
             max_recipients=inbound.max_recipients,
             injector=self.injector,
             authenticator=Authenticator(self.inbound_store, self.guard),
+            senders=SendingDomains(self._sending_domain_names),
             clock=self.clock,
         )
+
+    async def _sending_domain_names(self) -> list[str]:
+        return [row.name for row in await DomainRepository(self.store).all()]
 
     def _factory(self, kind: str) -> Callable[[], KakitomeSMTP]:
         inbound = self.settings.inbound
