@@ -216,4 +216,12 @@ def suppression_remove(
         _say(f"{suppression_key(address)} was not suppressed.")
 
 
-__all__ = ["smtp_user_app", "suppression_app"]
+__all__ = ["register_inbound_admin", "smtp_user_app", "suppression_app"]
+
+
+def register_inbound_admin(app: typer.Typer) -> None:
+    """Add ``inbound`` and ``tlsrpt`` (kakitome.cli.inbound_admin) to the main app."""
+    from kakitome.cli.inbound_admin import inbound_app, tlsrpt_app
+
+    app.add_typer(inbound_app, name="inbound")
+    app.add_typer(tlsrpt_app, name="tlsrpt")

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from kakitome.cli.check import check as check_command
 from kakitome.cli.domain import domain_app
-from kakitome.cli.inbound import smtp_user_app, suppression_app
+from kakitome.cli.inbound import register_inbound_admin, smtp_user_app, suppression_app
 from kakitome.cli.lists import list_app, segment_app, subscriber_app
 from kakitome.cli.policy import policy_app
 from kakitome.cli.users import user_app
@@ -60,6 +60,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(smtp_user_app, name="smtp-user")
 app.add_typer(suppression_app, name="suppression")
+register_inbound_admin(app)
 app.add_typer(policy_app, name="policy")
 app.add_typer(list_app, name="list")
 app.add_typer(subscriber_app, name="subscriber")

@@ -122,6 +122,16 @@ class TLSReportRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSReportRecord:
+    """A stored TLS-RPT report with its row id and the inbound message that carried it."""
+
+    id: int
+    received_at: float
+    inbound_message_id: str | None
+    report: TLSReportRow
+
+
+@dataclass(frozen=True, slots=True)
 class NewInbound:
     """One accepted message and what it causes."""
 
@@ -565,6 +575,68 @@ class InboundStore:
         async with self._read() as conn:
             return int(await conn.scalar(select(func.count()).select_from(inbound_messages)) or 0)
 
+    async def list_inbound_page(
+        self,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[InboundRow]:
+        """Like ``list_inbound`` without the content (for listings), newest first."""
+        columns = [c for c in inbound_messages.c if c.name != "content"]
+        order = inbound_messages.c.id.desc() if newest_first else inbound_messages.c.id
+        statement = select(*columns).order_by(order).limit(limit).offset(offset)
+        if kind is not None:
+            statement = statement.where(inbound_messages.c.kind == kind)
+        if status is not None:
+            statement = statement.where(inbound_messages.c.status == status)
+        async with self._read() as conn:
+            return [_inbound_row(row, content=False) for row in await conn.execute(statement)]
+
+    async def release_inbound(self, inbound_id: str, *, route: str, now: float) -> bool:
+        """Hand a held message to the forward route ``route`` (the forwarder sends it at
+        once); False when there is no held message with this id."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(inbound_messages)
+                .where(inbound_messages.c.id == inbound_id, inbound_messages.c.status == "held")
+                .values(status="forward", route=route, attempts=0, next_attempt_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def delete_inbound(self, inbound_id: str, *, statuses: Sequence[str]) -> bool:
+        """Delete a stored message whose status is one of ``statuses``; False otherwise."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(inbound_messages).where(
+                    inbound_messages.c.id == inbound_id,
+                    inbound_messages.c.status.in_(list(statuses)),
+                )
+            )
+        return bool(result.rowcount)
+
+    async def list_tls_report_records(
+        self, *, limit: int = 100, offset: int = 0
+    ) -> list[TLSReportRecord]:
+        """Received TLS-RPT reports, newest first."""
+        statement = (
+            select(tlsrpt_received)
+            .order_by(tlsrpt_received.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._read() as conn:
+            return [_report_record(r) for r in await conn.execute(statement)]
+
+    async def get_tls_report(self, report_id: int) -> TLSReportRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(select(tlsrpt_received).where(tlsrpt_received.c.id == report_id))
+            ).first()
+        return None if row is None else _report_record(row)
+
     async def list_tls_reports(self, *, limit: int = 100) -> list[TLSReportRow]:
         async with self._read() as conn:
             rows = await conn.execute(
@@ -630,7 +702,25 @@ def _return_path_forms(address: str) -> list[str]:
     return list(dict.fromkeys([address, address.lower()]))
 
 
-def _inbound_row(row: Any) -> InboundRow:
+def _report_record(r: Any) -> TLSReportRecord:
+    return TLSReportRecord(
+        id=int(r.id),
+        received_at=r.received_at,
+        inbound_message_id=r.inbound_message_id,
+        report=TLSReportRow(
+            r.organization,
+            r.report_id,
+            r.period_start,
+            r.period_end,
+            r.contact,
+            int(r.successful),
+            int(r.failed),
+            r.report,
+        ),
+    )
+
+
+def _inbound_row(row: Any, *, content: bool = True) -> InboundRow:
     return InboundRow(
         id=row.id,
         received_at=row.received_at,
@@ -648,7 +738,7 @@ def _inbound_row(row: Any) -> InboundRow:
         detail=row.detail,
         attempts=row.attempts,
         next_attempt_at=row.next_attempt_at,
-        content=bytes(row.content),
+        content=bytes(row.content) if content else b"",
     )
 
 
