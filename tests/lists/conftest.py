@@ -15,6 +15,9 @@ from kakitome.config import Settings
 from kakitome.lists import ListService, NewList, TokenSigner
 from kakitome.store.repository import Store
 
+# The MX listener fixture of the inbound tests, for the blank-mail tests (test_blank_mail.py).
+from tests.inbound.conftest import start_inbound  # noqa: F401
+
 _TABLES = "segments, subscriber_events, list_members, subscribers, mailing_lists"
 START = 1_750_000_000.0
 

@@ -9,6 +9,8 @@ The MX takes mail only for (never an open relay):
   with as its envelope sender; ``InboundStore.is_return_path``) — bounces;
 - the domains in ``inbound.return_path_domains`` (any local part) — bounces, complaints
   and TLS reports sent to our own reporting addresses;
+- the addresses of newsletter lists (``ListService.is_list_address``), when the service
+  is given one — blank-mail sign-up (空メール) and mailto unsubscribe;
 - the domains in ``inbound.domains``, by the first matching route in ``inbound.routes``:
   ``reject`` refuses at RCPT, ``hold`` and ``forward`` accept. With no route, mail for an
   inbound domain is held.
@@ -62,6 +64,7 @@ class Verdict:
 class RecipientClass(StrEnum):
     RETURN_PATH = "return_path"  # a VERP address or a return-path domain: bounces, reports
     ROUTE = "route"  # an inbound domain, by route
+    LIST = "list"  # a newsletter list address (issue 7): blank-mail sign-up, mailto unsubscribe
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +101,12 @@ class InboundPolicy:
         self,
         settings: InboundSettings,
         is_return_path: Callable[[str], Awaitable[bool]],
+        is_list_address: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self._settings = settings
         self._is_return_path = is_return_path
+        # (local part, domain) -> is it a list's address? (ListService.is_list_address)
+        self._is_list_address = is_list_address
         self._domains = set(settings.domains)
         self._return_path_domains = set(settings.return_path_domains)
 
@@ -110,6 +116,13 @@ class InboundPolicy:
             return RecipientDecision(NO_SUCH_USER)
         if domain in self._return_path_domains:
             return RecipientDecision(Verdict.accept(), RecipientClass.RETURN_PATH)
+        # Newsletter lists (issue 7): <list>@<mail_domain>, <list>+subscribe/+unsubscribe
+        # and the List-Unsubscribe mailto <list>+u-<token>@... are taken whatever the
+        # routes say; any other address of a list's domain falls through as before.
+        if self._is_list_address is not None:
+            local = address.rpartition("@")[0]
+            if local and await self._is_list_address(local, domain):
+                return RecipientDecision(Verdict.accept(), RecipientClass.LIST)
         if domain in self._domains:
             route = match_route(self._settings.routes, address) or HOLD_ROUTE
             if route.action == "reject":

@@ -2,9 +2,11 @@
 route — decided here, applied by ``InboundStore.record_inbound_many`` in the same
 transaction that stores the message.
 
-Order: a TLS-RPT report (by its content type) is parsed and stored; an ARF complaint
-suppresses the complained-about address; a message to a return path is a bounce; anything
-else follows the route its first recipient matched (hold, or forward over HTTP later).
+Order: mail to a newsletter list address (sign-up, mailto unsubscribe) is handed to
+``ListService.handle_list_mail``; a TLS-RPT report (by its content type) is parsed and
+stored; an ARF complaint suppresses the complained-about address; a message to a return
+path is a bounce; anything else follows the route its first recipient matched (hold, or
+forward over HTTP later).
 
 What is trusted: nothing in the message by itself. A bounce or complaint has an effect only
 when it leads to a message we really sent — through the VERP return path it was sent to
@@ -15,8 +17,9 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from kakitome.config import InboundRoute, InboundSettings
 from kakitome.inbound.bounces import BounceReport, parse_bounce
@@ -53,10 +56,21 @@ class Received:
     received_at: float
 
 
+# (local part, domain, envelope sender, client_ip=...) -> what was done, or None when the
+# address is not a list's: ``ListService.handle_list_mail``.
+ListMailHandler = Callable[..., Awaitable[Any]]
+
+
 class MXProcessor:
-    def __init__(self, store: InboundStore, settings: InboundSettings) -> None:
+    def __init__(
+        self,
+        store: InboundStore,
+        settings: InboundSettings,
+        lists: ListMailHandler | None = None,
+    ) -> None:
         self._store = store
         self._settings = settings
+        self._lists = lists
 
     async def process(self, msg: Received) -> NewInbound:
         """Classify ``msg`` and describe its effects (nothing is written here)."""
@@ -72,6 +86,35 @@ class MXProcessor:
             mail_from=msg.mail_from,
             tls=None if msg.tls is None else dict(msg.tls.to_dict()),
         )
+        # 0. Newsletter list addresses (issue 7): blank-mail sign-up (空メール) and the
+        #    mailto unsubscribe. ListService acts at once (StorageError -> 451, and a retry
+        #    is harmless: both actions are idempotent); the message is kept as kind "list".
+        #    Other recipients of the same message go on to the steps below.
+        if self._lists is not None and any(
+            d.kind is RecipientClass.LIST for _, d in msg.recipients
+        ):
+            done: list[dict[str, object]] = []
+            for address, decision in msg.recipients:
+                if decision.kind is not RecipientClass.LIST:
+                    continue
+                local, _, domain = address.rpartition("@")
+                result = await self._lists(local, domain, msg.mail_from, client_ip=msg.client_ip)
+                done.append(
+                    {"recipient": address}
+                    if result is None
+                    else {
+                        "recipient": address,
+                        "action": result.action,
+                        "list": result.list_name,
+                        "address": result.address,
+                        "detail": result.detail,
+                    }
+                )
+            rest = tuple(r for r in msg.recipients if r[1].kind is not RecipientClass.LIST)
+            if not rest:
+                return replace(base, kind="list", status="processed", detail={"lists": done})
+            msg = replace(msg, recipients=rest)
+
         # 1. TLS-RPT.
         try:
             document = tlsrpt_json(msg.original, max_bytes=self._settings.max_report_bytes)
