@@ -11,10 +11,11 @@ file is created. Every connection gets these PRAGMAs:
 - ``busy_timeout``: another process holding the write lock makes us wait, not fail;
 - ``foreign_keys=ON``: deleting a message cascades to its deliveries.
 
-Transactions on SQLite are opened by us, not by the driver: ``BEGIN IMMEDIATE`` for writes
-(take the write lock up front, so a read-then-write transaction cannot deadlock on lock
-upgrade) and plain ``BEGIN`` for reads. Ask for the former with the connection execution
-option ``sqlite_begin="IMMEDIATE"``.
+Transactions on SQLite are opened by us, not by the driver: ``BEGIN IMMEDIATE`` by default
+(take the write lock up front, so a read-then-write transaction waits for the lock instead
+of failing on a stale snapshot) and plain ``BEGIN`` only for transactions that promise to
+read, with the connection execution option ``sqlite_begin="DEFERRED"``. Every part's store
+shares this engine, so the safe mode has to be the default.
 
 ``postgresql://user@host:port/db`` becomes ``postgresql+asyncpg``; the pool holds
 ``pool_size`` connections. Only these two URL schemes are accepted.
@@ -37,8 +38,8 @@ from kakitome.errors import ConfigError
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 
-# Milliseconds another process may hold SQLite's write lock before a write fails.
-DEFAULT_BUSY_TIMEOUT_MS = 5_000
+# A writer waits this long for another process's write lock before StorageError.
+DEFAULT_BUSY_TIMEOUT_MS = 15_000
 
 
 def parse_database_url(url: str) -> URL:
@@ -107,7 +108,11 @@ def _sqlite_engine(parsed: URL, *, pool_size: int, busy_timeout_ms: int) -> Asyn
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+        # IMMEDIATE unless a caller asked for a read snapshot: a deferred transaction that
+        # reads and then writes fails at once with "database is locked" when another
+        # connection wrote in between (its snapshot is stale; busy_timeout cannot help).
+        # Every part's store uses this engine, so every writer must take the lock at BEGIN.
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
 
     return engine

@@ -296,6 +296,8 @@ class Store:
         # On SQLite, writes take the write lock at BEGIN (see db.py) and queue here first,
         # so tasks of this process wait on an asyncio lock instead of SQLite's busy loop.
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        # Reads never write, so they may share the database with a writer (WAL).
+        self._reader = engine.execution_options(sqlite_begin="DEFERRED")
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._listener: Any = None  # asyncpg.Connection LISTENing, PostgreSQL only
@@ -371,7 +373,7 @@ class Store:
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         """One read transaction (a consistent snapshot on both engines)."""
         try:
-            async with self._engine.begin() as conn:
+            async with self._reader.begin() as conn:
                 yield conn
         except _STORAGE_ERRORS as exc:
             raise StorageError(f"database unavailable: {_describe(exc)}") from exc
@@ -562,6 +564,20 @@ class Store:
         if count:
             self._wake.set()
         return int(count)
+
+    async def renew_leases(self, owner: str, delivery_ids: Sequence[int], *, until: float) -> int:
+        """Extend ``owner``'s leases on these deliveries to ``until`` (a worker still at
+        work on them); leases another worker took over are left alone. Returns how many."""
+        count = 0
+        async with self._write() as conn:
+            for chunk in _chunks(sorted(delivery_ids)):
+                result = await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(chunk), deliveries.c.lease_owner == owner)
+                    .values(lease_until=until)
+                )
+                count += int(result.rowcount)
+        return count
 
     async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (agreed hook)
         """Return when new work may be due (an inject, a release, a retry) or after
