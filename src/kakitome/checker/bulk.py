@@ -18,7 +18,7 @@ import asyncio
 import csv
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,23 @@ def read_addresses(text: str) -> AddressList:
     """Parse a list; bad lines are kept with their line numbers."""
     result = AddressList()
     for number, value in _rows(text):
+        try:
+            mailbox = parse_address(value)
+        except AddressError as exc:
+            result.add_bad(number, value, str(exc))
+            continue
+        result.domains[mailbox.domain] += 1
+        result.total += 1
+    return result
+
+
+async def collect_addresses(addresses: AsyncIterable[str]) -> AddressList:
+    """Count addresses from a source that validated them already (a stored list) per
+    domain; one that does not parse now is reported with its position (1-based)."""
+    result = AddressList()
+    number = 0
+    async for value in addresses:
+        number += 1
         try:
             mailbox = parse_address(value)
         except AddressError as exc:
@@ -169,8 +186,7 @@ class ListReport:
             "invalid_lines": {
                 "count": self.addresses.bad_count,
                 "lines": [
-                    {"line": b.line, "text": b.text, "reason": b.reason}
-                    for b in self.addresses.bad
+                    {"line": b.line, "text": b.text, "reason": b.reason} for b in self.addresses.bad
                 ],
             },
             "per_domain": [s.to_dict() for s in sorted(self.domains, key=lambda s: s.domain)],

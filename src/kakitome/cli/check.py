@@ -2,7 +2,9 @@
 
 ``kakitome check DOMAIN [--json] [--sending]`` reports the receiving side of a domain (and
 the sending side when the domain is one of ours, or with ``--sending``);
-``kakitome check --addresses FILE [--json] [--no-cache]`` reports on a whole list.
+``kakitome check --addresses FILE [--json] [--no-cache]`` reports on a whole list, and
+``kakitome check --list NAME [--json]`` on the subscribed (not bounced) addresses of a
+stored newsletter list.
 
 With ``--json`` exactly one JSON document goes to stdout and nothing else (no progress
 bar); on failure it is ``{"error": {"code", "message"}}``. Exit status: 0 when a report was
@@ -57,6 +59,10 @@ def check(
             help="A list to check: CSV with an email column, or one address per line.",
         ),
     ] = None,
+    list_name: Annotated[
+        str | None,
+        typer.Option("--list", help="A stored list (name or id): its subscribed addresses."),
+    ] = None,
     sending: Annotated[
         bool, typer.Option("--sending", help="Also check the sending side (T39, domain verify).")
     ] = False,
@@ -76,14 +82,18 @@ def check(
 ) -> None:
     """Can a domain receive encrypted mail? What share of a list can? (STARTTLS, TLS
     versions, certificates, DANE, MTA-STS, TLS-RPT, REQUIRETLS, reverse DNS.)"""
-    if (domain is None) == (addresses is None):
-        _fail(as_json, "invalid_input", "give either a DOMAIN or --addresses FILE", 2)
+    if sum(x is not None for x in (domain, addresses, list_name)) != 1:
+        _fail(as_json, "invalid_input", "give one of a DOMAIN, --addresses FILE or --list NAME", 2)
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(as_json, "invalid_settings", str(exc), 2)
     try:
-        if addresses is not None:
+        if list_name is not None:
+            _check_list(
+                settings, None, as_json=as_json, use_cache=not no_cache, lang=lang, stored=list_name
+            )
+        elif addresses is not None:
             _check_list(settings, addresses, as_json=as_json, use_cache=not no_cache, lang=lang)
         else:
             assert domain is not None
@@ -112,9 +122,7 @@ def _check_domain(
         except (StorageError, OSError):
             store = None  # no database: the report has the receiving side (and T39)
         try:
-            verifier = (
-                domain_service_verifier(DomainService(store, settings)) if store else None
-            )
+            verifier = domain_service_verifier(DomainService(store, settings)) if store else None
             side = await sending_findings(
                 report.domain, settings, checker.resolver, verifier, force=sending
             )
@@ -182,8 +190,48 @@ def _print_findings(out: Console, title: str, findings: Any, lang: str) -> None:
 # -- a list -----------------------------------------------------------------------------
 
 
+def _stored_list(settings: Settings, ref: str, as_json: bool) -> tuple[dict[str, Any], Any]:
+    """The subscribed, not bounced addresses of a stored list, counted per domain (read in
+    batches: memory grows with the domains, not the addresses)."""
+    from kakitome.checker.bulk import collect_addresses
+    from kakitome.errors import InputError, NotFound, StorageError
+    from kakitome.lists import ListService
+    from kakitome.store.repository import Store
+
+    async def work() -> tuple[dict[str, Any], Any]:
+        store = await Store.open(settings.database.url, pool_size=1)
+        try:
+            service = ListService(store, settings)
+            found = await service.get_list(int(ref) if ref.isdigit() else ref)
+
+            async def addresses() -> Any:
+                async for batch in service.iter_audience(found.id, batch_size=5_000):
+                    for member in batch:
+                        yield member.address
+
+            collected = await collect_addresses(addresses())
+            return {"id": found.id, "name": found.name}, collected
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(work())
+    except NotFound as exc:
+        _fail(as_json, "not_found", str(exc), 1)
+    except InputError as exc:
+        _fail(as_json, "invalid_input", str(exc), 2)
+    except StorageError as exc:
+        _fail(as_json, "storage_unavailable", f"the database is unavailable: {exc}", 1)
+
+
 def _check_list(
-    settings: Settings, path: Path, *, as_json: bool, use_cache: bool, lang: str
+    settings: Settings,
+    path: Path | None,
+    *,
+    as_json: bool,
+    use_cache: bool,
+    lang: str,
+    stored: str | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -191,7 +239,12 @@ def _check_list(
     from kakitome.checker.cache import FILE_NAME, CheckerCache
     from kakitome.checker.service import Checker
 
-    addresses = read_address_file(path)
+    source: dict[str, Any] | None = None
+    if stored is not None:
+        source, addresses = _stored_list(settings, stored, as_json)
+    else:
+        assert path is not None
+        addresses = read_address_file(path)
     cache = None
     if use_cache:
         cache = CheckerCache.open(
@@ -224,8 +277,13 @@ def _check_list(
     if cache is not None:
         cache.save()
     if as_json:
-        _emit_json(report.to_dict())
+        document = report.to_dict()
+        if source is not None:
+            document = {"list": source, **document}
+        _emit_json(document)
         return
+    if source is not None:
+        Console(soft_wrap=True).print(f"List [bold]{source['name']}[/bold] (subscribed members)")
     _print_list(report)
 
 
@@ -261,7 +319,6 @@ def _print_list(report: Any) -> None:
             out.print(f"  line {row['line']}: {row['text']!r}: {row['reason']}", highlight=False)
     stats = data["stats"]
     out.print(
-        f"probes {stats['probes']}, cache hits {stats['cache_hits']}, "
-        f"MX sites {stats['mx_sites']}",
+        f"probes {stats['probes']}, cache hits {stats['cache_hits']}, MX sites {stats['mx_sites']}",
         style="dim",
     )
