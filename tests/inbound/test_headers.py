@@ -84,8 +84,11 @@ async def test_submission_received_says_esmtpsa(start_inbound: StartInbound) -> 
     """Authenticated submission over TLS is ESMTPSA in the queued message (T9)."""
     from kakitome.inbound.users import hash_password
 
+    from kakitome.domains.service import DomainService
+
     running = await start_inbound()
     await running.inbound.create_smtp_user("app", hash_password("a-long-password-1"), now=0.0)
+    await DomainService(running.store, running.settings).add("sender.test")
     client = await RawClient.connect(running.submissions, tls=True)
     await client.cmd("EHLO client.test")
     assert (await client.cmd("AUTH PLAIN AGFwcABhLWxvbmctcGFzc3dvcmQtMQ==")).startswith("235")
@@ -120,3 +123,35 @@ async def test_auth_failures_are_locked_out(start_inbound: StartInbound) -> None
     good = "AUTH PLAIN AGFwcABhLWxvbmctcGFzc3dvcmQtMQ=="
     assert (await client.cmd(good)).startswith("454 4.7.0")
     await client.close()
+
+
+async def test_authentication_is_bounded_and_spf_cached(
+    start_inbound: StartInbound, world: LocalInternet
+) -> None:
+    """SPF lookups that never answer cost at most the budget: the message is accepted with
+    temperror. An SPF outcome is reused for the same client, MAIL FROM and HELO."""
+    import time
+
+    slow = world.unique_domain("slow")
+    world.dns.set_hang(slow)
+    cached = world.unique_domain("cached")
+    world.dns.add_txt(cached, "v=spf1 ip4:127.0.0.0/8 -all")
+    running = await start_inbound()
+    running.service.mx_handler.auth_budget = 1.0
+    message = f"From: a@{slow}\r\nTo: info@{INBOUND_DOMAIN}\r\nSubject: t\r\n\r\nbody\r\n"
+    started = time.monotonic()
+    await _send(running.mx, f"a@{slow}", message.encode(), tls=False)
+    assert time.monotonic() - started < 5
+    (row,) = await running.inbound.list_inbound()
+    (ours,) = [f for f in _fields(row.content, b"Authentication-Results:") if b"spf=" in f]
+    assert b"spf=temperror" in ours and b"dmarc=temperror" in ours
+
+    for n in range(2):
+        text = f"From: a@{cached}\r\nTo: info@{INBOUND_DOMAIN}\r\nSubject: {n}\r\n\r\nbody\r\n"
+        await _send(running.mx, f"a@{cached}", text.encode(), tls=False)
+        world.dns.remove(cached)  # the second message is judged from the cache
+    rows = [r for r in await running.inbound.list_inbound() if cached in r.mail_from]
+    assert len(rows) == 2
+    for r in rows:
+        (field,) = [f for f in _fields(r.content, b"Authentication-Results:") if b"spf=" in f]
+        assert b"spf=pass" in field

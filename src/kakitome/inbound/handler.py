@@ -33,6 +33,8 @@ from kakitome.auth.dnsio import AsyncLookup
 from kakitome.auth.results import AuthResult as AuthClause
 from kakitome.errors import InputError, StorageError
 from kakitome.inbound.headers import (
+    AUTH_BUDGET,
+    SPFCache,
     authenticate,
     protocol_name,
     received_field,
@@ -196,8 +198,11 @@ class MXHandler(_BaseHandler):
         commit: GroupCommit[NewInbound, str],
         lookup: AsyncLookup | None,
         clock: Callable[[], float] = time.time,
+        auth_budget: float = AUTH_BUDGET,
     ) -> None:
         super().__init__(hostname, max_recipients)
+        self.auth_budget = auth_budget
+        self.spf_cache = SPFCache()
         self.authserv_id = authserv_id
         self.policy = policy
         self.processor = processor
@@ -253,6 +258,8 @@ class MXHandler(_BaseHandler):
                 helo=helo,
                 lookup=self.lookup,
                 receiver=self.hostname,
+                budget=self.auth_budget,
+                spf_cache=self.spf_cache,
             )
         received = self.received(server, session, envelope, queue_id, now)
         content = with_auth_results(original, self.authserv_id, clauses, received)

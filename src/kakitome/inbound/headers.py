@@ -9,12 +9,18 @@ and cipher in Postfix's words: ``(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA3
 ``Authentication-Results`` comes from ``kakitome.auth``: SPF for the MAIL FROM domain (or
 HELO for a null sender), DKIM for every signature, DMARC for the From domain; fields that
 already claim our authserv-id are removed first (RFC 8601 §5). DNS goes to the resolver in
-the settings; a DNS failure is a ``temperror`` in the field, never a refusal.
+the settings; a DNS failure is a ``temperror`` in the field, never a refusal. The three
+checks together are bounded (``AUTH_BUDGET`` seconds; the rest is ``temperror``), SPF
+outcomes are cached per client IP, MAIL FROM and HELO (``SPFCache``), and the resolver
+caches answers (10,000 entries, by TTL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,11 +40,19 @@ from kakitome.auth.results import (
     dmarc_auth_result,
     spf_auth_result,
 )
-from kakitome.auth.spf import check_host_async
+from kakitome.auth.spf import SPFOutcome, check_host_async
 from kakitome.config import DNSSettings
 from kakitome.dns.resolver import parse_nameserver
 
-__all__ = ["TLSInfo", "auth_lookup", "authenticate", "received_field", "with_auth_results"]
+__all__ = [
+    "AUTH_BUDGET",
+    "SPFCache",
+    "TLSInfo",
+    "auth_lookup",
+    "authenticate",
+    "received_field",
+    "with_auth_results",
+]
 
 _TOKEN_CHARS = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
@@ -103,6 +117,41 @@ def auth_lookup(settings: DNSSettings) -> AsyncLookup:
     return dnspython_lookup(resolver)
 
 
+# The whole of SPF + DKIM + DMARC for one message gets at most this many seconds of DNS
+# (SPF alone may make 10 lookups, each up to the resolver's lifetime). What is not done in
+# time is reported as ``temperror``; the message is accepted all the same.
+AUTH_BUDGET = 8.0
+
+
+class SPFCache:
+    """SPF outcomes by (client IP, MAIL FROM, HELO) for ``ttl`` seconds, at most ``size``
+    entries. One MTA sending many bounces or reports costs one evaluation; the DNS answers
+    themselves are cached by the resolver (positive and negative, by their TTL)."""
+
+    def __init__(self, ttl: float = 300.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, SPFOutcome]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str], now: float) -> SPFOutcome | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] < now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return found[1]
+
+    def put(self, key: tuple[str, str, str], outcome: SPFOutcome, now: float) -> None:
+        if outcome.result.value in ("temperror",):
+            return  # try again next time
+        self._entries[key] = (now + self.ttl, outcome)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 async def authenticate(
     message: bytes,
     *,
@@ -111,23 +160,44 @@ async def authenticate(
     helo: str,
     lookup: AsyncLookup,
     receiver: str,
+    budget: float = AUTH_BUDGET,
+    spf_cache: SPFCache | None = None,
 ) -> list[AuthResult]:
-    """SPF, DKIM and DMARC of one message, as Authentication-Results clauses."""
-    spf = await check_host_async(client_ip, mail_from, helo, lookup, receiver=receiver)
-    results = [spf_auth_result(spf, mail_from=mail_from, helo=helo)]
-    dkim = await verify_dkim_async(message, lookup)
-    results.extend(dkim_auth_results(dkim))
-    author = author_domain(message)
-    if author is not None:
-        spf_domain = mail_from.rpartition("@")[2] if mail_from else helo
-        dmarc = await check_dmarc_async(
-            author,
-            lookup,
-            dkim_domains=dkim.passing_domains,
-            spf_domain=spf_domain,
-            spf_pass=spf.result.value == "pass",
-        )
-        results.append(dmarc_auth_result(dmarc))
+    """SPF, DKIM and DMARC of one message, as Authentication-Results clauses, in at most
+    ``budget`` seconds (what is left undone is a ``temperror``)."""
+    results: list[AuthResult] = []
+    done: set[str] = set()
+    try:
+        async with asyncio.timeout(budget):
+            key = (client_ip, mail_from.lower(), helo.lower())
+            now = time.monotonic()
+            spf = spf_cache.get(key, now) if spf_cache is not None else None
+            if spf is None:
+                spf = await check_host_async(client_ip, mail_from, helo, lookup, receiver=receiver)
+                if spf_cache is not None:
+                    spf_cache.put(key, spf, now)
+            results.append(spf_auth_result(spf, mail_from=mail_from, helo=helo))
+            done.add("spf")
+            dkim = await verify_dkim_async(message, lookup)
+            results.extend(dkim_auth_results(dkim))
+            done.add("dkim")
+            author = author_domain(message)
+            if author is not None:
+                spf_domain = mail_from.rpartition("@")[2] if mail_from else helo
+                dmarc = await check_dmarc_async(
+                    author,
+                    lookup,
+                    dkim_domains=dkim.passing_domains,
+                    spf_domain=spf_domain,
+                    spf_pass=spf.result.value == "pass",
+                )
+                results.append(dmarc_auth_result(dmarc))
+            done.add("dmarc")
+    except TimeoutError:
+        reason = f"DNS lookups took longer than {budget:g} s"
+        for method in ("spf", "dkim", "dmarc"):
+            if method not in done:
+                results.append(AuthResult(method, "temperror", reason=reason))
     return results
 
 
