@@ -25,7 +25,11 @@ def db_url(tmp_path: Path) -> str:
 def runner(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.chdir(tmp_path)  # no stray ./kakitome.toml
     monkeypatch.delenv("KAKITOME_CONFIG", raising=False)
-    return CliRunner(env={"KAKITOME_DATABASE__URL": db_url})
+    # These tests are about the command line, not signing: unsigned mail from domains
+    # that are not configured is allowed (test_send_signs_* below covers signing).
+    return CliRunner(
+        env={"KAKITOME_DATABASE__URL": db_url, "KAKITOME_DOMAINS__ALLOW_UNCONFIGURED_FROM": "true"}
+    )
 
 
 def _json(runner: CliRunner, *args: str, code: int = 0) -> Any:
@@ -215,3 +219,32 @@ def test_send_wait_prints_receipt(runner: CliRunner, db_url: str) -> None:
     assert row["mx"] == {"host": "mx.one.test", "ip": "127.0.0.2"}
     assert row["reply"] == {"code": 250, "enhanced": "2.0.0", "text": "queued as X"}
     assert row["tls"]["version"] == "TLSv1.3" and row["tls"]["verified"] is True
+
+
+def test_send_refuses_unconfigured_from_domain(db_url: str, tmp_path: Path) -> None:
+    """By default send refuses a From domain that is not a configured sending domain."""
+    strict = CliRunner(env={"KAKITOME_DATABASE__URL": db_url})
+    result = strict.invoke(
+        app, ["send", "--from", "a@unknown.example", "--to", "b@example.com", "--text", "x",
+              "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["error"]["message"].find("unknown.example") >= 0
+    assert not any((_with_store(db_url, lambda s: s.status_counts())).values())
+
+
+def test_send_signs_mail_of_a_configured_domain(db_url: str, tmp_path: Path) -> None:
+    """send signs with the domain's two DKIM keys and uses its VERP return path."""
+    strict = CliRunner(env={"KAKITOME_DATABASE__URL": db_url})
+    added = strict.invoke(app, ["domain", "add", "shop.example", "--json"])
+    assert added.exit_code == 0, (added.stdout, added.stderr)
+    doc = _json(strict, "send", "--from", "news@shop.example", "--to", "b@example.com",
+                "--subject", "署名", "--text", "x")  # fmt: skip
+    batches = _with_store(
+        db_url, lambda s: s.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60)
+    )
+    message = batches[0].messages[0]
+    assert message.message_id == doc["id"]
+    assert message.content.count(b"DKIM-Signature:") == 2
+    assert b"a=rsa-sha256" in message.content and b"a=ed25519-sha256" in message.content
+    assert message.sender.startswith("bounce+") and message.sender.endswith("@bounce.shop.example")

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kakitome.cli.campaigns import campaign_app, sequence_app
 from kakitome.cli.check import check as check_command
 from kakitome.cli.domain import domain_app
 from kakitome.cli.inbound import register_inbound_admin, smtp_user_app, suppression_app
@@ -65,6 +66,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(list_app, name="list")
 app.add_typer(subscriber_app, name="subscriber")
 app.add_typer(segment_app, name="segment")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(sequence_app, name="sequence")
 app.command("check")(check_command)
 
 JsonOption = Annotated[
@@ -262,7 +265,13 @@ def send(
     """Queue a message; print its id (or, with --wait, its receipt)."""
 
     async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        injector = Injector(store, settings)
+        # The same signing and return path as the service: one injection path.
+        from kakitome.domains.signing import DomainSigning
+
+        signing = await DomainSigning.load(store, settings)
+        injector = Injector(
+            store, settings, signer=signing.sign, return_path=signing.return_path
+        )
         if raw is not None:
             if subject or text or html or attach or header:
                 raise CliFailure("--raw cannot be combined with --subject/--text/--html/...")
