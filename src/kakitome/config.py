@@ -412,7 +412,7 @@ class ShapingSettings(_Section):
     # Seconds a connection slot of a worker that died stays taken (live workers renew).
     slot_lease: float = Field(default=30.0, ge=1, le=3600)
 
-    @field_validator("sites", "providers", mode="before")
+    @field_validator("default", "sites", "providers", mode="before")
     @classmethod
     def _table(cls, value: Any) -> Any:
         if isinstance(value, str):

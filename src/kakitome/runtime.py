@@ -9,6 +9,12 @@ claiming, finishes what is in flight and releases its leases; then the process e
 With SQLite (one machine, one worker process by design) leases left by a process that
 died are released at start, so a restart after SIGKILL resumes at once instead of waiting
 for the leases to run out. With PostgreSQL other workers may hold leases, so they expire.
+
+Scale-out (docs/SCALING.md): on PostgreSQL the worker's shaping budgets per destination
+site live in the database (``ShapingStore``), shared by every worker process; on SQLite in
+the process. The process's delivery metrics are served by the web role's ``/metrics`` and,
+when ``scale.metrics_port`` is set, on that port (for worker-only processes). Logging is
+configured from ``log.format`` and ``log.level`` before anything starts.
 """
 
 from __future__ import annotations
@@ -71,17 +77,20 @@ async def serve_async(
     from kakitome.campaigns.runner import campaign_task
     from kakitome.delivery.agent import DeliveryAgent
     from kakitome.delivery.pool import ConnectionPool
+    from kakitome.delivery.shaping import MemoryShapingState, Shaper, ShapingState
     from kakitome.delivery.tlsrpt_task import tlsrpt_task
     from kakitome.dns.resolver import Resolver
     from kakitome.domains.service import DomainService
     from kakitome.domains.signing import DomainSigning
     from kakitome.inbound.server import InboundService
     from kakitome.injection import Injector
+    from kakitome.metrics import DeliveryMetrics, serve_metrics
     from kakitome.store.inbound_store import InboundStore
+    from kakitome.store.shaping_store import ShapingStore
     from kakitome.store.tls_store import TLSStore
     from kakitome.web.app import create_app
     from kakitome.web.ui import ensure_first_admin
-    from kakitome.worker import Worker
+    from kakitome.worker import Worker, default_owner
 
     active = tuple(roles) or ALL_ROLES
     unknown = set(active) - {"web", "worker", "smtp"}
@@ -98,6 +107,8 @@ async def serve_async(
     tasks: list[asyncio.Task[None]] = []
     pool: ConnectionPool | None = None
     inbound: InboundService | None = None
+    metrics = DeliveryMetrics()
+    stop_metrics = None
     try:
         if "worker" in active:
             if settings.database.url.startswith("sqlite"):
@@ -107,11 +118,26 @@ async def serve_async(
             resolver = Resolver(settings.dns)
             pool = ConnectionPool(settings)
             tls_store = TLSStore(store.engine)
-            agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store)
+            owner = default_owner()
+            shared: ShapingState = (
+                ShapingStore(store) if store.dialect == "postgresql" else MemoryShapingState()
+            )
+            shaper = Shaper(settings, shared, owner=owner)
+            tasks.append(asyncio.create_task(shaper.run(stop), name="shaping"))
+            metrics = DeliveryMetrics(shaper.site_of_host)
+            metrics.watch_shaping(shaper.status)
+            agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store, shaping=shaper)
             tlsrpt = tlsrpt_task(settings, store, tls_store, resolver, stop)
             tasks.append(asyncio.create_task(tlsrpt, name="tlsrpt"))
             suppression = InboundStore(store.engine)
-            worker = Worker(settings, store, agent.deliver, suppressed=suppression.suppressed_among)
+            worker = Worker(
+                settings,
+                store,
+                agent.deliver,
+                owner=owner,
+                suppressed=suppression.suppressed_among,
+                metrics=metrics,
+            )
             tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
             verifier = DomainService(store, settings).run_periodic(stop)
             tasks.append(asyncio.create_task(verifier, name="domain-verify"))
@@ -127,6 +153,7 @@ async def serve_async(
                 store, settings, signer=signing.sign, return_path=signing.return_path
             )
             app = create_app(settings, store, injector)
+            app.state.process_metrics = metrics.registry  # served by /metrics
             config = uvicorn.Config(
                 app,
                 host=settings.http.host,
@@ -157,6 +184,10 @@ async def serve_async(
             await inbound.start()
             ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
             print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
+        if settings.scale.metrics_port and "web" not in active:
+            port = settings.scale.metrics_port
+            stop_metrics = serve_metrics(metrics.registry, settings.scale.metrics_host, port)
+            print(f"Metrics: http://{settings.scale.metrics_host}:{port}/metrics", file=out)
         print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
         await stop.wait()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -170,11 +201,16 @@ async def serve_async(
                     await task
         if pool is not None:
             await pool.aclose()
+        if stop_metrics is not None:
+            stop_metrics()
         await store.close()
 
 
 def serve(settings: Settings, roles: Sequence[str] = ()) -> None:
     """Run until SIGTERM/SIGINT. Uses uvloop when it is installed."""
+    from kakitome.logs import configure_logging
+
+    configure_logging(json=settings.log.format == "json", level=settings.log.level)
     try:
         import uvloop
 

@@ -28,6 +28,7 @@ from kakitome.delivery.dsn import build_dsn, should_send_dsn
 from kakitome.delivery.requiretls_dsn import build_requiretls_dsn
 from kakitome.delivery.types import Batch, Outcome, RecipientResult
 from kakitome.errors import StorageError
+from kakitome.metrics import DeliveryMetrics
 from kakitome.queue.schedule import RetrySchedule
 from kakitome.smtp.replies import Reply
 from kakitome.store.repository import Bounce, ClaimedBatch, NewMessage, NewRecipient, Store
@@ -60,6 +61,7 @@ class Worker:
         clock: Clock = time.time,
         owner: str | None = None,
         suppressed: Suppressed | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -75,10 +77,15 @@ class Worker:
         self.delivered = 0
         self.deferred = 0
         self.bounced = 0
+        self._metrics = metrics
+        self._leased: set[int] = set()  # deliveries in flight, whose leases are renewed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish in-flight work and release leases."""
         log.info("worker started", owner=self.owner)
+        renewing = None
+        if self._settings.scale.renew_leases:
+            renewing = asyncio.create_task(self._renew_leases(), name="lease-renewal")
         try:
             while not stop.is_set():
                 claimed = 0
@@ -89,6 +96,9 @@ class Worker:
                 await self._idle(stop)
         finally:
             await self.drain()
+            if renewing is not None:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
             with contextlib.suppress(StorageError):
                 await self._store.release_leases(self.owner)
             log.info("worker stopped", owner=self.owner)
@@ -142,12 +152,18 @@ class Worker:
                 size = sum(len(m.recipients) for m in chunk.messages)
                 count += size
                 self._in_flight += size
+                self._leased.update(r.delivery_id for m in chunk.messages for r in m.recipients)
                 task = asyncio.create_task(self._run_batch(chunk, size))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         return count
 
     async def _run_batch(self, claimed: ClaimedBatch, size: int) -> None:
+        # This task's log lines name the destination and the messages (structlog).
+        structlog.contextvars.bind_contextvars(
+            domain=claimed.domain, message_ids=[m.message_id for m in claimed.messages]
+        )
+        started = time.monotonic()
         try:
             batch: Batch | None = Batch(claimed.domain, claimed.messages)
             try:
@@ -167,7 +183,14 @@ class Worker:
                     for r in m.recipients
                 ]
             await self._record(claimed, results)
+            if self._metrics is not None:
+                site = self._metrics.site(results)
+                self._metrics.observe_attempt(site, time.monotonic() - started)
+                self._metrics.observe_results(site, results)
         finally:
+            self._leased.difference_update(
+                r.delivery_id for m in claimed.messages for r in m.recipients
+            )
             self._in_flight -= size
             self._drained.set()
 
@@ -186,7 +209,17 @@ class Worker:
                 await asyncio.sleep(0.5 * (attempt + 1))
         else:
             return
+        message_of = {r.delivery_id: m.message_id for m in claimed.messages for r in m.recipients}
         for result in results:
+            # One line per result, with the message id and delivery id (deferrals and
+            # bounces at info, deliveries at debug).
+            (log.debug if result.outcome is Outcome.DELIVERED else log.info)(
+                f"delivery {result.outcome.value}",
+                message_id=message_of.get(result.delivery_id),
+                delivery_id=result.delivery_id,
+                reply=str(result.reply),
+                mx=None if result.mx is None else result.mx.host,
+            )
             if result.outcome is Outcome.DELIVERED:
                 self.delivered += 1
             elif result.outcome is Outcome.DEFERRED:
@@ -236,6 +269,21 @@ class Worker:
                 await self._store.set_dsn_sent([b.delivery_id for b in group], dsn_id)
             except StorageError as exc:
                 log.error("could not queue DSN", message_id=message_id, error=str(exc))
+
+    async def _renew_leases(self) -> None:
+        """Every lease_seconds / 3, extend the leases of the deliveries in flight, so only
+        a dead worker's deliveries go back to the queue (the renewal runs until the
+        drain at stop is over)."""
+        lease = self._settings.queue.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            if self._leased:
+                try:
+                    await self._store.renew_leases(
+                        self.owner, list(self._leased), until=self._clock() + lease
+                    )
+                except StorageError as exc:
+                    log.warning("lease renewal failed", error=str(exc))
 
     async def drain(self, grace: float = 30.0) -> None:
         """Wait for every batch in flight to finish and be recorded; after ``grace``

@@ -49,8 +49,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import structlog
+
 from kakitome.config import Settings
 from kakitome.delivery.pool import Connection, ConnectionPool, PoolKey
+from kakitome.delivery.shaping import Shaper
 from kakitome.delivery.types import (
     Batch,
     MXUsed,
@@ -149,6 +152,7 @@ class _Attempt:
     results: list[RecipientResult] = field(default_factory=list)
     sessions: list[SessionRecord] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict)
+    site: str = ""  # the destination's site (delivery.shaping)
 
 
 class DeliveryAgent:
@@ -163,6 +167,7 @@ class DeliveryAgent:
         contexts: ClientContexts | None = None,
         unverified: UnverifiedCertificates | None = None,
         tls_state: TLSState | None = None,
+        shaping: Shaper | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -172,6 +177,8 @@ class DeliveryAgent:
         self.unverified = unverified or UnverifiedCertificates()
         self.state: TLSState = tls_state if tls_state is not None else MemoryTLSState()
         self.clock = clock
+        # Budgets per destination site; in-process unless the worker passes a shared one.
+        self.shaping = shaping if shaping is not None else Shaper(settings)
         self.policies = PolicyResolver(settings, resolver, self.state, clock)
         self.timeouts = Timeouts(
             command=settings.delivery.command_timeout, data=settings.delivery.data_timeout
@@ -230,6 +237,7 @@ class DeliveryAgent:
             if not messages:
                 continue
             attempt = _Attempt(Batch(batch.domain, messages), policy, mx)
+            attempt.site = self.shaping.site_of(mx)
             attempts.append(attempt)
             await self._run_attempt(attempt)
             results.extend(attempt.results)
@@ -271,7 +279,7 @@ class DeliveryAgent:
     # -- workers --------------------------------------------------------------------------
 
     async def _worker(self, attempt: _Attempt, jobs: deque[_Job]) -> None:
-        async with self.pool.slots(attempt.batch.domain):
+        async with self.pool.slots(attempt.batch.domain), self.shaping.connection(attempt.site):
             conn: Connection | None = None
             try:
                 while jobs:
@@ -289,11 +297,17 @@ class DeliveryAgent:
         self, attempt: _Attempt, job: _Job, conn: Connection | None
     ) -> Connection | None:
         """Send one transaction; returns the connection if it can carry more."""
+        # Every log line of this task from here on names the message and its deliveries.
+        structlog.contextvars.bind_contextvars(
+            message_id=job.message.message_id, delivery_ids=[r.delivery_id for r in job.recipients]
+        )
         for try_number in (1, 2):
             if conn is None:
                 conn, failure = await self._connection(attempt)
                 if conn is None:
                     assert failure is not None
+                    if failure.kind == _HostFailure.REJECTED:  # the server's reply: feedback
+                        self.shaping.observe(attempt.site, (failure.reply,))
                     reply = failure.reply
                     if job.message.requiretls and failure.kind == _HostFailure.POLICY:
                         # No hop satisfied even the TLS policy: REQUIRETLS cannot be met.
@@ -309,6 +323,7 @@ class DeliveryAgent:
             reused = conn.messages > 0 or conn.from_pool
             session = conn.session
             try:
+                await self.shaping.before_message(attempt.site)
                 result = await session.send_mail(
                     self._mail_spec(job.message),
                     [RcptSpec(r.address, r.notify, r.orcpt) for r in job.recipients],
@@ -327,6 +342,7 @@ class DeliveryAgent:
                 self._record(attempt, job.recipients, reply, conn.mx, conn.receipt)
                 return None
             conn.messages += 1
+            self.shaping.observe(attempt.site, (result.mail, *result.final))
             for rcpt, final in zip(job.recipients, result.final, strict=True):
                 attempt.results.append(
                     RecipientResult(
@@ -340,7 +356,7 @@ class DeliveryAgent:
             if closing or not conn.alive:
                 self.pool.discard(conn)
                 return None
-            if conn.messages >= self.settings.delivery.messages_per_connection:
+            if conn.messages >= self.shaping.messages_per_connection(attempt.site):
                 self.pool.release(conn)
                 return None
             return conn

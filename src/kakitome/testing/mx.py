@@ -178,6 +178,8 @@ class PeerStats:
     drops: int = 0  # connections dropped in DATA on purpose
     rejected_bare_lf: int = 0
     max_pipeline: int = 0
+    open_connections: int = 0  # open now
+    max_concurrent_connections: int = 0  # most open at once (since the last clear())
 
 
 @dataclass(slots=True)
@@ -398,6 +400,7 @@ class Peer:
             self._messages.clear()
             self._connections = {k: v for k, v in self._connections.items() if not v.closed}
             self._stats = dict.fromkeys(self._stats, 0)
+            self._stats["open_connections"] = len(self._connections)  # still open
             self._fault_uses.clear()
 
     # -- used by sessions (on the loop thread) --------------------------------------------
@@ -467,6 +470,10 @@ class _Session(asyncio.Protocol):
         self.conn = _ConnState(next(_connection_ids), (host, port))
         with self.peer._lock:
             self.peer._stats["connections"] += 1
+            self.peer._stats["open_connections"] += 1
+            self.peer._stats["max_concurrent_connections"] = max(
+                self.peer._stats["max_concurrent_connections"], self.peer._stats["open_connections"]
+            )
             self.peer._connections[self.conn.connection_id] = self.conn
         self.peer._sessions.add(self)
         self.task = asyncio.get_running_loop().create_task(self.run())
@@ -484,8 +491,10 @@ class _Session(asyncio.Protocol):
         self.eof = True
         self._wake()
         self.peer._sessions.discard(self)
-        if self.conn is not None:
+        if self.conn is not None and not self.conn.closed:
             self.conn.closed = True
+            with self.peer._lock:
+                self.peer._stats["open_connections"] -= 1
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

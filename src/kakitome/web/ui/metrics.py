@@ -4,13 +4,17 @@ Served without authentication, like ``/healthz``: it holds counts only, no addre
 content. Keep the HTTP port on a private network (or behind a proxy) if counts are
 sensitive. Each scrape costs one indexed count per pending status and one small roll-up
 query (the last hour), not a scan of the deliveries.
+
+When the process also runs a delivery worker, its own counters and histograms per site
+(``kakitome.metrics.DeliveryMetrics``, put on ``app.state.process_metrics`` by ``serve``)
+follow the database-wide gauges.
 """
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
@@ -22,7 +26,7 @@ def metrics_router(store: Store, web: WebStore) -> APIRouter:
     router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Queue sizes, active API keys and the last hour's deliveries, for Prometheus."""
         registry = CollectorRegistry()
         queue = Gauge(
@@ -54,6 +58,16 @@ def metrics_router(store: Store, web: WebStore) -> APIRouter:
             "bounced",
         ):
             hour.labels(outcome=outcome).set(getattr(total, outcome))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        share = Gauge(
+            "kakitome_last_hour_tls_verified_share",
+            "Share of the current and previous hour's deliveries with a verified certificate.",
+            registry=registry,
+        )
+        share.set(total.delivered_verified / total.delivered if total.delivered else 0.0)
+        body = generate_latest(registry)
+        process = getattr(request.app.state, "process_metrics", None)
+        if isinstance(process, CollectorRegistry):
+            body += generate_latest(process)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
