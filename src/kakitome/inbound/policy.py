@@ -21,6 +21,8 @@ from an authenticated client, and nothing from anyone else (aiosmtpd's ``auth_re
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -77,6 +79,8 @@ class RecipientDecision:
 RELAY_DENIED = Verdict.reject(550, "5.7.1", "relaying denied: not a domain of this server")
 NO_SUCH_USER = Verdict.reject(550, "5.1.1", "no such recipient here")
 HOLD_ROUTE = InboundRoute(match="*", action="hold")
+LIST_CACHE_SECONDS = 5.0
+LIST_CACHE_SIZE = 10_000
 
 
 def match_route(routes: Sequence[InboundRoute], address: str) -> InboundRoute | None:
@@ -102,11 +106,16 @@ class InboundPolicy:
         settings: InboundSettings,
         is_return_path: Callable[[str], Awaitable[bool]],
         is_list_address: Callable[[str, str], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._is_return_path = is_return_path
         # (local part, domain) -> is it a list's address? (ListService.is_list_address)
         self._is_list_address = is_list_address
+        # Its answers, for LIST_CACHE_SECONDS: a query per RCPT otherwise (the MX's largest
+        # cost per message under load). A list made a moment ago may be refused for as long.
+        self._list_cache: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
+        self._clock = clock
         self._domains = set(settings.domains)
         self._return_path_domains = set(settings.return_path_domains)
 
@@ -121,7 +130,7 @@ class InboundPolicy:
         # routes say; any other address of a list's domain falls through as before.
         if self._is_list_address is not None:
             local = address.rpartition("@")[0]
-            if local and await self._is_list_address(local, domain):
+            if local and await self._list_address(local, domain):
                 return RecipientDecision(Verdict.accept(), RecipientClass.LIST)
         if domain in self._domains:
             route = match_route(self._settings.routes, address) or HOLD_ROUTE
@@ -131,3 +140,17 @@ class InboundPolicy:
         if await self._is_return_path(address):
             return RecipientDecision(Verdict.accept(), RecipientClass.RETURN_PATH)
         return RecipientDecision(RELAY_DENIED)
+
+    async def _list_address(self, local: str, domain: str) -> bool:
+        assert self._is_list_address is not None
+        key = (local.lower(), domain)
+        now = self._clock()
+        found = self._list_cache.get(key)
+        if found is not None and found[0] > now:
+            return found[1]
+        answer = await self._is_list_address(local, domain)
+        self._list_cache[key] = (now + LIST_CACHE_SECONDS, answer)
+        self._list_cache.move_to_end(key)
+        while len(self._list_cache) > LIST_CACHE_SIZE:
+            self._list_cache.popitem(last=False)
+        return answer
