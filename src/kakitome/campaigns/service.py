@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +54,6 @@ from kakitome.campaigns.compose import (
     Mailing,
     check_mailing,
     sample_member,
-    template_context,
 )
 from kakitome.campaigns.schedule import QuietHours, step_due_at, zone
 from kakitome.campaigns.stats import CampaignStats, build_stats
@@ -169,6 +170,10 @@ class CampaignService:
     def signer(self) -> LinkSigner:
         return self._signer
 
+    @property
+    def lists(self) -> ListService:
+        return self._lists
+
     # -- campaigns -----------------------------------------------------------------------
 
     async def create(
@@ -269,16 +274,18 @@ class CampaignService:
             mailing = Mailing(mailing.kind, mailing.id, mailing.name, False, mailing.footer)
         member = await self._member(mailing_list, subscriber)
         mail = self._composer.compose(compiled, mailing, mailing_list, member, now=self._clock())
-        parts = compiled.render(
-            template_context(
-                mailing_list,
-                member,
-                mailing,
-                unsubscribe_url=self._lists.unsubscribe_url(mailing_list.id, member.subscriber_id),
-                now=self._clock(),
-            )
+        # The parts as sent (footer included, text part generated when the template has
+        # none), read back from the message itself.
+        parsed = email.message_from_bytes(mail.content, policy=email.policy.default)
+        text_part = parsed.get_body(("plain",))
+        html_part = parsed.get_body(("html",))
+        return Preview(
+            mail.subject,
+            None if text_part is None else str(text_part.get_content()).replace("\r\n", "\n"),
+            None if html_part is None else str(html_part.get_content()).replace("\r\n", "\n"),
+            mail.content,
+            mail.lost_characters,
         )
-        return Preview(mail.subject, parts.text, parts.html, mail.content, mail.lost_characters)
 
     async def _member(self, mailing_list: MailingList, ref: int | str | None) -> AudienceMember:
         if ref is None:
@@ -531,11 +538,21 @@ class CampaignService:
 
     async def update_step(self, step_id: int, **values: Any) -> StepRow:
         """Edit a step; subscribers who already got it do not get it again."""
+        current = await self._db.get_step(step_id)
         if "delay_days" in values or "send_hour" in values:
-            self._check_step(values.get("delay_days", 0), values.get("send_hour"))
-        row = await self._db.update_step(step_id, now=self._clock(), **values)
-        compile_template(_source(row))
-        return row
+            self._check_step(
+                values.get("delay_days", current.delay_days),
+                values.get("send_hour", current.send_hour),
+            )
+        # Checked before anything is written: a broken edit leaves the step as it was.
+        merged = {
+            key: values.get(key, getattr(current, key))
+            for key in ("subject", "body", "body_format", "text")
+        }
+        if merged["body_format"] not in BODY_FORMATS:
+            raise InputError(f"unknown body format {merged['body_format']!r}")
+        compile_template(TemplateSource(**merged))
+        return await self._db.update_step(step_id, now=self._clock(), **values)
 
     async def remove_step(self, step_id: int) -> bool:
         return await self._db.remove_step(step_id, now=self._clock())

@@ -650,6 +650,20 @@ class CampaignStore:
             )
         return bool(changed.rowcount)
 
+    async def get_step(self, step_id: int) -> StepRow:
+        """A step that is not removed; NotFound otherwise."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(sequence_steps).where(
+                        sequence_steps.c.id == step_id, sequence_steps.c.removed_at.is_(None)
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no step {step_id}")
+        return _step(row)
+
     async def steps(self, sequence_id: int) -> list[StepRow]:
         async with self._read() as conn:
             rows = await conn.execute(
