@@ -30,6 +30,8 @@ database did not commit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -637,10 +639,10 @@ class ListService:
             "detail": optin.detail,
         }
 
-        async def flush() -> None:
+        async def flush(chunk: list[ImportRow]) -> None:
             counts = await self._db.import_batch(
                 mailing_list.id,
-                batch,
+                chunk,
                 status=status,
                 optin=record,
                 now=self._clock(),
@@ -648,29 +650,45 @@ class ListService:
             )
             report.inserted += counts.inserted
             report.updated += counts.updated
-            batch.clear()
 
-        for row in rows:
-            report.rows += 1
-            parsed = _import_row(row, plan, report)
-            if parsed is None:
-                continue
-            if parsed.key in seen:
-                report.duplicates += 1
-                report.rejected.append(
-                    RejectedRow(
-                        row.line,
-                        "duplicate: the address appears earlier in the file",
-                        parsed.address,
+        # Batches are committed one at a time and in order, but the next batch is read
+        # and validated while the database writes the previous one (the loop yields now
+        # and then so that the write's statements go on).
+        pending: asyncio.Task[None] | None = None
+        try:
+            for row in rows:
+                report.rows += 1
+                parsed = _import_row(row, plan, report)
+                if parsed is None:
+                    continue
+                if parsed.key in seen:
+                    report.duplicates += 1
+                    report.rejected.append(
+                        RejectedRow(
+                            row.line,
+                            "duplicate: the address appears earlier in the file",
+                            parsed.address,
+                        )
                     )
-                )
-                continue
-            seen.add(parsed.key)
-            batch.append(parsed)
-            if len(batch) >= size:
-                await flush()
-        if batch:
-            await flush()
+                    continue
+                seen.add(parsed.key)
+                batch.append(parsed)
+                if len(batch) >= size:
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.create_task(flush(batch))
+                    batch = []
+                elif pending is not None and report.rows % 1024 == 0:
+                    await asyncio.sleep(0)
+            if pending is not None:
+                await pending
+            if batch:
+                await flush(batch)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
         report.seconds = time.perf_counter() - started
         return report
 
