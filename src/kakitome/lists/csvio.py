@@ -96,7 +96,7 @@ def detect_encoding(head: bytes) -> str:
     return "utf-8"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per CSV record, frozen __init__ costs twice
 class CsvRow:
     """One record: its first physical line number (the header is line 1), its cells,
     and a reason when it cannot be used as it is (a line that does not decode)."""

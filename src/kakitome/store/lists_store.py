@@ -69,7 +69,7 @@ IMPORT_BATCH_MAX = 100_000
 _ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per imported row, frozen __init__ costs twice
 class ImportRow:
     """One valid, de-duplicated row of an import."""
 
@@ -616,6 +616,7 @@ class ListsStore:
 
 # -- import, set-based ----------------------------------------------------------------------
 
+_SQLITE_IMPORT_CACHE_KIB = -65_536  # 64 MiB (negative: KiB, as PRAGMA cache_size takes it)
 _SQLITE_IMPORT_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS kakitome_import ("
     "ord INTEGER PRIMARY KEY, key TEXT NOT NULL, address TEXT NOT NULL, "
@@ -666,6 +667,23 @@ def _attributes_json(attributes: Mapping[str, Any]) -> str:
 
 
 async def _import_sqlite(
+    conn: AsyncConnection,
+    records: list[tuple[int, str, str, str, str]],
+    member: tuple[Any, ...],
+    now: float,
+    update_existing: bool,
+) -> ImportCounts:
+    # A page cache big enough for the indexes a large import walks (SQLite's default is
+    # 2 MiB); the connection's own size is restored afterwards.
+    cache = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar()
+    await conn.exec_driver_sql(f"PRAGMA cache_size = {_SQLITE_IMPORT_CACHE_KIB}")
+    try:
+        return await _import_sqlite_batch(conn, records, member, now, update_existing)
+    finally:
+        await conn.exec_driver_sql(f"PRAGMA cache_size = {int(cache or -2000)}")
+
+
+async def _import_sqlite_batch(
     conn: AsyncConnection,
     records: list[tuple[int, str, str, str, str]],
     member: tuple[Any, ...],
