@@ -6,7 +6,9 @@ never required: T11), submission on ``inbound.submission_port`` (STARTTLS requir
 anything but EHLO/NOOP/QUIT, then AUTH) and ``inbound.submissions_port`` (implicit TLS,
 RFC 8314). All bind ``inbound.bind_host``; all share one ``CertificateSource`` (reloads
 without restart) and one connection tracker (``max_connections``, and
-``max_connections_per_ip`` per client address).
+``max_connections_per_ip`` per client address, per process). The sockets are bound with
+``SO_REUSEPORT`` where the system has it, so several ``serve --role smtp`` processes of
+the same user can serve the same ports, one core each (each with its own group commit).
 
 Talks to: clients on the listening sockets; the database (``InboundStore``, the injector);
 DNS for SPF/DKIM/DMARC of MX mail; HTTP endpoints of forward routes (``forward.py``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -62,6 +65,9 @@ class _QuietAiosmtpd(logging.Filter):
 _aiosmtpd_log = logging.getLogger("mail.log")
 _aiosmtpd_log.setLevel(logging.WARNING)
 _aiosmtpd_log.addFilter(_QuietAiosmtpd())
+
+
+_REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
 
 
 @dataclass
@@ -200,6 +206,9 @@ class InboundService:
                     port=port,
                     ssl=self.certificates.front if implicit else None,
                     reuse_address=True,
+                    # Several `serve --role smtp` processes may share the ports (Linux
+                    # spreads connections among them): one process uses one core.
+                    reuse_port=_REUSE_PORT,
                     backlog=1024,
                 )
                 actual = server.sockets[0].getsockname()[1]
