@@ -756,9 +756,15 @@ async def _import_postgresql(
     driver: Any = raw.driver_connection
     try:
         # A freshly filled temporary table is read in the order it was written (file
-        # order, so new ids follow the file without a sort); the hash join with
-        # subscribers stays in memory with a larger work_mem for this transaction.
-        await driver.execute("SET LOCAL work_mem = '64MB'")
+        # order, so new ids follow the file without a sort). The joins with subscribers
+        # must probe its address_key index once per row of the batch: with a hash join
+        # (the planner's choice on a fresh, unanalysed temporary table) every batch
+        # would read the whole subscribers table, and a million-row import would read
+        # it twenty times. No JIT for these one-off statements either.
+        await driver.execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+            "SET LOCAL jit = off"
+        )
         await driver.execute("DELETE FROM kakitome_import")
         await driver.copy_records_to_table(
             "kakitome_import",
