@@ -6,6 +6,11 @@ decorate it, then call the signer last (DKIM must cover the final header), and o
 store it with one queued delivery per recipient in a single transaction. Everything that
 can be refused is refused before the store is touched, so nothing is queued half-way; the
 returned id means the message is committed.
+
+Storing goes through a group committer (``kakitome.group_commit``): concurrent submissions
+(HTTP requests, SMTP sessions) share one transaction and one fsync; each still returns
+only after the transaction that holds its message committed, and a failed commit raises
+``StorageError`` in every submitter of that batch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import TypeAlias
 
 from kakitome.addresses import parse_mailbox
 from kakitome.config import Settings
+from kakitome.errors import InputError
+from kakitome.group_commit import DEFAULT_MAX_BATCH, GroupCommitter
 from kakitome.message import (
     Attachment,
     ComposedMessage,
@@ -50,12 +57,18 @@ class Injector:
         clock: Clock = time.time,
         signer: Signer | None = None,
         return_path: ReturnPath | None = None,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        linger: float = 0.0,
     ) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
         self._signer = signer
         self._return_path = return_path
+        self.committer: GroupCommitter[NewMessage] = GroupCommitter(
+            self._inject_many, max_batch=max_batch, linger=linger
+        )
 
     @property
     def max_message_size(self) -> int:
@@ -198,13 +211,19 @@ class Injector:
         return await self.submit(message)
 
     async def submit(self, message: NewMessage) -> str:
-        """Store a prepared message; returns its id after the commit."""
-        return await self._store.inject(
-            message, now=self._clock(), lifetime=self._settings.queue.lifetime
-        )
+        """Store a prepared message; returns its id after the commit (shared with other
+        submissions waiting at the same time). InputError before anything is queued."""
+        _check_recipients((message,))
+        [message_id] = await self.committer.submit((message,))
+        return message_id
 
     async def submit_many(self, messages: Sequence[NewMessage]) -> list[str]:
-        """Store prepared messages in one transaction (a group commit)."""
+        """Store prepared messages, all in the same transaction (perhaps with others');
+        their ids in order once committed."""
+        _check_recipients(messages)
+        return await self.committer.submit(messages)
+
+    async def _inject_many(self, messages: Sequence[NewMessage]) -> list[str]:
         return await self._store.inject_many(
             messages, now=self._clock(), lifetime=self._settings.queue.lifetime
         )
@@ -261,3 +280,11 @@ class Injector:
             envid=envid,
             ret=ret.upper() if ret else None,
         )
+
+
+def _check_recipients(messages: Iterable[NewMessage]) -> None:
+    """What ``Store.inject_many`` would refuse, refused before the message is queued (one
+    bad message must not fail the others of its batch)."""
+    for message in messages:
+        if not message.recipients:
+            raise InputError("a message needs at least one recipient")
