@@ -581,7 +581,9 @@ class ListService:
         CP932). Upsert by address: never a duplicate subscriber or membership; an
         existing membership keeps its status (an unsubscribed person stays out). Every
         refused row is in the report with its line number and reason. Each batch is
-        committed on its own: after a StorageError, the rows before it are in."""
+        committed on its own: after a StorageError, the batches before the failed one
+        are in (on PostgreSQL the one after it may be too); importing the file again is
+        safe."""
         if status not in (SUBSCRIBED, UNCONFIRMED, UNSUBSCRIBED):
             raise InputError("imported members are subscribed, unconfirmed or unsubscribed")
         mailing_list = await self.get_list(ref)
@@ -651,10 +653,13 @@ class ListService:
             report.inserted += counts.inserted
             report.updated += counts.updated
 
-        # Batches are committed one at a time and in order, but the next batch is read
-        # and validated while the database writes the previous one (the loop yields now
-        # and then so that the write's statements go on).
-        pending: asyncio.Task[None] | None = None
+        # The next batch is read and validated while the database writes the previous
+        # one (the loop yields now and then so that the write's statements go on). On
+        # SQLite batches commit one at a time, in order; on PostgreSQL two batches (of
+        # distinct addresses) are written at once on two connections, so a server on
+        # two cores is busy on both.
+        parallel = 2 if self._db.dialect == "postgresql" else 1
+        pending: list[asyncio.Task[None]] = []
         try:
             for row in rows:
                 report.rows += 1
@@ -674,21 +679,22 @@ class ListService:
                 seen.add(parsed.key)
                 batch.append(parsed)
                 if len(batch) >= size:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.create_task(flush(batch))
+                    while len(pending) >= parallel:
+                        await pending.pop(0)
+                    pending.append(asyncio.create_task(flush(batch)))
                     batch = []
-                elif pending is not None and report.rows % 1024 == 0:
+                elif pending and report.rows % 1024 == 0:
                     await asyncio.sleep(0)
-            if pending is not None:
-                await pending
+            while pending:
+                await pending.pop(0)
             if batch:
                 await flush(batch)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            for task in pending:
+                if not task.done():
+                    task.cancel()
                 with contextlib.suppress(BaseException):
-                    await pending
+                    await task
         report.seconds = time.perf_counter() - started
         return report
 
