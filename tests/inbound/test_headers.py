@@ -82,9 +82,8 @@ async def test_received_and_results_pass_fail_none(
 
 async def test_submission_received_says_esmtpsa(start_inbound: StartInbound) -> None:
     """Authenticated submission over TLS is ESMTPSA in the queued message (T9)."""
-    from kakitome.inbound.users import hash_password
-
     from kakitome.domains.service import DomainService
+    from kakitome.inbound.users import hash_password
 
     running = await start_inbound()
     await running.inbound.create_smtp_user("app", hash_password("a-long-password-1"), now=0.0)
