@@ -389,8 +389,8 @@ class SiteLimits(_Section):
     max_connections: int = Field(default=20, ge=1, le=1000)
     initial_connections: int = Field(default=2, ge=1, le=1000)
     # Messages over one connection before it is closed (also bounded by
-    # delivery.messages_per_connection).
-    messages_per_connection: int = Field(default=100, ge=1, le=100_000)
+    # delivery.messages_per_connection); 0: delivery.messages_per_connection alone.
+    messages_per_connection: int = Field(default=0, ge=0, le=100_000)
     # Messages per minute to the site across all workers; 0: no rate limit.
     messages_per_minute: int = Field(default=0, ge=0, le=10_000_000)
 

@@ -279,7 +279,12 @@ class DeliveryAgent:
     # -- workers --------------------------------------------------------------------------
 
     async def _worker(self, attempt: _Attempt, jobs: deque[_Job]) -> None:
-        async with self.pool.slots(attempt.batch.domain), self.shaping.connection(attempt.site):
+        keys = {self._key(attempt, h, ip) for h in attempt.mx.hosts for ip in h.addresses}
+        shaping = self.shaping.connection(attempt.site, keys)
+        async with self.pool.slots(attempt.batch.domain), shaping as permit:
+            if permit.evict is not None and (idle := self.pool.take(permit.evict)) is not None:
+                # The site's slot of that idle connection is ours now: close it first.
+                await idle.session.quit()
             conn: Connection | None = None
             try:
                 while jobs:
@@ -291,6 +296,7 @@ class DeliveryAgent:
                     self.pool.discard(conn)
                 raise
             if conn is not None:
+                permit.key = conn.key  # the slot stays with the idle connection
                 self.pool.release(conn)
 
     async def _run_job(

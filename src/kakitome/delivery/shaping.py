@@ -57,7 +57,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -281,6 +281,10 @@ class Permit:
     site: str
     slot: int | None
     used: bool = False  # a message went out under it: a connection was opened
+    # The pool key of the connection left idle under this slot (set by the agent), and
+    # the key of an idle connection the agent must close first (its slot was taken over).
+    key: Any = None
+    evict: Any = None
 
 
 @dataclass
@@ -291,7 +295,8 @@ class _Site:
     cooldown_until: float = 0.0
     window_read_at: float = -math.inf
     active: int = 0
-    parked: list[tuple[int, float]] = field(default_factory=list)  # (slot, since)
+    # Slots kept with an idle pooled connection: (slot, since, pool key of the connection).
+    parked: list[tuple[int, float, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tokens: int = 0
     tokens_until: float = 0.0
@@ -374,7 +379,8 @@ class Shaper:
     def messages_per_connection(self, site: str) -> int:
         if not self.enabled:
             return self._per_connection_cap
-        return min(self._per_connection_cap, self.limits(site).messages_per_connection)
+        own = self.limits(site).messages_per_connection
+        return min(self._per_connection_cap, own) if own else self._per_connection_cap
 
     def _site(self, name: str) -> _Site:
         site = self._sites.get(name)
@@ -398,40 +404,55 @@ class Shaper:
     # -- connections ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def connection(self, name: str) -> AsyncIterator[Permit]:
-        """Hold a connection slot of site ``name`` (waiting for one) while in use."""
+    async def connection(self, name: str, keys: Collection[Any] = ()) -> AsyncIterator[Permit]:
+        """Hold a connection slot of site ``name`` (waiting for one) while in use, for a
+        destination whose connections would have one of the pool ``keys``.
+
+        A slot parked with an idle connection under one of ``keys`` is taken first (the
+        agent will reuse that connection). At the site's limit, a slot parked with an idle
+        connection elsewhere is taken over: ``permit.evict`` names the pool key whose idle
+        connection the agent must close before opening its own."""
         if not self.enabled:
             yield Permit(name, None, used=True)
             return
         site = self._site(name)
-        slot = await self._acquire(site)
+        slot, inherited, evict = await self._acquire(site, keys)
         site.active += 1
-        permit = Permit(name, slot)
+        # A slot taken from the parked ones comes with its idle connection (``key``).
+        permit = Permit(name, slot, key=inherited, evict=evict)
         token = _current.set(permit)
         try:
             yield permit
         finally:
             _current.reset(token)
             site.active -= 1
-            if permit.used:
-                site.parked.append((slot, self._clock()))
+            if permit.used or permit.key is not None:
+                # Still an open (idle) connection under this slot: keep it with it.
+                site.parked.append((slot, self._clock(), permit.key))
             else:
                 self._spawn(self._state.release_slot(name, slot, self.owner))
             site.changed.set()
 
-    async def _acquire(self, site: _Site) -> int:
+    async def _acquire(self, site: _Site, keys: Collection[Any]) -> tuple[int, Any, Any]:
         db_failed_at: float | None = None
         while True:
             now = self._clock()
             self._expire_parked(site, now)
             await self._read_window(site, now)
             limit = self._limit(site)
-            while site.parked:
-                slot, _ = site.parked.pop()
-                if slot < limit:
-                    return slot
-                self._spawn(self._state.release_slot(site.name, slot, self.owner))
-            if site.active < limit:
+            for entry in list(site.parked):
+                if entry[0] >= limit:  # above a lowered window: give it back
+                    site.parked.remove(entry)
+                    self._spawn(self._state.release_slot(site.name, entry[0], self.owner))
+            for entry in reversed(site.parked):
+                key = entry[2]
+                if key is None or key in keys:
+                    site.parked.remove(entry)
+                    return entry[0], key, None
+            if site.parked and site.active + len(site.parked) >= limit:
+                slot, _, key = site.parked.pop(0)  # the oldest idle connection goes
+                return slot, None, key
+            if site.active + len(site.parked) < limit:
                 try:
                     slot_taken = await self._state.acquire_slot(
                         site.name, limit, self.owner, now=now, lease=self._lease
@@ -444,7 +465,7 @@ class Shaper:
                 else:
                     db_failed_at = None
                 if slot_taken is not None:
-                    return slot_taken
+                    return slot_taken, None, None
             site.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(site.changed.wait(), POLL)
@@ -461,11 +482,11 @@ class Shaper:
 
     def _expire_parked(self, site: _Site, now: float) -> None:
         keep = []
-        for slot, since in site.parked:
+        for slot, since, key in site.parked:
             if now - since > self._park:
                 self._spawn(self._state.release_slot(site.name, slot, self.owner))
             else:
-                keep.append((slot, since))
+                keep.append((slot, since, key))
         site.parked = keep
 
     # -- messages -------------------------------------------------------------------------
