@@ -26,7 +26,7 @@ import structlog
 from kakitome.config import Settings
 from kakitome.delivery.dsn import build_dsn, should_send_dsn
 from kakitome.delivery.requiretls_dsn import build_requiretls_dsn
-from kakitome.delivery.types import Batch, Outcome, RecipientResult
+from kakitome.delivery.types import Batch, OutboundMessage, Outcome, RecipientResult
 from kakitome.errors import StorageError
 from kakitome.metrics import DeliveryMetrics
 from kakitome.queue.schedule import RetrySchedule
@@ -37,10 +37,17 @@ from kakitome.suppression import recipients_of, split_suppressed
 log = structlog.get_logger("kakitome.worker")
 
 # Messages handed to the agent at once; the agent spreads them over the destination's
-# connections, so this bounds what a crash can duplicate without limiting throughput.
-CHUNK = 16
+# connections. Results are recorded per transaction as they come (ResultRecorder), so the
+# chunk bounds the work of one agent call, not what a crash can duplicate.
+CHUNK = 64
 
-Deliver = Callable[[Batch], Awaitable[list[RecipientResult]]]
+# Results wait at most this long to share a transaction with others (a group commit):
+# what a crash can resend is what was in flight plus this much.
+RECORD_DELAY = 0.005
+RECORD_MAX = 512
+
+Progress = Callable[[Sequence[RecipientResult]], None]
+Deliver = Callable[[Batch, Progress], Awaitable[list[RecipientResult]]]
 Clock = Callable[[], float]
 # ``suppressed(addresses)`` -> the suppression keys among them (kakitome.suppression).
 Suppressed = Callable[[Sequence[str]], Awaitable[set[str]]]
@@ -49,6 +56,73 @@ Suppressed = Callable[[Sequence[str]], Awaitable[set[str]]]
 def default_owner() -> str:
     """A lease owner name unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class ResultRecorder:
+    """Records delivery results in group commits, a few milliseconds after they arrive.
+
+    ``add`` is synchronous (the agent's progress callback) and returns a future that
+    resolves once those results are committed; one task writes everything that arrived
+    meanwhile in one ``record`` call.
+    """
+
+    def __init__(
+        self,
+        record: Callable[[list[RecipientResult], dict[int, OutboundMessage]], Awaitable[None]],
+        *,
+        delay: float = RECORD_DELAY,
+        max_items: int = RECORD_MAX,
+    ) -> None:
+        self._record = record
+        self._delay = delay
+        self._max = max_items
+        self._results: list[RecipientResult] = []
+        self._messages: dict[int, OutboundMessage] = {}
+        self._done: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(
+        self, results: Sequence[RecipientResult], messages: dict[int, OutboundMessage]
+    ) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="result-recorder")
+        if self._done is None:
+            self._done = loop.create_future()
+        done = self._done
+        if not results:
+            fresh: asyncio.Future[None] = loop.create_future()
+            fresh.set_result(None)
+            return fresh
+        self._results.extend(results)
+        for result in results:
+            self._messages[result.delivery_id] = messages[result.delivery_id]
+        self._wake.set()
+        return done
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._results) < self._max:
+                await asyncio.sleep(self._delay)
+            self._wake.clear()
+            results, messages, done = self._results, self._messages, self._done
+            self._results, self._messages, self._done = [], {}, None
+            if done is None:
+                continue
+            try:
+                await self._record(results, messages)
+            except Exception as exc:  # the waiters see it; the recorder goes on
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
 
 class Worker:
@@ -78,6 +152,7 @@ class Worker:
         self.deferred = 0
         self.bounced = 0
         self._metrics = metrics
+        self._recorder = ResultRecorder(self._record)
         self._leased: set[int] = set()  # deliveries in flight, whose leases are renewed
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -99,6 +174,7 @@ class Worker:
             if renewing is not None:
                 renewing.cancel()
                 await asyncio.gather(renewing, return_exceptions=True)
+            await self._recorder.close()
             with contextlib.suppress(StorageError):
                 await self._store.release_leases(self.owner)
             log.info("worker stopped", owner=self.owner)
@@ -108,6 +184,7 @@ class Worker:
         deliveries were attempted. For tests with an injected clock and for flushing."""
         claimed = await self._claim_round()
         await self.drain()
+        await self._recorder.close()
         return claimed
 
     async def _idle(self, stop: asyncio.Event) -> None:
@@ -164,6 +241,15 @@ class Worker:
             domain=claimed.domain, message_ids=[m.message_id for m in claimed.messages]
         )
         started = time.monotonic()
+        message_of = {r.delivery_id: m for m in claimed.messages for r in m.recipients}
+        reported: set[int] = set()
+        commits: list[asyncio.Future[None]] = []
+
+        def progress(results: Sequence[RecipientResult]) -> None:
+            fresh = [r for r in results if r.delivery_id not in reported]
+            reported.update(r.delivery_id for r in fresh)
+            commits.append(self._recorder.add(fresh, message_of))
+
         try:
             batch: Batch | None = Batch(claimed.domain, claimed.messages)
             try:
@@ -173,7 +259,7 @@ class Worker:
                     keys = await self._suppressed(recipients_of(batch))
                     batch, results = split_suppressed(batch, keys)
                 if batch is not None:
-                    results += await self._deliver(batch)
+                    results += await self._deliver(batch, progress)
             except Exception as exc:  # an agent bug must not lose the batch
                 log.exception("delivery agent failed", domain=claimed.domain)
                 reply = Reply(451, "4.3.0", f"internal error in delivery agent: {exc!r}")
@@ -182,7 +268,13 @@ class Worker:
                     for m in claimed.messages
                     for r in m.recipients
                 ]
-            await self._record(claimed, results)
+            progress(results)  # whatever the agent did not report as it went
+            outcomes = await asyncio.gather(*commits, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    # Unrecorded results stay leased: tried again when the lease runs out
+                    # (a possible duplicate, never a loss).
+                    log.error("results not recorded", error=repr(outcome))
             if self._metrics is not None:
                 site = self._metrics.site(results)
                 self._metrics.observe_attempt(site, time.monotonic() - started)
@@ -194,7 +286,10 @@ class Worker:
             self._in_flight -= size
             self._drained.set()
 
-    async def _record(self, claimed: ClaimedBatch, results: Sequence[RecipientResult]) -> None:
+    async def _record(
+        self, results: list[RecipientResult], messages: dict[int, OutboundMessage]
+    ) -> None:
+        """Record one group of results (from any batches) and send DSNs for bounces."""
         for attempt in range(5):
             try:
                 bounces = await self._store.record_results(
@@ -208,14 +303,13 @@ class Worker:
                 log.warning("recording results failed", error=str(exc), attempt=attempt + 1)
                 await asyncio.sleep(0.5 * (attempt + 1))
         else:
-            return
-        message_of = {r.delivery_id: m.message_id for m in claimed.messages for r in m.recipients}
+            raise StorageError("results could not be recorded after 5 tries")
         for result in results:
             # One line per result, with the message id and delivery id (deferrals and
             # bounces at info, deliveries at debug).
             (log.debug if result.outcome is Outcome.DELIVERED else log.info)(
                 f"delivery {result.outcome.value}",
-                message_id=message_of.get(result.delivery_id),
+                message_id=messages[result.delivery_id].message_id,
                 delivery_id=result.delivery_id,
                 reply=str(result.reply),
                 mx=None if result.mx is None else result.mx.host,
@@ -226,8 +320,8 @@ class Worker:
                 self.deferred += 1
         self.bounced += len(bounces)
         if bounces:
-            contents = {m.message_id: m.content for m in claimed.messages}
-            requiretls = {m.message_id for m in claimed.messages if m.requiretls}
+            contents = {m.message_id: m.content for m in messages.values()}
+            requiretls = {m.message_id for m in messages.values() if m.requiretls}
             await self._send_dsns(bounces, contents, requiretls)
 
     async def _send_dsns(

@@ -109,9 +109,10 @@ def test_sigkill_in_the_middle_loses_nothing(
             f"duplicates: {duplicates}"
         )
         assert not missing, f"{len(missing)} acknowledged messages were lost:\n{service.log()}"
-        # Only what was in flight at the kill can be sent twice: at most one worker chunk
-        # per connection to the destination (8 connections x 16 messages).
-        assert duplicates <= 8 * 16
+        # Only what was in flight at the kill can be sent twice: results are recorded per
+        # transaction within milliseconds, so at most the transactions open on the 8
+        # connections, and those answered in the last group-commit window (3x for load).
+        assert duplicates <= 3 * 8
         # And the receipts agree: every recipient is delivered.
         with httpx.Client(
             base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=10

@@ -93,6 +93,9 @@ from kakitome.tls.tlsrpt import (
 
 log = logging.getLogger(__name__)
 
+# Called with the results of one transaction as soon as they are known (see deliver()).
+Progress = Callable[[Sequence[RecipientResult]], None]
+
 # Sources whose hosts are never remembered as TLS-broken or as having a bad certificate
 # (T40): they refuse plaintext by policy, so such a memory could only weaken them.
 PROTECTED_SOURCES = (PolicySource.DANE, PolicySource.MTA_STS)
@@ -153,6 +156,7 @@ class _Attempt:
     sessions: list[SessionRecord] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict)
     site: str = ""  # the destination's site (delivery.shaping)
+    progress: Progress | None = None  # told of each transaction's results as they come
 
 
 class DeliveryAgent:
@@ -186,10 +190,17 @@ class DeliveryAgent:
 
     # -- entry point ----------------------------------------------------------------------
 
-    async def deliver(self, batch: Batch) -> list[RecipientResult]:
-        """One attempt for every recipient of every message of the batch."""
+    async def deliver(
+        self, batch: Batch, progress: Progress | None = None
+    ) -> list[RecipientResult]:
+        """One attempt for every recipient of every message of the batch.
+
+        ``progress``, when given, is called with each transaction's results as soon as the
+        server has answered, so the caller can record them before the batch is over (a
+        crash then resends only what was in flight). The return value still holds every
+        result, including those already reported."""
         try:
-            results = await self._deliver(batch)
+            results = await self._deliver(batch, progress)
         except Exception:  # a bug must not lose track of recipients
             log.exception("delivery agent failed on a batch for %s", batch.domain)
             reply = Reply(451, "4.3.0", "internal error in the delivery agent")
@@ -216,7 +227,9 @@ class DeliveryAgent:
                 ordered.append(result)
         return ordered
 
-    async def _deliver(self, batch: Batch) -> list[RecipientResult]:
+    async def _deliver(
+        self, batch: Batch, progress: Progress | None = None
+    ) -> list[RecipientResult]:
         all_recipients = [r for m in batch.messages for r in m.recipients]
         try:
             mx = await self.resolver.resolve_mx(batch.domain)
@@ -238,6 +251,7 @@ class DeliveryAgent:
                 continue
             attempt = _Attempt(Batch(batch.domain, messages), policy, mx)
             attempt.site = self.shaping.site_of(mx)
+            attempt.progress = progress
             attempts.append(attempt)
             await self._run_attempt(attempt)
             results.extend(attempt.results)
@@ -289,7 +303,10 @@ class DeliveryAgent:
             try:
                 while jobs:
                     job = jobs.popleft()
+                    done = len(attempt.results)
                     conn = await self._run_job(attempt, job, conn)
+                    if attempt.progress is not None and len(attempt.results) > done:
+                        attempt.progress(attempt.results[done:])
             except BaseException:
                 # Cancelled or a bug, perhaps mid-transaction: never pool that connection.
                 if conn is not None:
