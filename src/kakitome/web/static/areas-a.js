@@ -1,0 +1,15 @@
+// Kakitome admin UI, domains/checker/webhooks pages: feedback on copy buttons.
+// The copying itself is kakitome.js's (data-copy); this only says "Copied" for 2 s.
+"use strict";
+document.addEventListener("click", function (event) {
+  var button = event.target;
+  if (!(button instanceof HTMLElement) || !button.dataset.copy || !button.dataset.copied) return;
+  var label = button.dataset.label || button.textContent;
+  button.dataset.label = label;
+  button.textContent = button.dataset.copied;
+  button.classList.add("copied");
+  window.setTimeout(function () {
+    button.textContent = label;
+    button.classList.remove("copied");
+  }, 2000);
+});
