@@ -1,0 +1,3 @@
+"""placeholder"""
+EN: dict[str, str] = {}
+JA: dict[str, str] = {}

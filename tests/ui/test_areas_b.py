@@ -1,0 +1,147 @@
+"""Admin UI areas for newsletters (lists, subscribers, segments, campaigns, step mail) and
+the public pages (preference page, archive, MTA-STS policy file): roles, CSRF, XSS,
+happy paths."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from kakitome.config import Settings
+from kakitome.lists.model import NewList
+from kakitome.lists.service import ListService
+from kakitome.store.repository import Store
+from kakitome.web.ui.areas import campaigns as campaigns_area
+from kakitome.web.ui.areas import lists as lists_area
+from kakitome.web.ui.areas import sequences as sequences_area
+
+from .conftest import Login, csrf_of
+
+XSS = "<script>alert('x')</script>"
+
+
+async def _list(store: Store, name: str = "news") -> int:
+    service = ListService(store, Settings())
+    try:
+        return (await service.get_list(name)).id
+    except Exception:
+        pass
+    created = await service.create_list(
+        NewList(
+            name=name,
+            title="ニュース",
+            opt_in="single",
+            from_name="Shop",
+            from_address="news@sender.test",
+            sender_organization="株式会社テスト",
+            sender_postal_address="東京都千代田区1-1",
+        )
+    )
+    return created.id
+
+
+def test_area_catalogues_have_the_same_keys() -> None:
+    for module in (lists_area, campaigns_area, sequences_area):
+        assert set(module.EN) == set(module.JA), module.__name__
+
+
+async def test_lists_pages_roles_and_csrf(user_client: Login, store: Store) -> None:
+    admin = await user_client("admin", "admin")
+    viewer = await user_client("viewer", "viewer")
+    page = await admin.get("/ui/lists")
+    assert page.status_code == 200
+    token = csrf_of(page.text)
+    no_csrf = await admin.post("/ui/lists", data={"name": "weekly"})
+    assert no_csrf.status_code == 403
+    created = await admin.post(
+        "/ui/lists",
+        data={
+            "csrf_token": token,
+            "name": "weekly",
+            "title": "週刊メルマガ",
+            "opt_in": "single",
+            "from_address": "news@sender.test",
+            "sender_organization": "株式会社テスト",
+            "sender_postal_address": "東京都",
+            "time_zone": "Asia/Tokyo",
+            "encoding": "utf-8",
+        },
+    )
+    assert created.status_code == 303, created.text
+    list_url = created.headers["location"].split("?")[0]
+    detail = await admin.get(list_url)
+    assert "週刊メルマガ" in detail.text
+    # the viewer reads but cannot change
+    viewer_page = await viewer.get(list_url)
+    assert viewer_page.status_code == 200
+    refused = await viewer.post(
+        list_url + "/subscribers",
+        data={"csrf_token": csrf_of(viewer_page.text), "address": "a@example.com"},
+    )
+    assert refused.status_code == 403
+    edit = await admin.post(
+        list_url,
+        data={"csrf_token": token, "title": "新タイトル", "opt_in": "double", "encoding": "utf-8",
+              "time_zone": "Asia/Tokyo", "quiet_start": "22:00", "quiet_end": "07:00"},
+    )  # fmt: skip
+    assert edit.status_code == 303, edit.text
+    assert "新タイトル" in (await admin.get(list_url)).text
+
+
+async def test_subscriber_xss_search_edit_export_import(user_client: Login, store: Store) -> None:
+    list_id = await _list(store)
+    sender = await user_client("sender", "sender")
+    page = await sender.get(f"/ui/lists/{list_id}")
+    token = csrf_of(page.text)
+    added = await sender.post(
+        f"/ui/lists/{list_id}/subscribers",
+        data={"csrf_token": token, "address": "x@example.com", "name": XSS, "confirmed": "1"},
+    )
+    assert added.status_code == 303, added.text
+    page = await sender.get(f"/ui/lists/{list_id}?q=x%40example")
+    assert XSS not in page.text
+    assert "&lt;script&gt;" in page.text
+    sid = re.search(rf"/ui/lists/{list_id}/subscribers/(\d+)", page.text)
+    assert sid
+    url = f"/ui/lists/{list_id}/subscribers/{sid.group(1)}"
+    saved = await sender.post(
+        url, data={"csrf_token": token, "name": "山田太郎", "attributes": '{"plan": "gold"}',
+                   "status": "subscribed"},
+    )  # fmt: skip
+    assert saved.status_code == 303, saved.text
+    assert "山田太郎" in (await sender.get(url)).text
+    bad = await sender.post(url, data={"csrf_token": token, "name": "x", "attributes": "[1"})
+    assert bad.status_code == 422
+    count = await sender.post(
+        f"/ui/lists/{list_id}/segments/test",
+        data={"csrf_token": token, "expression": 'attr.plan = "gold"'},
+    )
+    assert "1" in count.text and count.status_code == 200, count.text
+    wrong = await sender.post(
+        f"/ui/lists/{list_id}/segments/test", data={"csrf_token": token, "expression": "(("}
+    )
+    assert wrong.status_code == 422
+    csv = "email,name\nhanako@example.com,花子\nnot-an-address,x\n".encode()
+    no_token = await sender.post(
+        f"/ui/lists/{list_id}/import", files={"file": ("a.csv", csv, "text/csv")}
+    )
+    assert no_token.status_code == 403
+    started = await sender.post(
+        f"/ui/lists/{list_id}/import",
+        data={"csrf_token": token},
+        files={"file": ("a.csv", csv, "text/csv")},
+    )
+    assert started.status_code == 303, started.text
+    progress = started.headers["location"]
+    for _ in range(100):
+        body = (await sender.get(progress, headers={"HX-Request": "true"})).text
+        if "import-summary" in body:
+            break
+        await asyncio.sleep(0.05)
+    assert "import-summary" in body
+    assert "not-an-address" in body  # the rejected row, with its line number
+    exported = await sender.get(f"/ui/lists/{list_id}/export")
+    assert exported.status_code == 200
+    assert "hanako@example.com" in exported.content.decode("utf-8-sig")
+    removed = await sender.post(url + "/remove", data={"csrf_token": token})
+    assert removed.status_code == 303
