@@ -12,6 +12,11 @@ from kakitome.injection import Injector
 from kakitome.store.repository import Store
 from kakitome.web.api import api_router
 from kakitome.web.api_admin import admin_api_router
+from kakitome.web.api_campaigns import campaigns_api_router
+from kakitome.web.api_checker import checker_api_router
+from kakitome.web.api_domains import domains_api_router
+from kakitome.web.api_inbound import inbound_api_router
+from kakitome.web.api_lists import lists_api_router
 from kakitome.web.errors import install_error_handlers
 from kakitome.web.limits import BodySizeLimit
 from kakitome.web.public import public_router
@@ -39,6 +44,11 @@ def create_app(
     app.include_router(tracking_router(settings, store, clock))
     app.include_router(public_router(settings, store, injector, clock))
     app.include_router(admin_api_router(store, clock))
+    app.include_router(domains_api_router(settings, store, clock))
+    app.include_router(lists_api_router(settings, store, injector, clock))
+    app.include_router(campaigns_api_router(settings, store, injector, clock))
+    app.include_router(inbound_api_router(store, clock))
+    app.include_router(checker_api_router(settings, store, clock))
     mount_ui(app, settings, store, clock=clock)
 
     @app.get("/healthz")

@@ -1,0 +1,110 @@
+"""``/api/v1/checker/{domain}`` and ``/api/v1/policy/{domain}``: check a domain's receiving
+side (DNS, MX probes, MTA-STS, TLS-RPT, DANE; with our sending side when the domain is one
+of ours), and explain the TLS policy delivery would use for a destination.
+
+Scopes: ``read`` (both are GETs; neither sends mail nor changes configuration - the policy
+explanation may cache a discovered MTA-STS policy, as delivery would).
+
+Bounded time: a check is cut at ``CHECK_TIMEOUT`` seconds and an explanation at
+``EXPLAIN_TIMEOUT`` (504 ``timeout``); each probe is also bounded by
+``checker.probe_timeout`` and DNS by ``dns.timeout``. A name that is not a domain is 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, ConfigDict
+
+from kakitome.config import Settings
+from kakitome.errors import InputError, KakitomeError
+from kakitome.store.repository import ApiKeyInfo, Store
+from kakitome.web.api_lists import Text
+from kakitome.web.auth import require_scope
+from kakitome.web.errors import ApiError
+
+CHECK_TIMEOUT = 90.0
+EXPLAIN_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+DomainPath = Annotated[Text, Path(min_length=1, max_length=253, description="a domain name")]
+
+
+class CheckReportOut(BaseModel):
+    """The checker's report (``kakitome check DOMAIN --json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    domain: str
+    grade: str | None
+    grade_reason: str
+    transport: str
+    transport_reason: str
+    protection: Any
+    findings: list[dict[str, Any]]
+    facts: dict[str, Any]
+    sending: list[dict[str, Any]] | None = None
+
+
+class PolicyOut(BaseModel):
+    """The effective TLS policy per MX host (``kakitome policy explain DOMAIN --json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    domain: str
+    hosts: list[dict[str, Any]]
+    error: str | None = None
+    null_mx: bool | None = None
+
+
+async def _bounded(work: Awaitable[T], seconds: float, what: str) -> T:
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError as exc:
+        raise ApiError(504, "timeout", f"{what} took longer than {seconds:g} s") from exc
+    except (UnicodeError, ValueError) as exc:
+        raise InputError(f"not a domain name: {exc}") from exc
+
+
+def checker_api_router(settings: Settings, store: Store, clock: Callable[[], float]) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["checker"])
+    can_read = Depends(require_scope(store, "read", clock))
+
+    @router.get("/checker/{domain}", response_model=CheckReportOut)
+    async def check_domain(domain: DomainPath, key: ApiKeyInfo = can_read) -> CheckReportOut:
+        """Grade a domain's receiving side; for one of our sending domains, the sending
+        findings (DKIM, SPF, DMARC, PTR) too."""
+        from kakitome.checker.sending import domain_service_verifier, sending_findings
+        from kakitome.checker.service import Checker
+        from kakitome.domains.service import DomainService
+
+        async def work() -> dict[str, Any]:
+            checker = Checker(settings)
+            report = await checker.check_domain(domain)
+            verifier = domain_service_verifier(DomainService(store, settings, clock=clock))
+            try:
+                side = await sending_findings(report.domain, settings, checker.resolver, verifier)
+            except KakitomeError:
+                side = None
+            if side is not None:
+                report = replace(report, sending=tuple(side))
+            document: dict[str, Any] = report.to_dict()
+            return document
+
+        return CheckReportOut(**await _bounded(work(), CHECK_TIMEOUT, "the check"))
+
+    @router.get("/policy/{domain}", response_model=PolicyOut)
+    async def explain_policy(domain: DomainPath, key: ApiKeyInfo = can_read) -> PolicyOut:
+        """For each MX of the destination: the TLS level delivery would use now, and
+        where every part came from (table, DANE, MTA-STS, history, default)."""
+        from kakitome.cli.policy import explain_policy as explain
+
+        document = await _bounded(explain(settings, store, domain), EXPLAIN_TIMEOUT, "explain")
+        return PolicyOut(**document)
+
+    return router

@@ -1,0 +1,487 @@
+"""``/api/v1/lists``: mailing lists, subscribers (paginated, import, export) and segments.
+
+Scopes (every route needs a key; ``admin`` includes the others):
+
+- ``read``: every GET (lists, members, segment counts, CSV export);
+- ``send``: subscribers and segments (add, update, delete, import CSV);
+- ``admin``: lists themselves (create, delete) - they carry the sender identity.
+
+Pagination, the same on every collection of the API v1 resources: ``limit`` (1-500),
+then either ``cursor`` (the ``next`` of the previous page) or ``offset``; the answer is
+``{"items": [...], "next": "<cursor>" | null}``. Subscribers page by cursor (the last
+subscriber id, stable under inserts); ``offset`` is accepted too and skips rows.
+
+Errors are the API's usual ``{"error": {"code", "message"}}``: 404 for an unknown list,
+subscriber or segment, 422 for invalid input (the service's ``InputError``).
+
+The shared pieces of the resource modules (``Page``, ``Text``, ``paginate``, ``Cursor``)
+live here.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from kakitome.config import Settings
+from kakitome.errors import InputError, NotFound
+from kakitome.injection import Injector
+from kakitome.lists.model import MailingList, Membership, NewList, OptIn, Segment
+from kakitome.lists.service import ListService
+from kakitome.receipts import iso_utc
+from kakitome.store.repository import ApiKeyInfo, Store
+from kakitome.web.auth import require_scope
+
+T = TypeVar("T")
+
+MAX_LIMIT = 500
+MAX_ID = 2**62
+
+
+def _clean(value: str) -> str:
+    """Refuse what no database column can hold: NUL and lone surrogates (422, not 500)."""
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("the text is not valid Unicode") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(_clean)]
+"""A string that can be stored (no NUL, no lone surrogate)."""
+
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size (1-500)")]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=r"^[0-9]{1,18}$", description="the `next` of the previous page"),
+]
+Offset = Annotated[int, Query(ge=0, le=10**9, description="rows to skip (instead of cursor)")]
+
+
+class Model(BaseModel):
+    """Request bodies: unknown fields are refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a collection: pass ``next`` as ``cursor`` for the following page."""
+
+    items: list[T]
+    next: str | None = None
+
+
+def paginate(items: Sequence[T], limit: int, cursor: str | None, offset: int) -> Page[T]:
+    """A page of an in-memory sequence (cursor = offset of the next item)."""
+    start = int(cursor) if cursor is not None else offset
+    chunk = list(items[start : start + limit])
+    more = start + limit < len(items)
+    return Page[T](items=chunk, next=str(start + limit) if more else None)
+
+
+def offset_page(rows: list[T], limit: int, start: int) -> Page[T]:
+    """A page read with ``limit + 1`` rows at ``start``: the extra row says there is more."""
+    more = len(rows) > limit
+    return Page[T](items=rows[:limit], next=str(start + limit) if more else None)
+
+
+# -- models ------------------------------------------------------------------------------
+
+HHMM = Annotated[str, Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")]
+
+
+class ListIn(Model):
+    name: Text = Field(min_length=1, max_length=64, description="slug: a-z, 0-9, '-'")
+    title: Text = Field(default="", max_length=255)
+    description: Text = Field(default="", max_length=5000)
+    opt_in: Literal["single", "double"] = "double"
+    from_name: Text = Field(default="", max_length=255)
+    from_address: Text = Field(default="", max_length=320)
+    reply_to: Text = Field(default="", max_length=320)
+    sender_organization: Text = Field(default="", max_length=255)
+    sender_postal_address: Text = Field(default="", max_length=1000)
+    time_zone: Text = Field(default="Asia/Tokyo", max_length=64)
+    quiet_start: HHMM | None = None
+    quiet_end: HHMM | None = None
+    encoding: Literal["utf-8", "iso-2022-jp"] = "utf-8"
+    mail_domain: Text | None = Field(default=None, max_length=255)
+
+
+class ListOut(BaseModel):
+    id: int
+    name: str
+    title: str
+    description: str
+    opt_in: str
+    from_name: str
+    from_address: str
+    reply_to: str
+    sender_organization: str
+    sender_postal_address: str
+    time_zone: str
+    quiet_start: str | None
+    quiet_end: str | None
+    encoding: str
+    mail_domain: str | None
+    address: str | None
+    created_at: str | None
+    members: dict[str, int] | None = None
+
+
+class SubscriberOut(BaseModel):
+    id: int
+    address: str
+    name: str
+    attributes: dict[str, Any]
+    status: str
+    created_at: str | None
+    updated_at: str | None
+    confirmed_at: str | None
+    bounced_at: str | None
+    opt_in: dict[str, Any]
+
+
+Status = Literal["unconfirmed", "subscribed", "unsubscribed", "bounced", "complained"]
+
+
+class SubscriberIn(Model):
+    email: Text = Field(min_length=3, max_length=320)
+    name: Text | None = Field(default=None, max_length=255)
+    attributes: dict[Text, Any] | None = None
+    confirmed: bool = Field(
+        default=False, description="consent already proven: subscribed even on double opt-in"
+    )
+    send_confirmation: bool = True
+
+
+class SubscriberUpdate(Model):
+    name: Text | None = Field(default=None, max_length=255)
+    attributes: dict[Text, Any] | None = None
+    status: Status | None = None
+    reason: Text = Field(default="", max_length=1000)
+
+
+class RejectedRowOut(BaseModel):
+    line: int
+    reason: str
+    value: str
+
+
+class ImportReportOut(BaseModel):
+    encoding: str
+    rows: int
+    inserted: int
+    updated: int
+    duplicates: int
+    rejected: list[RejectedRowOut]
+    seconds: float
+
+
+class SegmentIn(Model):
+    name: Text = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    expression: Text | dict[Text, Any] = Field(description="segment language text or JSON")
+    list_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class SegmentOut(BaseModel):
+    id: int
+    name: str
+    expression: str
+    list_id: int | None
+    created_at: str | None
+
+
+class CountOut(BaseModel):
+    count: int
+
+
+def list_out(item: MailingList, members: dict[str, int] | None = None) -> ListOut:
+    data = item.to_dict()
+    data["created_at"] = iso_utc(item.created_at)
+    return ListOut(**data, members=members)
+
+
+def subscriber_out(member: Membership) -> SubscriberOut:
+    person = member.subscriber
+    return SubscriberOut(
+        id=person.id,
+        address=person.address,
+        name=person.name,
+        attributes=dict(person.attributes),
+        status=member.status,
+        created_at=iso_utc(member.created_at),
+        updated_at=iso_utc(member.updated_at),
+        confirmed_at=iso_utc(member.confirmed_at),
+        bounced_at=iso_utc(person.bounced_at),
+        opt_in=member.to_dict()["opt_in"],
+    )
+
+
+def segment_out(segment: Segment) -> SegmentOut:
+    return SegmentOut(
+        id=segment.id,
+        name=segment.name,
+        expression=segment.expression,
+        list_id=segment.list_id,
+        created_at=iso_utc(segment.created_at),
+    )
+
+
+_CSV_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def lists_api_router(
+    settings: Settings,
+    store: Store,
+    injector: Injector,
+    clock: Callable[[], float],
+    service: ListService | None = None,
+) -> APIRouter:
+    """The router; ``service`` defaults to a ListService on the store."""
+    lists = service or ListService(store, settings, injector=injector, clock=clock)
+    router = APIRouter(prefix="/api/v1", tags=["lists"])
+    can_read = Depends(require_scope(store, "read", clock))
+    can_send = Depends(require_scope(store, "send", clock))
+    can_admin = Depends(require_scope(store, "admin", clock))
+
+    # -- lists -----------------------------------------------------------------------
+
+    @router.get("/lists", response_model=Page[ListOut])
+    async def all_lists(
+        limit: Limit = 100, cursor: Cursor = None, offset: Offset = 0, key: ApiKeyInfo = can_read
+    ) -> Page[ListOut]:
+        """Every list, by name."""
+        found = await lists.lists()
+        page = paginate(found, limit, cursor, offset)
+        return Page[ListOut](items=[list_out(x) for x in page.items], next=page.next)
+
+    @router.post("/lists", status_code=201, response_model=ListOut)
+    async def create_list(body: ListIn, key: ApiKeyInfo = can_admin) -> ListOut:
+        """Create a list; 422 for a bad field or a name already taken."""
+        created = await lists.create_list(NewList(**body.model_dump()))
+        return list_out(created)
+
+    @router.get("/lists/{list_id}", response_model=ListOut)
+    async def show_list(list_id: Id, key: ApiKeyInfo = can_read) -> ListOut:
+        """One list with its member counts per status."""
+        found = await lists.get_list(list_id)
+        return list_out(found, await lists.count_members(found.id))
+
+    @router.delete("/lists/{list_id}", status_code=204)
+    async def delete_list(list_id: Id, key: ApiKeyInfo = can_admin) -> None:
+        """Delete a list, its memberships and segments (subscribers and history stay)."""
+        await lists.remove_list(list_id)
+
+    # -- subscribers -----------------------------------------------------------------
+
+    @router.get("/lists/{list_id}/subscribers", response_model=Page[SubscriberOut])
+    async def list_subscribers(
+        list_id: Id,
+        status: Status | None = None,
+        q: Annotated[Text | None, Query(max_length=320, description="address contains")] = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+        offset: Offset = 0,
+        key: ApiKeyInfo = can_read,
+    ) -> Page[SubscriberOut]:
+        """Members in subscriber-id order; filters: ``status``, ``q`` (address contains).
+        ``next`` is a cursor (the last subscriber id of the page)."""
+        after = int(cursor) if cursor is not None else 0
+        to_skip = 0 if cursor is not None else offset
+        needle = q.lower() if q else None
+        items: list[SubscriberOut] = []
+        last = after
+        exhausted = False
+        # Read in chunks until the page is full (filters may drop rows), at most 20 reads.
+        for _ in range(20):
+            chunk = await lists.members(
+                list_id, status=status, after_subscriber_id=last, limit=MAX_LIMIT
+            )
+            if not chunk:
+                exhausted = True
+                break
+            for member in chunk:
+                last = member.subscriber.id
+                if needle and needle not in member.subscriber.address.lower():
+                    continue
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                items.append(subscriber_out(member))
+                if len(items) >= limit:
+                    break
+            if len(items) >= limit:
+                break
+            if len(chunk) < MAX_LIMIT:
+                exhausted = True
+                break
+        return Page[SubscriberOut](items=items, next=None if exhausted else str(last))
+
+    @router.post("/lists/{list_id}/subscribers", status_code=201, response_model=SubscriberOut)
+    async def add_subscriber(
+        list_id: Id, body: SubscriberIn, key: ApiKeyInfo = can_send
+    ) -> SubscriberOut:
+        """Subscribe an address (upsert); on a double opt-in list it is ``unconfirmed`` and
+        a confirmation mail is queued, unless ``confirmed``."""
+        member = await lists.add_subscriber(
+            list_id,
+            body.email,
+            name=body.name,
+            attributes=body.attributes,
+            optin=OptIn("api", key.name),
+            confirmed=body.confirmed,
+            send_confirmation=body.send_confirmation,
+        )
+        return subscriber_out(member)
+
+    @router.get("/lists/{list_id}/subscribers/export", response_class=Response)
+    async def export_subscribers(
+        list_id: Id,
+        status: Status | None = None,
+        segment: Annotated[Text | None, Query(max_length=64)] = None,
+        encoding: Literal["utf-8-sig", "utf-8", "cp932"] = "utf-8-sig",
+        key: ApiKeyInfo = can_read,
+    ) -> Response:
+        """Members as CSV (formula-like cells neutralised)."""
+        out = io.BytesIO()
+        await lists.export_csv(list_id, out, status=status, segment=segment, encoding=encoding)
+        return Response(
+            out.getvalue(),
+            media_type=f"text/csv; charset={'shift_jis' if encoding == 'cp932' else 'utf-8'}",
+            headers={"Content-Disposition": f'attachment; filename="list-{list_id}.csv"'},
+        )
+
+    @router.post(
+        "/lists/{list_id}/subscribers/import",
+        response_model=ImportReportOut,
+        openapi_extra=_CSV_BODY,
+    )
+    async def import_subscribers(
+        list_id: Id,
+        request: Request,
+        status: Literal["subscribed", "unconfirmed", "unsubscribed"] = "subscribed",
+        encoding: Literal["utf-8", "utf-8-sig", "shift_jis", "cp932"] | None = None,
+        update_existing: bool = True,
+        key: ApiKeyInfo = can_send,
+    ) -> ImportReportOut:
+        """Import a CSV file (the request body, ``text/csv``); the report lists every
+        refused row with its line and reason."""
+        await lists.get_list(list_id)
+        data = await request.body()
+        try:
+            report = await lists.import_csv(
+                list_id,
+                io.BytesIO(data),
+                encoding=encoding,
+                optin=OptIn("import", f"api:{key.name}"),
+                status=status,
+                update_existing=update_existing,
+            )
+        except (UnicodeError, ValueError) as exc:
+            raise InputError(f"the CSV file cannot be read: {exc}") from exc
+        return ImportReportOut(**report.to_dict())
+
+    async def _membership(list_id: int, subscriber_id: int) -> Membership:
+        return await lists.membership(list_id, subscriber_id)
+
+    @router.get("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
+    async def show_subscriber(
+        list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_read
+    ) -> SubscriberOut:
+        """One member of the list."""
+        return subscriber_out(await _membership(list_id, subscriber_id))
+
+    @router.patch("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
+    async def update_subscriber(
+        list_id: Id, subscriber_id: Id, body: SubscriberUpdate, key: ApiKeyInfo = can_send
+    ) -> SubscriberOut:
+        """Change name and attributes (merged) and/or the status (recorded in the history)."""
+        member = await _membership(list_id, subscriber_id)
+        if body.name is not None or body.attributes is not None:
+            await lists.add_subscriber(
+                list_id,
+                member.subscriber.address,
+                name=body.name,
+                attributes=body.attributes,
+                optin=OptIn("api", key.name),
+                confirmed=member.status == "subscribed",
+                send_confirmation=False,
+            )
+        if body.status is not None and body.status != member.status:
+            await lists.set_status(list_id, subscriber_id, body.status, reason=body.reason)
+        return subscriber_out(await _membership(list_id, subscriber_id))
+
+    @router.delete("/lists/{list_id}/subscribers/{subscriber_id}", status_code=204)
+    async def delete_subscriber(list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_send) -> None:
+        """Remove the membership (no consent history kept: prefer status unsubscribed)."""
+        member = await _membership(list_id, subscriber_id)
+        if not await lists.remove_subscriber(list_id, member.subscriber.address):
+            raise NotFound(f"subscriber {subscriber_id} is not on list {list_id}")
+
+    # -- segments --------------------------------------------------------------------
+
+    @router.get("/segments", response_model=Page[SegmentOut])
+    async def all_segments(
+        limit: Limit = 100, cursor: Cursor = None, offset: Offset = 0, key: ApiKeyInfo = can_read
+    ) -> Page[SegmentOut]:
+        """Every saved segment, by name."""
+        page = paginate(await lists.segments(), limit, cursor, offset)
+        return Page[SegmentOut](items=[segment_out(s) for s in page.items], next=page.next)
+
+    @router.post("/segments", status_code=201, response_model=SegmentOut)
+    async def save_segment(body: SegmentIn, key: ApiKeyInfo = can_send) -> SegmentOut:
+        """Save a new segment; 422 when the expression is invalid or the name is taken."""
+        return segment_out(
+            await lists.save_segment(body.name, body.expression, list_ref=body.list_id)
+        )
+
+    @router.get("/segments/{segment_id}", response_model=SegmentOut)
+    async def show_segment(segment_id: Id, key: ApiKeyInfo = can_read) -> SegmentOut:
+        return segment_out(await lists.get_segment(segment_id))
+
+    @router.put("/segments/{segment_id}", response_model=SegmentOut)
+    async def replace_segment(
+        segment_id: Id, body: SegmentIn, key: ApiKeyInfo = can_send
+    ) -> SegmentOut:
+        """Replace a segment's expression (and name)."""
+        current = await lists.get_segment(segment_id)
+        await lists.check_segment(body.expression, list_ref=body.list_id)
+        await lists.remove_segment(current.id)
+        try:
+            saved = await lists.save_segment(body.name, body.expression, list_ref=body.list_id)
+        except InputError:
+            await lists.save_segment(current.name, current.expression, list_ref=current.list_id)
+            raise
+        return segment_out(saved)
+
+    @router.delete("/segments/{segment_id}", status_code=204)
+    async def delete_segment(segment_id: Id, key: ApiKeyInfo = can_send) -> None:
+        await lists.remove_segment(segment_id)
+
+    @router.get("/segments/{segment_id}/count", response_model=CountOut)
+    async def count_segment(
+        segment_id: Id,
+        list_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        key: ApiKeyInfo = can_read,
+    ) -> CountOut:
+        """How many subscribed, not bounced members the segment selects now (on its own
+        list, or on ``list_id`` for a segment not tied to one)."""
+        segment = await lists.get_segment(segment_id)
+        target = segment.list_id if segment.list_id is not None else list_id
+        if target is None:
+            raise InputError("this segment is not tied to a list: give list_id")
+        return CountOut(count=await lists.count_audience(target, segment=segment.id))
+
+    return router
