@@ -51,7 +51,7 @@ class _ShapingCollector(Collector):
         )
         held = GaugeMetricFamily(
             "kakitome_site_connections",
-            "Connection slots of the site held by this process (in use and parked).",
+            "Connection slots of the site held by this process (open connections, idle included).",
             labels=["site"],
         )
         backoffs = GaugeMetricFamily(
@@ -61,7 +61,7 @@ class _ShapingCollector(Collector):
         )
         for site in self._status():
             window.add_metric([site.site], site.window)
-            held.add_metric([site.site], site.in_use + site.parked)
+            held.add_metric([site.site], site.held)
             backoffs.add_metric([site.site], site.backoffs)
         yield window
         yield held

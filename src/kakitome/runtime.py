@@ -15,14 +15,28 @@ site live in the database (``ShapingStore``), shared by every worker process; on
 the process. The process's delivery metrics are served by the web role's ``/metrics`` and,
 when ``scale.metrics_port`` is set, on that port (for worker-only processes). Logging is
 configured from ``log.format`` and ``log.level`` before anything starts.
+
+Several SMTP processes (``inbound.processes`` > 1, "auto": one per CPU): after its own
+listeners are bound, the process with the ``smtp`` role starts ``processes - 1`` children
+that run the ``smtp`` role only and bind the same ports (``SO_REUSEPORT``; the kernel
+spreads connections among them), so acceptance is not limited to one core. Each child
+gets the settings (with the actual ports) pickled on its stdin, which then stays open:
+EOF on it — the parent exited or was killed — stops the child, with no Linux-only
+``prctl``. The parent sends SIGTERM to its children when it stops (and SIGKILL after
+10 s). Children do not run the inbound forwarder (the parent's one forwards for all).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pickle
 import signal
+import struct
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -71,8 +85,89 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
         print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
 
 
+def _start_smtp_children(
+    settings: Settings, ports: dict[str, int]
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``inbound.processes - 1`` smtp-only children on the ports the parent bound."""
+    inbound = settings.inbound.model_copy(
+        update={
+            "processes": 1,
+            "mx_port": ports.get("mx", 0),
+            "submission_port": ports.get("submission", 0),
+            "submissions_port": ports.get("submissions", 0),
+        }
+    )
+    payload = pickle.dumps(settings.model_copy(update={"inbound": inbound}))
+    children = []
+    for _ in range(settings.inbound.processes - 1):
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from kakitome.runtime import smtp_child; smtp_child()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        assert child.stdin is not None
+        child.stdin.write(struct.pack("!Q", len(payload)) + payload)
+        child.stdin.flush()  # and kept open: its EOF tells the child we are gone
+        children.append(child)
+    log.info("SMTP child processes started", pids=[c.pid for c in children])
+    return children
+
+
+async def _stop_children(children: Sequence[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            await asyncio.to_thread(child.wait, 10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            await asyncio.to_thread(child.wait)
+        if child.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+
+
+def smtp_child() -> None:
+    """Entry point of an SMTP child process: settings from stdin, then serve the ``smtp``
+    role until SIGTERM/SIGINT or EOF on stdin (the parent is gone)."""
+    from kakitome.logs import configure_logging
+
+    stdin = sys.stdin.buffer
+    (size,) = struct.unpack("!Q", stdin.read(8))
+    settings = pickle.loads(stdin.read(size))  # trusted: our parent, over a pipe
+    assert isinstance(settings, Settings)
+    configure_logging(json=settings.log.format == "json", level=settings.log.level)
+    with open(os.devnull, "w") as quiet:
+        coroutine = serve_async(settings, ("smtp",), out=quiet, child=True)
+        try:
+            import uvloop
+
+            uvloop.run(coroutine)
+        except ImportError:
+            asyncio.run(coroutine)
+
+
+def _stop_on_parent_exit(stop: asyncio.Event) -> None:
+    """Set ``stop`` when stdin (the pipe from the parent) reaches EOF."""
+    loop = asyncio.get_running_loop()
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while sys.stdin.buffer.read(4096):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop has already finished
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 async def serve_async(
-    settings: Settings, roles: Sequence[str] = (), *, out: TextIO = sys.stdout
+    settings: Settings,
+    roles: Sequence[str] = (),
+    *,
+    out: TextIO = sys.stdout,
+    child: bool = False,
 ) -> None:
     from kakitome.campaigns.runner import campaign_task
     from kakitome.delivery.agent import DeliveryAgent
@@ -103,10 +198,15 @@ async def serve_async(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if child:
+        _stop_on_parent_exit(stop)
 
     tasks: list[asyncio.Task[None]] = []
     pool: ConnectionPool | None = None
+    shaper: Shaper | None = None
+    shaping_task: asyncio.Task[None] | None = None
     inbound: InboundService | None = None
+    children: list[subprocess.Popen[bytes]] = []
     metrics = DeliveryMetrics()
     stop_metrics = None
     try:
@@ -123,7 +223,9 @@ async def serve_async(
                 ShapingStore(store) if store.dialect == "postgresql" else MemoryShapingState()
             )
             shaper = Shaper(settings, shared, owner=owner)
-            tasks.append(asyncio.create_task(shaper.run(stop), name="shaping"))
+            # Not in ``tasks``: it renews slot leases until the pool has closed its
+            # connections (below), then gives back the slots.
+            shaping_task = asyncio.create_task(shaper.run(), name="shaping")
             metrics = DeliveryMetrics(shaper.site_of_host)
             metrics.watch_shaping(shaper.status)
             agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store, shaping=shaper)
@@ -182,6 +284,10 @@ async def serve_async(
             submit = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
             inbound = InboundService(settings, store, submit)
             await inbound.start()
+            if child and inbound._forwarder_task is not None:
+                inbound._forwarder_task.cancel()  # the parent's forwarder forwards for all
+            elif settings.inbound.processes > 1:
+                children = _start_smtp_children(settings, inbound.ports)
             ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
             print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
         if settings.scale.metrics_port and "web" not in active:
@@ -193,6 +299,8 @@ async def serve_async(
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stop.set()
+        if children:
+            await _stop_children(children)
         if inbound is not None:
             await inbound.stop()
         for task in tasks:
@@ -201,6 +309,10 @@ async def serve_async(
                     await task
         if pool is not None:
             await pool.aclose()
+        if shaper is not None:
+            await shaper.close()
+        if shaping_task is not None:
+            await shaping_task
         if stop_metrics is not None:
             stop_metrics()
         await store.close()

@@ -40,11 +40,6 @@ def one_site(world: LocalInternet) -> Iterator[tuple[list[str], Peer, str]]:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    reason="known gap: the sink sees up to limit+2 connections at once; idle pooled "
-    "connections are not yet tied one-to-one to site slots (see docs/SCALING.md)",
-    strict=False,
-)
 def test_site_connection_limit_across_workers(
     world: LocalInternet, pg_url: str, one_site: tuple[list[str], Peer, str], tmp_path: Path
 ) -> None:

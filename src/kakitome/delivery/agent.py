@@ -53,7 +53,7 @@ import structlog
 
 from kakitome.config import Settings
 from kakitome.delivery.pool import Connection, ConnectionPool, PoolKey
-from kakitome.delivery.shaping import Shaper
+from kakitome.delivery.shaping import Shaper, SiteSlot
 from kakitome.delivery.types import (
     Batch,
     MXUsed,
@@ -64,7 +64,7 @@ from kakitome.delivery.types import (
 )
 from kakitome.dns.resolver import Resolver
 from kakitome.dns.types import MXHost, MXResult
-from kakitome.errors import DeliveryError, PermanentFailure
+from kakitome.errors import DeliveryError, PermanentFailure, StorageError
 from kakitome.smtp.client import MailSpec, RcptSpec, SMTPClientSession, Timeouts
 from kakitome.smtp.exceptions import SMTPError, SMTPTimeout, TLSHandshakeError
 from kakitome.smtp.replies import Reply
@@ -293,12 +293,9 @@ class DeliveryAgent:
     # -- workers --------------------------------------------------------------------------
 
     async def _worker(self, attempt: _Attempt, jobs: deque[_Job]) -> None:
-        keys = {self._key(attempt, h, ip) for h in attempt.mx.hosts for ip in h.addresses}
-        shaping = self.shaping.connection(attempt.site, keys)
-        async with self.pool.slots(attempt.batch.domain), shaping as permit:
-            if permit.evict is not None and (idle := self.pool.take(permit.evict)) is not None:
-                # The site's slot of that idle connection is ours now: close it first.
-                await idle.session.quit()
+        # The site's connection slot is not taken here but by ``_connection`` before it
+        # connects, and held by the connection until the pool closes it.
+        async with self.pool.slots(attempt.batch.domain):
             conn: Connection | None = None
             try:
                 while jobs:
@@ -313,8 +310,16 @@ class DeliveryAgent:
                     self.pool.discard(conn)
                 raise
             if conn is not None:
-                permit.key = conn.key  # the slot stays with the idle connection
-                self.pool.release(conn)
+                self._pool_idle(conn)
+
+    def _pool_idle(self, conn: Connection) -> None:
+        """Hand a connection that may carry more to the pool; it stays open with its site
+        slot (unless a back-off lowered the window below that slot)."""
+        hold = conn.hold
+        keep = not isinstance(hold, SiteSlot) or self.shaping.keep(hold)
+        self.pool.release(conn, reusable=keep)
+        if keep:
+            self.shaping.notify(conn.site)  # a task waiting for a slot may reuse it
 
     async def _run_job(
         self, attempt: _Attempt, job: _Job, conn: Connection | None
@@ -380,7 +385,7 @@ class DeliveryAgent:
                 self.pool.discard(conn)
                 return None
             if conn.messages >= self.shaping.messages_per_connection(attempt.site):
-                self.pool.release(conn)
+                self.pool.release(conn, reusable=False)  # QUIT; its slot comes back after
                 return None
             return conn
         return None  # pragma: no cover - the loop always returns
@@ -454,7 +459,39 @@ class DeliveryAgent:
 
     async def _connection(self, attempt: _Attempt) -> tuple[Connection | None, _HostFailure | None]:
         """An idle pooled connection to any MX of the destination, else a new one in MX
-        order. When none can be had: (None, the failure to report)."""
+        order, under a site slot taken before connecting (the connection holds it until
+        the pool closes or discards it). When none can be had: (None, the failure)."""
+        keys = [self._key(attempt, h, ip) for h in attempt.mx.hosts for ip in h.addresses]
+        while True:
+            conn = await self._pooled(attempt)
+            if conn is not None:
+                return conn, None
+            try:
+                slot = await self.shaping.acquire(
+                    attempt.site,
+                    evict=lambda: self.pool.close_idle(attempt.site),
+                    usable=lambda: any(self.pool.has_idle(k) for k in keys),
+                )
+            except StorageError as exc:
+                reply = Reply(451, "4.3.0", f"connection budget of {attempt.site} unknown: {exc}")
+                mx = MXUsed(attempt.mx.domain, "")
+                return None, _HostFailure(_HostFailure.UNREACHABLE, reply, mx)
+            if slot is not None:
+                break  # else an idle connection came back to the pool meanwhile: reuse it
+        try:
+            conn = await self._open_any(attempt)
+        except BaseException:
+            slot.release()
+            raise
+        if conn is None:
+            slot.release()
+            return None, self._summarise(attempt)
+        conn.site = attempt.site
+        conn.hold = slot
+        return conn, None
+
+    async def _pooled(self, attempt: _Attempt) -> Connection | None:
+        """An idle pooled connection to any MX of the destination that still answers."""
         for host in attempt.mx.hosts:
             for ip in host.addresses:
                 key = self._key(attempt, host, ip)
@@ -465,7 +502,11 @@ class DeliveryAgent:
                         self.pool.release(conn, reusable=False)
                         continue
                     if await self._still_good(conn):
-                        return conn, None
+                        return conn
+        return None
+
+    async def _open_any(self, attempt: _Attempt) -> Connection | None:
+        """A new connection to the first usable MX address, in MX order, or None."""
         for host in attempt.mx.hosts:
             if host.name in attempt.policy_failed:
                 continue
@@ -482,8 +523,8 @@ class DeliveryAgent:
                     attempt.unreachable.add(ip)
                     continue
                 self.pool.stats.opened += 1
-                return conn, None
-        return None, self._summarise(attempt)
+                return conn
+        return None
 
     async def _still_good(self, conn: Connection) -> bool:
         """RSET a connection that sat in the pool; close it when it does not answer."""

@@ -9,6 +9,14 @@ port, MX host name and TLS mode (the policy level and the names a certificate mu
 so a connection whose TLS satisfied one policy is never reused under a stricter one.
 A connection that sat in the pool is checked with RSET by the agent before it is used.
 
+Hooks: a connection may carry a ``hold`` (anything with ``release()``: the delivery
+agent puts its site's connection slot there, ``delivery.shaping``). The pool calls it
+exactly once, when the connection is gone: after its QUIT (full, idle timeout, stale,
+not reusable, pool closing) or at once when it is discarded (aborted). So a slot is held
+for the whole life of the TCP connection, idle time in the pool included.
+``close_idle(site)`` closes the oldest idle connection of a site (its slot is wanted
+elsewhere) and returns once its hold was released.
+
 Limits: at most ``per_destination_concurrency`` connections in use per destination
 domain (``slots``), at most that many idle per key, ``messages_per_connection`` per
 connection, ``idle_timeout`` seconds idle; saved TLS sessions for resumption are bounded
@@ -30,6 +38,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kakitome.config import DeliverySettings, Settings
 from kakitome.delivery.types import MXUsed
@@ -50,6 +59,12 @@ class PoolKey:
     tls_mode: str
 
 
+class Hold(Protocol):
+    """Something held for as long as a connection lives (a site's connection slot)."""
+
+    def release(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Connection:
     """One open SMTP session and what we know about how it travels."""
@@ -68,6 +83,16 @@ class Connection:
     opened_at: float = field(default_factory=time.monotonic)
     # Its TLS session was looked at (saved or judged not worth saving): done once.
     session_checked: bool = False
+    # The destination site (delivery.shaping) and what the connection holds while it
+    # lives: released by the pool when the connection is closed or discarded.
+    site: str = ""
+    hold: Hold | None = None
+
+    def release_hold(self) -> None:
+        """Give back what the connection held (once; later calls do nothing)."""
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.release()
 
     @property
     def alive(self) -> bool:
@@ -157,13 +182,45 @@ class ConnectionPool:
         """Drop a broken connection without a word to the peer."""
         self.save_session(conn)
         conn.session.stream.abort()
+        conn.release_hold()
         self.stats.closed += 1
 
-    def _close_later(self, conn: Connection) -> None:
+    def _close_later(self, conn: Connection) -> asyncio.Task[None]:
         self.stats.closed += 1
-        task = asyncio.get_running_loop().create_task(conn.session.quit())
+        task = asyncio.get_running_loop().create_task(self._quit(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
+
+    @staticmethod
+    async def _quit(conn: Connection) -> None:
+        """QUIT, close, then give back the connection's hold (even when cancelled)."""
+        try:
+            await conn.session.quit()
+        finally:
+            conn.release_hold()
+
+    async def close_idle(self, site: str) -> bool:
+        """Close the oldest idle connection of ``site``; False when there is none. Returns
+        after its QUIT, its hold (the site slot) released."""
+        oldest: tuple[PoolKey, Connection] | None = None
+        for key, queue in self._idle.items():
+            for conn in queue:
+                if conn.site == site and (oldest is None or conn.idle_since < oldest[1].idle_since):
+                    oldest = (key, conn)
+        if oldest is None:
+            return False
+        key, conn = oldest
+        queue = self._idle[key]
+        queue.remove(conn)
+        if not queue:
+            del self._idle[key]
+        await self._close_later(conn)
+        return True
+
+    def idle_for(self, site: str) -> int:
+        """Idle connections of one site."""
+        return sum(1 for q in self._idle.values() for c in q if c.site == site)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():

@@ -38,9 +38,15 @@ budget:
   a few messages of budget at a time and forfeits what it has not used when the window
   ends.
 
-A slot stays with its process while the pool keeps the connection idle (``delivery.
-idle_timeout`` and a little more), so a pooled connection is counted as open, and the
-next batch to the site reuses slot and connection without asking the database.
+**A slot is held for the whole life of one TCP connection**: the agent takes it
+(``acquire``) before it connects and hangs it on the connection
+(``delivery.pool.Connection.hold``); the pool gives it back when it closes the
+connection (QUIT after ``messages_per_connection``, idle timeout, shutdown) or discards
+it. An idle pooled connection keeps its slot, so the next batch to the site reuses both
+without asking the database; a task that needs a slot while the site is full may close
+one of this process's idle connections to the site first (``evict``), never a slot
+handed on while its connection is still open. So the receiver never sees more
+connections than the window, across all workers.
 
 Limits: at most ``MAX_SITES`` sites are remembered in this process (least recently used
 out first); a database that stays unreachable for ``DB_WAIT`` seconds while a slot is
@@ -52,12 +58,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -274,17 +279,24 @@ class MemoryShapingState:
         return granted, state.rate_window + 60.0
 
 
-@dataclass
-class Permit:
-    """One connection slot of a site, held while a connection to it is in use."""
+@dataclass(eq=False)
+class SiteSlot:
+    """One connection slot of a site, held for the whole life of one TCP connection:
+    taken before the connect, given back when the connection is closed or discarded
+    (the pool calls ``release``; see ``delivery.pool.Connection.hold``)."""
 
     site: str
-    slot: int | None
-    used: bool = False  # a message went out under it: a connection was opened
-    # The pool key of the connection left idle under this slot (set by the agent), and
-    # the key of an idle connection the agent must close first (its slot was taken over).
-    key: Any = None
-    evict: Any = None
+    slot: int | None  # None: shaping is off
+    _give_back: Callable[[SiteSlot], None] | None = None
+    released: bool = False
+
+    def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
+        if self.released:
+            return
+        self.released = True
+        if self._give_back is not None:
+            self._give_back(self)
 
 
 @dataclass
@@ -294,9 +306,7 @@ class _Site:
     window: float
     cooldown_until: float = 0.0
     window_read_at: float = -math.inf
-    active: int = 0
-    # Slots kept with an idle pooled connection: (slot, since, pool key of the connection).
-    parked: list[tuple[int, float, Any]] = field(default_factory=list)
+    held: int = 0  # slots held by this process (one per open or opening connection)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tokens: int = 0
     tokens_until: float = 0.0
@@ -314,15 +324,9 @@ class SiteStatus:
     site: str
     window: float
     max_connections: int
-    in_use: int
-    parked: int
+    held: int  # slots held: connections open (in use or idle in the pool) or opening
     cooling_down: bool
     backoffs: int
-
-
-_current: contextvars.ContextVar[Permit | None] = contextvars.ContextVar(
-    "kakitome_shaping_permit", default=None
-)
 
 
 class Shaper:
@@ -350,13 +354,10 @@ class Shaper:
         self._cooldown = shaping.cooldown
         self._lease = shaping.slot_lease
         self._per_connection_cap = settings.delivery.messages_per_connection
-        idle = settings.delivery.idle_timeout
-        # A parked slot outlives the pool's idle connection: idle timeout, the pool's
-        # reaper interval, and a second for the QUIT.
-        self._park = idle + max(0.05, min(idle / 2, 5.0)) + 1.0 if idle > 0 else 1.0
         self._sites: OrderedDict[str, _Site] = OrderedDict()
         self._hosts: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
 
     # -- the rule -------------------------------------------------------------------------
 
@@ -390,7 +391,7 @@ class Shaper:
             site = self._sites[name] = _Site(name, limits, float(initial))
             if len(self._sites) > MAX_SITES:
                 for old_name, old in list(self._sites.items()):
-                    if not old.active and not old.parked:
+                    if not old.held:
                         del self._sites[old_name]
                         break
         else:
@@ -403,72 +404,92 @@ class Shaper:
 
     # -- connections ----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def connection(self, name: str, keys: Collection[Any] = ()) -> AsyncIterator[Permit]:
-        """Hold a connection slot of site ``name`` (waiting for one) while in use, for a
-        destination whose connections would have one of the pool ``keys``.
+    async def acquire(
+        self,
+        name: str,
+        *,
+        evict: Callable[[], Awaitable[bool]] | None = None,
+        usable: Callable[[], bool] | None = None,
+    ) -> SiteSlot | None:
+        """A connection slot of site ``name``, taken BEFORE connecting; the caller ties it
+        to the connection, whose closing releases it. Waits while the site is at its
+        limit; meanwhile ``evict()`` may close one of this process's idle connections to
+        the site (its slot then comes free), and when ``usable()`` becomes true (an idle
+        connection the caller could reuse appeared) None is returned instead of a slot.
 
-        A slot parked with an idle connection under one of ``keys`` is taken first (the
-        agent will reuse that connection). At the site's limit, a slot parked with an idle
-        connection elsewhere is taken over: ``permit.evict`` names the pool key whose idle
-        connection the agent must close before opening its own."""
+        Raises ``StorageError`` when the shared state stayed unreachable for ``DB_WAIT``."""
         if not self.enabled:
-            yield Permit(name, None, used=True)
-            return
+            return SiteSlot(name, None)
         site = self._site(name)
-        slot, inherited, evict = await self._acquire(site, keys)
-        site.active += 1
-        # A slot taken from the parked ones comes with its idle connection (``key``).
-        permit = Permit(name, slot, key=inherited, evict=evict)
-        token = _current.set(permit)
-        try:
-            yield permit
-        finally:
-            _current.reset(token)
-            site.active -= 1
-            if permit.used or permit.key is not None:
-                # Still an open (idle) connection under this slot: keep it with it.
-                site.parked.append((slot, self._clock(), permit.key))
-            else:
-                self._spawn(self._state.release_slot(name, slot, self.owner))
-            site.changed.set()
-
-    async def _acquire(self, site: _Site, keys: Collection[Any]) -> tuple[int, Any, Any]:
         db_failed_at: float | None = None
+        waited = False
         while True:
+            if usable is not None and usable():
+                return None
             now = self._clock()
-            self._expire_parked(site, now)
             await self._read_window(site, now)
             limit = self._limit(site)
-            for entry in list(site.parked):
-                if entry[0] >= limit:  # above a lowered window: give it back
-                    site.parked.remove(entry)
-                    self._spawn(self._state.release_slot(site.name, entry[0], self.owner))
-            for entry in reversed(site.parked):
-                key = entry[2]
-                if key is None or key in keys:
-                    site.parked.remove(entry)
-                    return entry[0], key, None
-            if site.parked and site.active + len(site.parked) >= limit:
-                slot, _, key = site.parked.pop(0)  # the oldest idle connection goes
-                return slot, None, key
-            if site.active + len(site.parked) < limit:
+            if site.held < limit:
                 try:
-                    slot_taken = await self._state.acquire_slot(
+                    taken = await self._state.acquire_slot(
                         site.name, limit, self.owner, now=now, lease=self._lease
                     )
                 except StorageError:
                     db_failed_at = db_failed_at if db_failed_at is not None else now
                     if now - db_failed_at > DB_WAIT:
                         raise
-                    slot_taken = None
+                    taken = None
                 else:
                     db_failed_at = None
-                if slot_taken is not None:
-                    return slot_taken, None, None
+                if taken is not None:
+                    site.held += 1
+                    return SiteSlot(name, taken, self._give_back)
             site.changed.clear()
+            # Every slot is taken: one held by an idle connection of ours is better used
+            # here (its release sets ``changed``).
+            # (Not at the first look: an idle connection is often about to be reused.)
+            evicted = evict is not None and waited and await evict()
+            waited = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(site.changed.wait(), POLL)
+                # After an eviction: until its slot is back in the shared state.
+                await asyncio.wait_for(site.changed.wait(), DB_WAIT if evicted else POLL)
+
+    def _give_back(self, slot: SiteSlot) -> None:
+        site = self._site(slot.site)
+        site.held -= 1
+        if slot.slot is None:
+            return
+
+        async def release() -> None:
+            try:
+                await self._state.release_slot(slot.site, slot.slot or 0, self.owner)
+            finally:
+                site.changed.set()
+
+        self._spawn(release())
+
+    def keep(self, slot: SiteSlot) -> bool:
+        """Whether a connection under ``slot`` may stay open idle: not when the site's
+        window was lowered below the slot (back-off), so that the window is reached."""
+        if slot.slot is None or not self.enabled:
+            return True
+        return slot.slot < self._limit(self._site(slot.site))
+
+    def notify(self, name: str) -> None:
+        """Wake the tasks waiting for a slot of ``name`` (an idle connection appeared)."""
+        site = self._sites.get(name)
+        if site is not None:
+            site.changed.set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, name: str) -> AsyncIterator[SiteSlot]:
+        """Hold a slot of site ``name`` for the block (tests, simple callers)."""
+        slot = await self.acquire(name)
+        assert slot is not None
+        try:
+            yield slot
+        finally:
+            slot.release()
 
     async def _read_window(self, site: _Site, now: float) -> None:
         if now - site.window_read_at < WINDOW_REFRESH:
@@ -480,22 +501,10 @@ class Shaper:
                 site.name, initial=initial, now=now
             )
 
-    def _expire_parked(self, site: _Site, now: float) -> None:
-        keep = []
-        for slot, since, key in site.parked:
-            if now - since > self._park:
-                self._spawn(self._state.release_slot(site.name, slot, self.owner))
-            else:
-                keep.append((slot, since, key))
-        site.parked = keep
-
     # -- messages -------------------------------------------------------------------------
 
     async def before_message(self, name: str) -> None:
-        """Wait for the site's per-minute budget; marks the current permit used."""
-        permit = _current.get()
-        if permit is not None:
-            permit.used = True
+        """Wait for the site's per-minute budget."""
         if not self.enabled:
             return
         site = self._site(name)
@@ -583,40 +592,35 @@ class Shaper:
                 s.name,
                 s.window,
                 s.limits.max_connections,
-                s.active,
-                len(s.parked),
+                s.held,
                 s.cooldown_until > now,
                 s.backoffs,
             )
             for s in self._sites.values()
         ]
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: renew this process's slot leases, give back slots parked for
-        longer than a pooled connection lives; then release every slot."""
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Renew this process's slot leases until ``stop``, and after it until ``close()``
+        (a stopping worker still has connections open: their slots stay its own until the
+        pool has closed them); ``close()`` gives back whatever is left."""
         renew_every = self._lease / 3
         renewed = self._clock()
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                now = self._clock()
-                for site in list(self._sites.values()):
-                    self._expire_parked(site, now)
-                if now - renewed >= renew_every:
-                    renewed = now
-                    if any(s.active or s.parked for s in self._sites.values()):
-                        with contextlib.suppress(StorageError):
-                            await self._state.renew(self.owner, now=now, lease=self._lease)
-        finally:
-            await self.close()
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), 1.0)
+            now = self._clock()
+            if now - renewed >= renew_every and not self._closed.is_set():
+                renewed = now
+                if any(s.held for s in self._sites.values()):
+                    with contextlib.suppress(StorageError):
+                        await self._state.renew(self.owner, now=now, lease=self._lease)
 
     async def close(self) -> None:
-        """Give back every slot of this process (graceful stop)."""
+        """Give back every slot of this process (graceful stop, after the pool closed
+        its connections) and end ``run``."""
+        self._closed.set()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for site in self._sites.values():
-            site.parked.clear()
         with contextlib.suppress(StorageError):
             await self._state.release_all(self.owner)
 
@@ -625,9 +629,9 @@ __all__ = [
     "PROVIDERS",
     "SITE_DEFAULTS",
     "MemoryShapingState",
-    "Permit",
     "Shaper",
     "ShapingState",
+    "SiteSlot",
     "SiteStatus",
     "primary_mx_host",
     "registrable_part",
