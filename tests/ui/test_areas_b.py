@@ -145,3 +145,89 @@ async def test_subscriber_xss_search_edit_export_import(user_client: Login, stor
     assert "hanako@example.com" in exported.content.decode("utf-8-sig")
     removed = await sender.post(url + "/remove", data={"csrf_token": token})
     assert removed.status_code == 303
+
+
+async def test_campaign_editor_preview_errors_and_xss(user_client: Login, store: Store) -> None:
+    list_id = await _list(store)
+    sender = await user_client("sender", "sender")
+    viewer = await user_client("viewer", "viewer")
+    token = csrf_of((await sender.get("/ui/campaigns")).text)
+    broken = await sender.post(
+        "/ui/campaigns",
+        data={"csrf_token": token, "list_id": str(list_id), "subject": "x",
+              "body": "<p>{{ nope }}</p>", "body_format": "html"},
+    )  # fmt: skip
+    assert broken.status_code == 422
+    assert "nope" in broken.text
+    created = await sender.post(
+        "/ui/campaigns",
+        data={"csrf_token": token, "list_id": str(list_id), "subject": XSS,
+              "body": "<p>{{ name | honorific }}、こんにちは</p>", "body_format": "html"},
+    )  # fmt: skip
+    assert created.status_code == 303, created.text
+    url = created.headers["location"]
+    for page in (await sender.get("/ui/campaigns"), await sender.get(url)):
+        assert XSS not in page.text
+        assert "&lt;script&gt;" in page.text
+    preview = await sender.get(url + "/preview?part=html")
+    assert preview.status_code == 200
+    assert "お客様" in preview.text
+    assert "default-src 'none'" in preview.headers["content-security-policy"]
+    assert preview.headers["x-frame-options"] == "SAMEORIGIN"
+    text = await sender.get(url + "/preview?part=text")
+    assert "お客様" in text.text
+    # an edit that breaks the template is refused and shown, the campaign keeps its body
+    bad = await sender.post(
+        url, data={"csrf_token": token, "subject": "s", "body": "{% if %}", "body_format": "html"}
+    )
+    assert bad.status_code == 422
+    assert "template-error" in bad.text
+    assert "お客様" in (await sender.get(url + "/preview?part=html")).text
+    # viewers cannot send
+    refused = await viewer.post(
+        url + "/send", data={"csrf_token": csrf_of((await viewer.get(url)).text)}
+    )
+    assert refused.status_code == 403
+    no_csrf = await sender.post(url + "/send")
+    assert no_csrf.status_code == 403
+    scheduled = await sender.post(
+        url + "/schedule", data={"csrf_token": token, "at": "2099-01-01T09:00"}
+    )
+    assert scheduled.status_code == 303, scheduled.text
+    page = await sender.get(url)
+    assert "2099-01-01T09:00" in page.text
+    paused = await sender.post(url + "/pause", data={"csrf_token": token})
+    assert paused.status_code == 303
+    cancelled = await sender.post(url + "/cancel", data={"csrf_token": token})
+    assert cancelled.status_code == 303
+    assert "campaign-cancelled" in (await sender.get(url)).text
+
+
+async def test_sequences_steps(user_client: Login, store: Store) -> None:
+    list_id = await _list(store)
+    sender = await user_client("sender", "sender")
+    token = csrf_of((await sender.get("/ui/sequences")).text)
+    created = await sender.post(
+        "/ui/sequences", data={"csrf_token": token, "name": "welcome", "list_id": str(list_id)}
+    )
+    assert created.status_code == 303, created.text
+    url = created.headers["location"]
+    step = {"csrf_token": token, "delay_days": "1", "send_hour": "9", "subject": "ようこそ",
+            "body": "<p>{{ name | honorific }}</p>", "body_format": "html"}  # fmt: skip
+    added = await sender.post(url + "/steps", data=step)
+    assert added.status_code == 303, added.text
+    page = await sender.get(url)
+    assert "ようこそ" in page.text
+    step_id = re.search(rf"{url}/steps/(\d+)/remove", page.text)
+    assert step_id
+    edited = await sender.post(
+        f"{url}/steps/{step_id.group(1)}", data={**step, "subject": "二通目"}
+    )
+    assert edited.status_code == 303, edited.text
+    assert "二通目" in (await sender.get(url)).text
+    bad = await sender.post(url + "/steps", data={**step, "body": "{{ x"})
+    assert bad.status_code == 422
+    removed = await sender.post(
+        f"{url}/steps/{step_id.group(1)}/remove", data={"csrf_token": token}
+    )
+    assert removed.status_code == 303
