@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+
+import httpx
 
 from kakitome.config import Settings
-from kakitome.lists.model import NewList
+from kakitome.lists.model import NewList, OptIn
 from kakitome.lists.service import ListService
 from kakitome.store.repository import Store
 from kakitome.web.ui.areas import campaigns as campaigns_area
@@ -231,3 +234,72 @@ async def test_sequences_steps(user_client: Login, store: Store) -> None:
         f"{url}/steps/{step_id.group(1)}/remove", data={"csrf_token": token}
     )
     assert removed.status_code == 303
+
+
+async def test_mta_sts_policy_per_host(store: Store) -> None:
+    from fastapi import FastAPI
+
+    from kakitome.web.public import public_router
+
+    settings = Settings(inbound={"domains": ("example.jp",), "hostname": "mx.example.jp"})
+    app = FastAPI()
+    app.include_router(public_router(settings, store, None))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
+        ok = await c.get("/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.jp"})
+        assert ok.status_code == 200
+        assert ok.headers["content-type"].startswith("text/plain")
+        assert ok.text.startswith("version: STSv1\r\nmode: testing\r\n")
+        assert "mx: mx.example.jp\r\n" in ok.text and "max_age: 604800" in ok.text
+        with_port = await c.get(
+            "/.well-known/mta-sts.txt", headers={"Host": "MTA-STS.example.jp:8443"}
+        )
+        assert with_port.status_code == 200
+        for host in ("mta-sts.other.jp", "example.jp", "mta-sts.example.jp.evil.test"):
+            other = await c.get("/.well-known/mta-sts.txt", headers={"Host": host})
+            assert other.status_code == 404, host
+
+
+async def test_preference_page_and_archive(store: Store) -> None:
+    from fastapi import FastAPI
+
+    from kakitome.campaigns.service import CampaignService
+    from kakitome.injection import Injector
+    from kakitome.web.public import public_router
+
+    settings = Settings()
+    list_id = await _list(store, "prefs")
+    service = ListService(store, settings)
+    member = await service.add_subscriber(
+        list_id, "p@example.com", name="花子", optin=OptIn("admin"), confirmed=True
+    )
+    token = service.unsubscribe_token(list_id, member.subscriber.id)
+    app = FastAPI()
+    app.include_router(public_router(settings, store, None, archive_lists=("prefs",)))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
+        page = await c.get(f"/preferences/{token}?lang=ja")
+        assert page.status_code == 200 and "花子" in page.text
+        assert (await service.membership(list_id, member.subscriber.id)).status == "subscribed"
+        saved = await c.post(f"/preferences/{token}", data={"name": "<b>Hana</b>"})
+        assert saved.status_code == 200
+        assert "<b>Hana</b>" not in saved.text and "&lt;b&gt;Hana&lt;/b&gt;" in saved.text
+        assert not c.cookies
+        after = await service.membership(list_id, member.subscriber.id)
+        assert after.status == "unsubscribed"
+        assert after.subscriber.name == "<b>Hana</b>"
+        bad = await c.get("/preferences/not-a-token")
+        assert bad.status_code == 400
+        # the archive: only finished campaigns of listed lists, without personal data
+        campaigns = CampaignService(store, settings, service, Injector(store, settings))
+        row = await campaigns.create(
+            "a", list_id, subject="第1号", body="<p>{{ name | honorific }}へ</p>"
+        )
+        assert "第1号" not in (await c.get("/archive/prefs")).text
+        await campaigns.db.transition(row.id, from_=("draft",), to="finished", now=time.time())
+        index = await c.get("/archive/prefs")
+        assert "第1号" in index.text
+        item = await c.get(f"/archive/prefs/{row.id}")
+        assert item.status_code == 200 and "お客様へ" in item.text
+        assert "sandbox" in item.headers["content-security-policy"]
+        assert (await c.get("/archive/news")).status_code == 404

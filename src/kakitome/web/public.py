@@ -15,6 +15,19 @@ What it trusts: only signed tokens (``kakitome.lists.tokens``) in the path. Rule
   token is in the URL) and ``X-Robots-Tag: noindex``.
 - Request bodies are read up to ``MAX_FORM_BYTES``; the app's body limit applies as well.
 
+More pages (same rules):
+
+- ``/preferences/<unsubscribe token>``: the subscriber's name and every list membership;
+  the POST (token in the path, no cookie) saves the name and unsubscribes from the lists
+  unticked. It answers with a page, never a redirect.
+- ``/archive/<list>`` and ``/archive/<list>/<campaign id>`` (バックナンバー): sent campaigns
+  of lists named in ``lists.public_archive`` (none by default), rendered for a blank
+  subscriber (no personal data), with a CSP that allows no script and a ``sandbox``.
+- ``/.well-known/mta-sts.txt`` for ``Host: mta-sts.<domain>`` where ``<domain>`` is a
+  sending domain or an inbound domain: the RFC 8461 policy (``mta_sts.policy_mode``,
+  default ``testing``; ``mx`` from ``mta_sts.policy_mx`` or the inbound host name;
+  ``max_age`` from ``mta_sts.policy_max_age``, default one week). 404 for other hosts.
+
 Language: ``?lang=ja|en``, else the first of ja/en in ``Accept-Language``, else Japanese.
 """
 
@@ -24,10 +37,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from kakitome.config import Settings
@@ -37,7 +51,7 @@ from kakitome.lists.model import SUBSCRIBED, UNSUBSCRIBED, MailingList, OptIn, T
 from kakitome.lists.service import ListService
 from kakitome.store.repository import Store
 
-__all__ = ["MAX_FORM_BYTES", "TEXTS", "choose_language", "public_router"]
+__all__ = ["MAX_FORM_BYTES", "TEXTS", "choose_language", "mta_sts_policy", "public_router"]
 
 MAX_FORM_BYTES = 8 * 1024
 LANGUAGES = ("ja", "en")
@@ -73,6 +87,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "not_found": "お探しのページは見つかりません。",
         "bad_input": "入力内容を確認してください: {reason}",
         "note_no_cookie": "このページは Cookie を使用しません。",
+        "prefs_title": "配信設定",
+        "prefs_intro": "{address} の配信設定です。チェックを外したリストは配信を停止します。",
+        "prefs_name": "お名前",
+        "prefs_button": "保存する",
+        "prefs_saved": "保存しました。",
+        "archive_title": "バックナンバー",
+        "archive_none": "まだ公開されているメールはありません。",
     },
     "en": {
         "unsub_title": "Unsubscribe",
@@ -101,6 +122,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "not_found": "There is no such page.",
         "bad_input": "Please check what you entered: {reason}",
         "note_no_cookie": "This page uses no cookies.",
+        "prefs_title": "Your preferences",
+        "prefs_intro": "Preferences of {address}. Untick a list to stop its mail.",
+        "prefs_name": "Name",
+        "prefs_button": "Save",
+        "prefs_saved": "Saved.",
+        "archive_title": "Archive",
+        "archive_none": "Nothing has been published yet.",
     },
 }
 
@@ -142,6 +170,43 @@ class _Field:
     required: bool
 
 
+ARCHIVE_CSP = (
+    "default-src 'none'; img-src data: https:; style-src 'unsafe-inline'; font-src data: https:; "
+    "frame-ancestors 'none'; form-action 'none'; base-uri 'none'; sandbox"
+)
+DEFAULT_STS_MAX_AGE = 604_800
+
+
+async def mta_sts_policy(settings: Settings, store: Store, host: str) -> str | None:
+    """The MTA-STS policy file (RFC 8461 §3.2) for ``Host: mta-sts.<domain>`` when
+    ``<domain>`` is one of our sending or inbound domains; None otherwise."""
+    from kakitome.domains.service import DomainService
+
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") or name.count(":") > 1:
+        return None
+    name = name.rpartition(":")[0] if ":" in name else name
+    if not name.startswith("mta-sts."):
+        return None
+    domain = name[len("mta-sts.") :]
+    ours = {d.lower().rstrip(".") for d in settings.inbound.domains}
+    ours |= {view.name.ascii for view in await DomainService(store, settings).list_domains()}
+    if not domain or domain not in ours:
+        return None
+    policy = settings.mta_sts
+    mode = str(getattr(policy, "policy_mode", "testing"))
+    if mode not in ("enforce", "testing", "none"):
+        mode = "testing"
+    mx = tuple(getattr(policy, "policy_mx", ()) or ())
+    if not mx:
+        mx = (settings.inbound.hostname or settings.delivery.helo_hostname,)
+    max_age = int(getattr(policy, "policy_max_age", DEFAULT_STS_MAX_AGE))
+    lines = ["version: STSv1", f"mode: {mode}"]
+    lines += [f"mx: {host_name}" for host_name in mx]
+    lines.append(f"max_age: {max_age}")
+    return "\r\n".join(lines) + "\r\n"
+
+
 def public_router(
     settings: Settings,
     store: Store,
@@ -149,9 +214,14 @@ def public_router(
     clock: Callable[[], float] = time.time,
     *,
     service: ListService | None = None,
+    archive_lists: tuple[str, ...] | None = None,
 ) -> APIRouter:
-    """The public pages, over a ListService made from the arguments (or ``service``)."""
+    """The public pages, over a ListService made from the arguments (or ``service``).
+    ``archive_lists``: names of lists whose sent campaigns are public (default: the
+    setting ``lists.public_archive`` when there is one, else none)."""
     lists = service or ListService(store, settings, injector=injector, clock=clock)
+    if archive_lists is None:
+        archive_lists = tuple(getattr(settings.lists, "public_archive", ()) or ())
     env = Environment(
         loader=FileSystemLoader(str(_TEMPLATES)),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -365,6 +435,141 @@ def public_router(
             [texts["signup_sent"].format(address=shown)],
             mailing_list=mailing_list,
         )
+
+    @router.get("/.well-known/mta-sts.txt", response_class=PlainTextResponse)
+    async def mta_sts(request: Request) -> Response:
+        """The MTA-STS policy of one of our domains (by the Host header)."""
+        policy = await mta_sts_policy(settings, store, request.headers.get("host", ""))
+        if policy is None:
+            return PlainTextResponse("not found\n", status_code=404)
+        return PlainTextResponse(policy, headers={"Cache-Control": "max-age=300"})
+
+    async def memberships(subscriber_id: int) -> list[tuple[MailingList, str]]:
+        found: list[tuple[MailingList, str]] = []
+        for item in await lists.lists():
+            try:
+                member = await lists.membership(item.id, subscriber_id)
+            except NotFound:
+                continue
+            found.append((item, member.status))
+        return found
+
+    def render_prefs(
+        request: Request, token: str, address: str, name: str, rows: list[tuple[MailingList, str]],
+        saved: bool,
+    ) -> HTMLResponse:  # fmt: skip
+        lang = choose_language(request)
+        texts = TEXTS[lang]
+        html = env.get_template("public/preferences.html").render(
+            lang=lang,
+            texts=texts,
+            title=texts["prefs_title"],
+            intro=texts["prefs_intro"].format(address=address),
+            name=name,
+            rows=rows,
+            action=here(request),
+            saved=saved,
+            note=texts["note_no_cookie"],
+        )
+        return HTMLResponse(html, headers=_HEADERS)
+
+    @router.get("/preferences/{token}", response_class=HTMLResponse)
+    async def preferences_page(token: str, request: Request) -> HTMLResponse:
+        """The preference page: change nothing, show a form whose POST saves."""
+        try:
+            _, member = await lists.describe_token(token)
+        except (TokenError, NotFound) as exc:
+            return fail(request, exc)
+        person = member.subscriber
+        rows = await memberships(person.id)
+        return render_prefs(request, token, person.address, person.name, rows, False)
+
+    @router.post("/preferences/{token}", response_class=HTMLResponse)
+    async def preferences(token: str, request: Request) -> HTMLResponse:
+        """Save the name; unsubscribe from the lists left unticked (token in the path, no
+        cookie, no redirect)."""
+        from kakitome.web.ui.areas.lists import update_subscriber
+
+        body = await _read_body(request)
+        form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=200)
+        try:
+            _, member = await lists.describe_token(token)
+            person = member.subscriber
+            name = (form.get("name") or [person.name])[0].strip()[:255]
+            if name != person.name:
+                await update_subscriber(store, person.id, name, person.attributes, now=clock())
+            keep = set(form.get("keep") or [])
+            for item, status in await memberships(person.id):
+                if status in (SUBSCRIBED, "unconfirmed") and str(item.id) not in keep:
+                    await lists.unsubscribe(
+                        item.id, person.id, method="preferences", ip=_client_ip(request)
+                    )
+        except (TokenError, NotFound, InputError) as exc:
+            return fail(request, exc)
+        rows = await memberships(person.id)
+        return render_prefs(request, token, person.address, name, rows, True)
+
+    async def archive_list(name: str) -> MailingList | None:
+        if name not in archive_lists:
+            return None
+        try:
+            return await lists.get_list(name)
+        except NotFound:
+            return None
+
+    def campaigns() -> Any:
+        from kakitome.campaigns.service import CampaignService
+
+        return CampaignService(
+            store, settings, lists, injector or Injector(store, settings), clock=clock
+        )
+
+    @router.get("/archive/{name}", response_class=HTMLResponse)
+    async def archive(name: str, request: Request) -> HTMLResponse:
+        """バックナンバー: the sent campaigns of a public list, newest first."""
+        mailing_list = await archive_list(name)
+        if mailing_list is None:
+            return fail(request, NotFound(name))
+        lang = choose_language(request)
+        texts = TEXTS[lang]
+        rows = [
+            c
+            for c in reversed(await campaigns().db.campaigns())
+            if c.list_id == mailing_list.id and c.status == "finished"
+        ]
+        html = env.get_template("public/archive.html").render(
+            lang=lang,
+            title=texts["archive_title"],
+            list_title=mailing_list.display_title,
+            rows=rows,
+            none=texts["archive_none"],
+            name=mailing_list.name,
+            sender=" ".join(
+                p
+                for p in (mailing_list.sender_organization, mailing_list.sender_postal_address)
+                if p
+            ),
+        )
+        return HTMLResponse(html, headers=_HEADERS)
+
+    @router.get("/archive/{name}/{campaign_id}", response_class=HTMLResponse)
+    async def archive_item(name: str, campaign_id: int, request: Request) -> Response:
+        """One archived campaign, as a blank subscriber would get it (no personal data)."""
+        mailing_list = await archive_list(name)
+        service = campaigns()
+        try:
+            if mailing_list is None:
+                raise NotFound(name)
+            row = await service.get(campaign_id)
+            if row.list_id != mailing_list.id or row.status != "finished":
+                raise NotFound(str(campaign_id))
+            shown = await service.preview(row.id, None, tracking=False)
+        except (NotFound, InputError) as exc:
+            return fail(request, exc if isinstance(exc, NotFound) else NotFound(str(exc)))
+        headers = {**_HEADERS, "Content-Security-Policy": ARCHIVE_CSP}
+        if shown.html is None:
+            return PlainTextResponse(f"{shown.subject}\n\n{shown.text or ''}", headers=headers)
+        return HTMLResponse(shown.html, headers=headers)
 
     return router
 

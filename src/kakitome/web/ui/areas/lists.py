@@ -50,6 +50,7 @@ from kakitome.lists.model import (
 )
 from kakitome.lists.service import ListService, _check_attributes, _check_new_list
 from kakitome.store.lists_store import _member
+from kakitome.store.repository import Store
 from kakitome.store.schema_lists import list_members, mailing_lists, subscribers
 from kakitome.web.ui.context import CSRF_FIELD, UI, Forbidden, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
@@ -198,16 +199,16 @@ async def update_list(ui: UI, current: MailingList, spec: NewList) -> None:
 
 
 async def update_subscriber(
-    ui: UI, subscriber_id: int, name: str, attributes: dict[str, Any]
+    store: Store, subscriber_id: int, name: str, attributes: dict[str, Any], *, now: float
 ) -> None:
     if len(name) > 255:
         raise InputError("the name is longer than 255 characters")
     _check_attributes(attributes)
-    async with ui.store.engine.begin() as conn:
+    async with store.engine.begin() as conn:
         await conn.execute(
             update(subscribers)
             .where(and_(subscribers.c.id == subscriber_id))
-            .values(name=name, attributes=attributes, updated_at=ui.clock())
+            .values(name=name, attributes=attributes, updated_at=now)
         )
 
 
@@ -418,7 +419,11 @@ def router(ui: UI) -> APIRouter:
             return not_found(ui, request, viewer)
         try:
             await update_subscriber(
-                ui, subscriber_id, form.get("name").strip(), _attributes(form.get("attributes"))
+                ui.store,
+                subscriber_id,
+                form.get("name").strip(),
+                _attributes(form.get("attributes")),
+                now=ui.clock(),
             )
             new_status = form.get("status")
             if new_status in STATUSES and new_status != member.status:
