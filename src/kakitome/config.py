@@ -432,6 +432,24 @@ class ScaleSettings(_Section):
     renew_leases: bool = True
 
 
+class WebhookSettings(_Section):
+    """Webhooks (kakitome.webhooks): how events are POSTed to endpoints and retried."""
+
+    # The dispatcher runs in the worker role; off: events are not posted (nor queued).
+    enabled: bool = True
+    # Seconds for one POST (connect, send, read the answer).
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    # POSTs in flight at once (all endpoints together).
+    concurrency: int = Field(default=8, ge=1, le=256)
+    # Attempts before a delivery is given up; the wait doubles from retry_first seconds,
+    # capped at retry_max.
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    retry_first: float = Field(default=30.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    # Seconds between looks for new events and due deliveries when idle.
+    poll_interval: float = Field(default=2.0, gt=0, le=300)
+
+
 class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dns: DNSSettings = Field(default_factory=DNSSettings)
@@ -452,6 +470,7 @@ class Settings(_Section):
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
     shaping: ShapingSettings = Field(default_factory=ShapingSettings)
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -185,6 +185,7 @@ async def serve_async(
     from kakitome.store.tls_store import TLSStore
     from kakitome.web.app import create_app
     from kakitome.web.ui import ensure_first_admin
+    from kakitome.webhooks.dispatcher import webhook_task
     from kakitome.worker import Worker, default_owner
 
     active = tuple(roles) or ALL_ROLES
@@ -245,6 +246,7 @@ async def serve_async(
             tasks.append(asyncio.create_task(verifier, name="domain-verify"))
             campaigns = campaign_task(store, settings, stop)
             tasks.append(asyncio.create_task(campaigns, name="campaigns"))
+            tasks.append(asyncio.create_task(webhook_task(store, settings, stop), name="webhooks"))
         if "web" in active:
             import uvicorn
 

@@ -14,7 +14,6 @@ from sqlalchemy import delete
 
 from kakitome.config import Settings
 from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore
 from kakitome.store.repository import Store
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 from kakitome.store.schema_inbound import smtp_users, suppressions
@@ -96,11 +95,9 @@ async def test_domains_add_records_verify_and_roles(as_role: Clients) -> None:
     assert "v=DKIM1" in page.text
 
     sender = await as_role("sender")
-    verified = await post(
-        sender, "/ui/domains/ui-add.test", "/ui/domains/ui-add.test/verify", **{}
-    )
+    verified = await post(sender, "/ui/domains/ui-add.test", "/ui/domains/ui-add.test/verify", **{})
     assert verified.status_code == 200, verified.text
-    assert "class=\"record failing\"" in verified.text
+    assert 'class="record failing"' in verified.text
     assert "How to fix" in verified.text
     partial = await sender.post(
         "/ui/domains/ui-add.test/verify",
@@ -128,9 +125,7 @@ async def test_domains_add_records_verify_and_roles(as_role: Clients) -> None:
     assert "ui-add.test" not in (await admin.get("/ui/domains")).text
 
 
-async def test_domain_findings_from_dns_are_escaped(
-    as_role: Clients, world: LocalInternet
-) -> None:
+async def test_domain_findings_from_dns_are_escaped(as_role: Clients, world: LocalInternet) -> None:
     """A TXT record with a script tag, found by verification, is shown as text."""
     admin = await as_role("admin")
     await post(admin, "/ui/domains", "/ui/domains", domain="ui-xss.test")

@@ -124,4 +124,5 @@ from kakitome.store import (  # noqa: E402, F401
     schema_scale,
     schema_tls,
     schema_web,
+    schema_webhooks,
 )
