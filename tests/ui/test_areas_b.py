@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from kakitome.config import Settings
 from kakitome.lists.model import NewList, OptIn
@@ -303,3 +307,114 @@ async def test_preference_page_and_archive(store: Store) -> None:
         assert item.status_code == 200 and "お客様へ" in item.text
         assert "sandbox" in item.headers["content-security-policy"]
         assert (await c.get("/archive/news")).status_code == 404
+
+
+@pytest.fixture
+def newsletter_service(world: Any, tmp_path: Path) -> Iterator[Any]:
+    """``kakitome serve`` (web + worker) on SQLite, delivering into the local internet."""
+    from tests.e2e.service import ServiceProcess
+
+    env = {
+        **world.env(),
+        "KAKITOME_DATABASE__URL": f"sqlite:///{tmp_path / 'kakitome.db'}",
+        "KAKITOME_QUEUE__POLL_INTERVAL": "0.2",
+        "KAKITOME_CAMPAIGNS__POLL_INTERVAL": "0.5",
+        "KAKITOME_DELIVERY__HELO_HOSTNAME": "kakitome.test",
+        "KAKITOME_DOMAINS__ALLOW_UNCONFIGURED_FROM": "true",
+    }
+    process = ServiceProcess(env, tmp_path, roles=("web", "worker")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_newsletter_import_send_unsubscribe(
+    chromium_bin: str, newsletter_service: Any, make_domain: Any
+) -> None:
+    """Log in, create a list, import a CSV with Japanese names (progress and report),
+    create a campaign, preview it, send it to the local internet, see its statistics;
+    open the unsubscribe link of a delivered message, confirm, see the member unsubscribed."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.ui.test_browser import CHROMIUM_ARGS, SCREENSHOTS, _admin_login
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    good, peer = make_domain(prefix="nl")
+    username, password = _admin_login(newsletter_service)
+    csv = (
+        f"email,name\ntaro@{good.name},山田太郎\nhanako@{good.name},佐藤花子\nbroken-row,x\n"
+    ).encode()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(locale="en-GB")
+            page.goto(newsletter_service.url + "/ui/login")
+            page.get_by_label("User name").fill(username)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_role("link", name="Lists", exact=True).click()
+            page.get_by_label("Name (for URLs and addresses)").fill("news")
+            page.get_by_label("Title", exact=True).fill("書留ニュース")
+            page.get_by_label("single opt-in", exact=True).check()
+            page.get_by_label("Sender address").fill("news@sender.test")
+            page.get_by_label("Organisation (sender, for the legal footer)").fill("株式会社書留")
+            page.get_by_label("Postal address (for the legal footer)").fill("東京都千代田区1-1")
+            page.get_by_role("button", name="Create").click()
+            expect(page.get_by_role("heading", name="書留ニュース")).to_be_visible()
+            page.get_by_role("link", name="Import CSV").click()
+            page.get_by_label("CSV file (UTF-8, UTF-8 with BOM or Shift_JIS)").set_input_files(
+                {"name": "members.csv", "mimeType": "text/csv", "buffer": csv}
+            )
+            page.get_by_role("button", name="Import CSV").click()
+            expect(page.locator("progress#import-progress")).to_be_visible()
+            expect(page.locator(".import-summary")).to_contain_text("2 new", timeout=15_000)
+            expect(page.locator("table.rejected")).to_contain_text("broken-row")
+            page.screenshot(path=str(SCREENSHOTS / "list-import.png"), full_page=True)
+            page.get_by_role("link", name="Back to the list").click()
+            expect(page.locator(".subscriber-name").first).to_have_text("山田太郎")
+
+            page.get_by_role("link", name="Campaigns", exact=True).click()
+            page.get_by_label("Subject").fill("書留ニュース 第1号")
+            page.get_by_label("Body (template)").fill("<p>{{ name | honorific }}、こんにちは。</p>")
+            page.get_by_role("button", name="Create").click()
+            expect(page.get_by_role("heading", name="書留ニュース 第1号")).to_be_visible()
+            frame = page.frame_locator("iframe.preview-desktop")
+            expect(frame.locator("body")).to_contain_text("お客様、こんにちは。")
+            page.screenshot(path=str(SCREENSHOTS / "campaign-preview.png"), full_page=True)
+            page.get_by_role("button", name="Send now").click()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                page.reload()
+                if page.locator(".stat-delivered").inner_text().strip() == "2":
+                    break
+                time.sleep(1)
+            expect(page.locator(".stat-delivered")).to_have_text("2")
+            expect(page.locator(".stat-verified")).to_have_text("100.0%")
+            page.screenshot(path=str(SCREENSHOTS / "campaign-stats.png"), full_page=True)
+
+            received = [m for m in peer.messages() if f"taro@{good.name}" in m.rcpt_tos]
+            assert received, "the campaign did not reach the peer"
+            import email as email_lib
+            import email.policy
+
+            message = email_lib.message_from_bytes(received[-1].data, policy=email.policy.default)
+            link = re.search(
+                r"<(https?://[^>]+/unsubscribe/[^>]+)>", str(message["List-Unsubscribe"])
+            )
+            assert link, message["List-Unsubscribe"]
+            page.goto(link.group(1) + "?lang=en")
+            page.get_by_role("button", name="Unsubscribe").click()
+            expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "unsubscribed.png"), full_page=True)
+
+            page.goto(newsletter_service.url + "/ui/lists")
+            page.get_by_role("link", name="書留ニュース").click()
+            page.get_by_label("Search address or name").fill("taro@")
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator("#members .badge.unsubscribed")).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "list-unsubscribed.png"), full_page=True)
+        finally:
+            browser.close()
