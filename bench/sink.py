@@ -4,8 +4,8 @@
 CA, and ``--peers`` MX peers on 127.0.0.10 and up, all on one event loop) that publishes
 ``d1.bench.test`` ... ``d<N>.bench.test``, each with one MX on the peers in turn. The peers
 accept everything with STARTTLS (valid certificates from the test CA) and keep no message
-bodies and no transcripts. They run on the standard asyncio loop: ``kakitome.testing.mx``
-asserts that transports are ``asyncio.Transport``, which uvloop's are not. It prints one
+bodies and no transcripts. They run on uvloop when it is installed (``--no-uvloop``: the
+standard asyncio loop; the JSON hello says which). It prints one
 JSON line (the ``KAKITOME_*`` environment for the service, the peers' ``ip:port``, the CA
 file, its pid) and then answers commands read from stdin, one a line, with one JSON line
 each: ``stats`` (per-peer counters: connections, TLS handshakes, messages, ...) and
@@ -66,9 +66,12 @@ def _install_uvloop() -> bool:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def serve(domains: int, peers: int) -> int:
-    """Run the sink until ``quit`` or EOF on stdin."""
+def serve(domains: int, peers: int, *, use_uvloop: bool = True) -> int:
+    """Run the sink until ``quit`` or EOF on stdin. The world's loop thread makes its loop
+    with ``asyncio.new_event_loop()``, so the policy set here decides which loop it is."""
     from kakitome.testing import LocalInternet, PeerBehaviour
+
+    uvloop_used = use_uvloop and _install_uvloop()
 
     behaviour = PeerBehaviour(keep_data=False, transcript=False)
     with LocalInternet() as world:
@@ -81,6 +84,7 @@ def serve(domains: int, peers: int) -> int:
             "peers": [peer.address for peer in started],
             "mx_names": {peer.address: peer.hostname for peer in started},
             "ca_file": str(world.ca.ca_file),
+            "loop": "uvloop" if uvloop_used else "asyncio",
         }
         print(json.dumps(hello), flush=True)
         for line in sys.stdin:
@@ -233,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_args = commands.add_parser("serve", help="run the sink (DNS, CA, MX peers)")
     serve_args.add_argument("--domains", type=int, default=20)
     serve_args.add_argument("--peers", type=int, default=2, help="MX peers on one event loop")
+    serve_args.add_argument("--no-uvloop", action="store_true", help="the standard asyncio loop")
     blast_args = commands.add_parser("blast", help="measure a sink's ceiling")
     blast_args.add_argument("target", type=_address, metavar="HOST:PORT")
     blast_args.add_argument("--ca-file", required=True)
@@ -244,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     blast_args.add_argument("--new-connection-each", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args.domains, args.peers)
+        return serve(args.domains, args.peers, use_uvloop=not args.no_uvloop)
     _install_uvloop()
     host, port = args.target
     result = asyncio.run(

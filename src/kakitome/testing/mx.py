@@ -51,6 +51,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import cast
 
 from kakitome.testing._loop import LoopThread
 from kakitome.testing.ca import CertKind, IssuedCert, TestCA
@@ -464,8 +465,8 @@ class _Session(asyncio.Protocol):
     # -- protocol callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.conn = _ConnState(next(_connection_ids), (host, port))
         with self.peer._lock:
