@@ -14,12 +14,14 @@ from sqlalchemy import delete
 
 from kakitome.config import Settings
 from kakitome.injection import Injector
+from kakitome.store.inbound_store import InboundStore
 from kakitome.store.repository import Store
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 from kakitome.store.schema_inbound import smtp_users, suppressions
 from kakitome.store.web_store import WebStore
 from kakitome.testing import LocalInternet
 from kakitome.web import create_app
+from tests.fixtures_world import MakeDomain
 
 from .conftest import PASSWORD, csrf_of, login_as
 
@@ -141,3 +143,116 @@ async def test_bad_domain_name_is_refused_with_the_reason(as_role: Clients) -> N
     response = await post(admin, "/ui/domains", "/ui/domains", domain="not a domain")
     assert response.status_code == 422
     assert re.search(r'role="alert"', response.text)
+
+
+# -- checker --------------------------------------------------------------------------------
+
+
+async def test_checker_domain_report_and_list(as_role: Clients, make_domain: MakeDomain) -> None:
+    """A sender checks a world domain (grade, findings) and a pasted list; a viewer may not."""
+    good, _ = make_domain(prefix="ui-chk")
+    sender = await as_role("sender")
+    page = await post(sender, "/ui/checker", "/ui/checker/domain", domain=good.name)
+    assert page.status_code == 200, page.text
+    assert 'class="grade"' in page.text
+    assert "STARTTLS" in page.text
+    listed = await post(
+        sender, "/ui/checker", "/ui/checker/list", csv=f"email\na@{good.name}\nnot-an-address\n"
+    )
+    assert listed.status_code == 200, listed.text
+    assert "Lines that are not addresses: 1" in listed.text
+    viewer = await as_role("viewer")
+    assert (await viewer.get("/ui/checker")).status_code == 403
+    assert (
+        await post(viewer, "/ui/domains", "/ui/checker/domain", domain="x.test")
+    ).status_code == 403
+    assert (await sender.post("/ui/checker/domain", data={"domain": "x.test"})).status_code == 403
+
+
+# -- suppression, SMTP users, routes --------------------------------------------------------
+
+
+async def test_suppression_add_search_import_remove(as_role: Clients, store: Store) -> None:
+    admin = await as_role("admin")
+    added = await post(admin, "/ui/suppression", "/ui/suppression", address="Taro@Example.COM")
+    assert added.status_code == 200
+    assert "taro@example.com is suppressed" in added.text
+    imported = await post(
+        admin,
+        "/ui/suppression",
+        "/ui/suppression/import",
+        csv=f"email,name\nhanako@example.jp,x\ntaro@example.com,y\nbroken,z\n{XSS}@x.test,w\n",
+    )
+    assert "1 added, 1 already there, 2 not addresses" in imported.text
+    found = await admin.get("/ui/suppression", params={"q": "hanako"})
+    assert "hanako@example.jp" in found.text and "taro@example.com" not in found.text
+    inbound = InboundStore(store.engine)
+    assert await inbound.suppressed_among(["hanako@example.jp"]) == {"hanako@example.jp"}
+    removed = await post(
+        admin, "/ui/suppression", "/ui/suppression/remove", address="hanako@example.jp"
+    )
+    assert removed.status_code == 200
+    assert not await inbound.suppressed_among(["hanako@example.jp"])
+
+    sender = await as_role("sender")
+    assert (await sender.get("/ui/suppression")).status_code == 200
+    forbidden = await post(sender, "/ui/suppression", "/ui/suppression", address="a@b.test")
+    assert forbidden.status_code == 403
+    assert (await admin.post("/ui/suppression", data={"address": "a@b.test"})).status_code == 403
+
+
+async def test_smtp_users_password_shown_once(as_role: Clients, store: Store) -> None:
+    admin = await as_role("admin")
+    created = await post(admin, "/ui/smtp-users", "/ui/smtp-users", username="mailer")
+    assert created.status_code == 201
+    password = re.search(r'id="new-password" readonly value="([^"]+)"', created.text)
+    assert password
+    listing = await admin.get("/ui/smtp-users")
+    assert "mailer" in listing.text and password.group(1) not in listing.text
+    again = await post(admin, "/ui/smtp-users", "/ui/smtp-users", username="mailer")
+    assert again.status_code == 409
+    assert await InboundStore(store.engine).smtp_user_hash("mailer") is not None
+    sender = await as_role("sender")
+    assert (await sender.get("/ui/smtp-users")).status_code == 403
+    assert (
+        await admin.post("/ui/smtp-users/remove", data={"username": "mailer"})
+    ).status_code == 403
+    removed = await post(admin, "/ui/smtp-users", "/ui/smtp-users/remove", username="mailer")
+    assert removed.status_code == 200
+    assert await InboundStore(store.engine).smtp_user_hash("mailer") is None
+
+
+async def test_routes_read_only(as_role: Clients) -> None:
+    viewer = await as_role("viewer")
+    page = await viewer.get("/ui/routes")
+    assert page.status_code == 200
+    assert "KAKITOME_INBOUND__ROUTES" in page.text
+
+
+async def test_webhooks_crud_roles_and_csrf(as_role: Clients) -> None:
+    admin = await as_role("admin")
+    created = await post(
+        admin,
+        "/ui/webhooks",
+        "/ui/webhooks",
+        url="https://hooks.example/k",
+        event="delivered",
+    )
+    assert created.status_code == 201
+    assert re.search(r'id="new-secret" readonly value="whsec_', created.text)
+    bad = await post(
+        admin, "/ui/webhooks", "/ui/webhooks", url="javascript:alert(1)", event="queued"
+    )
+    assert bad.status_code == 422
+    endpoint_id = re.search(r'action="/ui/webhooks/(\d+)/remove"', created.text)
+    assert endpoint_id
+    path = f"/ui/webhooks/{endpoint_id.group(1)}"
+    sender = await as_role("sender")
+    assert (await sender.get("/ui/webhooks")).status_code == 200
+    assert (await post(sender, "/ui/webhooks", path + "/remove")).status_code == 403
+    assert (await admin.post(path + "/remove")).status_code == 403
+    disabled = await post(admin, "/ui/webhooks", path + "/enabled", enabled="0")
+    assert disabled.status_code == 303
+    assert "disabled" in (await admin.get("/ui/webhooks")).text
+    assert (await post(admin, "/ui/webhooks", path + "/remove")).status_code == 303
+    assert "hooks.example" not in (await admin.get("/ui/webhooks")).text

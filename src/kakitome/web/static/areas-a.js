@@ -13,3 +13,13 @@ document.addEventListener("click", function (event) {
     button.classList.remove("copied");
   }, 2000);
 });
+// File inputs with data-read-into="TEXTAREA-ID": the chosen file's text goes into the
+// textarea, which the form posts (with its CSRF token) like any other field.
+document.addEventListener("change", function (event) {
+  var input = event.target;
+  if (!(input instanceof HTMLInputElement) || !input.dataset.readInto || !input.files) return;
+  var target = document.getElementById(input.dataset.readInto);
+  var file = input.files[0];
+  if (!target || !file) return;
+  file.text().then(function (text) { target.value = text; });
+});
