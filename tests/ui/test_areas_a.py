@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,7 @@ from kakitome.store.schema_inbound import smtp_users, suppressions
 from kakitome.store.web_store import WebStore
 from kakitome.testing import LocalInternet
 from kakitome.web import create_app
+from tests.e2e.service import ServiceProcess
 from tests.fixtures_world import MakeDomain
 
 from .conftest import PASSWORD, csrf_of, login_as
@@ -256,3 +257,68 @@ async def test_webhooks_crud_roles_and_csrf(as_role: Clients) -> None:
     assert "disabled" in (await admin.get("/ui/webhooks")).text
     assert (await post(admin, "/ui/webhooks", path + "/remove")).status_code == 303
     assert "hooks.example" not in (await admin.get("/ui/webhooks")).text
+
+
+# -- in a real browser ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def service(world: LocalInternet, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """``kakitome serve`` (web and worker) on SQLite, pointed at the local internet."""
+    env = {
+        **world.env(),
+        "KAKITOME_DATABASE__URL": f"sqlite:///{tmp_path / 'kakitome.db'}",
+        "KAKITOME_PATHS__DATA_DIR": str(tmp_path),
+        "KAKITOME_DELIVERY__HELO_HOSTNAME": "kakitome.test",
+    }
+    process = ServiceProcess(env, tmp_path, roles=("web", "worker")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_add_domain_copy_records_and_verify(
+    chromium_bin: str, service: ServiceProcess, world: LocalInternet
+) -> None:
+    """Log in, add a domain, see its records and a copy button, publish one record, run
+    the verification and see a check mark on it and remedies for the others."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.ui.test_browser import CHROMIUM_ARGS, SCREENSHOTS, _admin_login
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    username, password = _admin_login(service)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_bin, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(locale="en-GB")
+            page.goto(service.url + "/ui/")
+            page.get_by_label("User name").fill(username)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_role("link", name="Domains", exact=True).click()
+            page.get_by_label("Domain name").fill("ui-browser.test")
+            page.get_by_role("button", name="Add and show its records").click()
+            expect(page.get_by_role("heading", name="ui-browser.test")).to_be_visible()
+            expect(page.get_by_role("button", name="Copy the zone snippet")).to_be_visible()
+            expect(page.locator("#zone-file")).to_contain_text("_domainkey.ui-browser.test")
+            page.get_by_role("button", name="Copy the zone snippet").click()
+            expect(page.get_by_role("button", name="Copied")).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "domain-records.png"), full_page=True)
+
+            name = page.locator("#rec-0-name").input_value()
+            value = page.locator("#rec-0-value").input_value()
+            world.dns.add_txt(name, value)
+            page.get_by_role("button", name="Verify now").click()
+            expect(page.locator("#verification [role=status]")).to_contain_text(
+                "Verification done."
+            )
+            expect(page.locator("tr.record.ok").first).to_be_visible()
+            expect(page.locator("tr.record.failing").first).to_be_visible()
+            expect(page.locator(".remedy").first).to_contain_text("How to fix")
+            page.screenshot(path=str(SCREENSHOTS / "domain-verified.png"), full_page=True)
+        finally:
+            browser.close()
