@@ -118,6 +118,17 @@ class MTASTSSettings(_Section):
     refresh_before: float = Field(default=86_400.0, ge=0)
     # Seconds a discovery result is reused in-process before the TXT record is asked again.
     recheck_interval: float = Field(default=60.0, ge=0)
+    # The policy we publish for our own domains at https://mta-sts.<domain>/ (web role).
+    # Start in "testing" and move to "enforce" once TLS-RPT reports show no failures.
+    policy_mode: str = Field(default="testing", pattern="^(enforce|testing|none)$")
+    # MX patterns in our policy; empty: the inbound host name (else the HELO name).
+    policy_mx: tuple[str, ...] = ()
+    policy_max_age: int = Field(default=604_800, ge=86_400, le=31_557_600)
+
+    @field_validator("policy_mx", mode="before")
+    @classmethod
+    def _mx_list(cls, value: Any) -> Any:
+        return _split_list(value)
 
 
 class DANESettings(_Section):
@@ -320,6 +331,17 @@ class InboundSettings(_Section):
     forward_attempts: int = Field(default=10, ge=1)
     # Check SPF, DKIM and DMARC of MX mail (Authentication-Results); off: "none".
     check_authentication: bool = True
+    # Processes accepting SMTP (sharing the ports with SO_REUSEPORT): `serve` starts
+    # processes - 1 smtp-only children beside itself; "auto": one per CPU. Connection and
+    # auth-failure limits are counted per process.
+    processes: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        return value
 
     @field_validator("domains", "return_path_domains", mode="before")
     @classmethod
@@ -358,6 +380,13 @@ class ListSettings(_Section):
     history_retention: float = Field(default=180 * 86_400.0, ge=90 * 86_400.0)
     # Rows per INSERT batch of a CSV import.
     import_batch_size: int = Field(default=5_000, ge=100, le=100_000)
+    # Lists whose finished campaigns are shown on the public archive (バックナンバー).
+    public_archive: tuple[str, ...] = ()
+
+    @field_validator("public_archive", mode="before")
+    @classmethod
+    def _archive_list(cls, value: Any) -> Any:
+        return _split_list(value)
 
 
 class CampaignSettings(_Section):
