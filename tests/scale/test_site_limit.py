@@ -57,7 +57,7 @@ def test_site_connection_limit_across_workers(
     )
     workers = _start_workers(env, tmp_path, count=2)
     try:
-        counts = wait_for([peer], TOTAL, timeout=180)
+        counts = wait_for([peer], TOTAL, timeout=300)
         assert len(counts) == TOTAL, workers[0].log()[-3000:]
     finally:
         for worker in workers:
