@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict
 
 from kakitome.config import Settings
-from kakitome.errors import InputError, KakitomeError
+from kakitome.errors import DeliveryError, InputError, KakitomeError
 from kakitome.store.repository import ApiKeyInfo, Store
 from kakitome.web.api_lists import Text
 from kakitome.web.auth import require_scope
@@ -71,6 +71,16 @@ async def _bounded(work: Awaitable[T], seconds: float, what: str) -> T:
         raise InputError(f"not a domain name: {exc}") from exc
 
 
+def _domain(name: str) -> str:
+    """The name in A-labels; 422 when it is not a domain name (before any DNS work)."""
+    from kakitome.dns.resolver import to_alabel
+
+    try:
+        return to_alabel(name)
+    except DeliveryError as exc:
+        raise InputError(f"not a domain name: {name!r}") from exc
+
+
 def checker_api_router(settings: Settings, store: Store, clock: Callable[[], float]) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["checker"])
     can_read = Depends(require_scope(store, "read", clock))
@@ -83,9 +93,11 @@ def checker_api_router(settings: Settings, store: Store, clock: Callable[[], flo
         from kakitome.checker.service import Checker
         from kakitome.domains.service import DomainService
 
+        name = _domain(domain)
+
         async def work() -> dict[str, Any]:
             checker = Checker(settings)
-            report = await checker.check_domain(domain)
+            report = await checker.check_domain(name)
             verifier = domain_service_verifier(DomainService(store, settings, clock=clock))
             try:
                 side = await sending_findings(report.domain, settings, checker.resolver, verifier)
@@ -104,7 +116,8 @@ def checker_api_router(settings: Settings, store: Store, clock: Callable[[], flo
         where every part came from (table, DANE, MTA-STS, history, default)."""
         from kakitome.cli.policy import explain_policy as explain
 
-        document = await _bounded(explain(settings, store, domain), EXPLAIN_TIMEOUT, "explain")
+        name = _domain(domain)
+        document = await _bounded(explain(settings, store, name), EXPLAIN_TIMEOUT, "explain")
         return PolicyOut(**document)
 
     return router
