@@ -502,6 +502,11 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
         "KAKITOME_DELIVERY__HELO_HOSTNAME": "kakitome.bench.test",
         # Nothing should be deferred; if something is, retry it soon, not in 5 minutes.
         "KAKITOME_QUEUE__RETRY_FIRST": "2",
+        # The SMTP listeners (25/587/465) play no part here, and a port taken by anything
+        # else on the machine would stop the service: off.
+        "KAKITOME_INBOUND__MX_PORT": "0",
+        "KAKITOME_INBOUND__SUBMISSION_PORT": "0",
+        "KAKITOME_INBOUND__SUBMISSIONS_PORT": "0",
     }
     if args.batch_size:
         settings_env["KAKITOME_QUEUE__BATCH_SIZE"] = str(args.batch_size)
@@ -564,7 +569,13 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
             return await _wait_delivered(url, sink, sink_before["messages"], count,
                                          args.timeout)
 
-        counts = asyncio.run(drive())
+        try:
+            counts = asyncio.run(drive())
+        except Exception:
+            # The service's own words say why (it may have exited): show its last lines.
+            print("kakitome serve output (last 40 lines):\n"
+                  + "".join(line for _, line in service.lines[-40:]), file=sys.stderr)
+            raise
         finished = time.monotonic()
         cpu = cpu_seconds(service.pid) - cpu_start
         user, system = cpu_split(service.pid)
