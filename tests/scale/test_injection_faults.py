@@ -64,7 +64,16 @@ def _start(world: LocalInternet, url: str, tmp_path: Path) -> Listeners:
         "KAKITOME_INBOUND__AUTH_FAILURE_DELAY": "0.01",
     }
     web = ServiceProcess(env, tmp_path, roles=("web", "smtp")).start(timeout=90)
-    running = Listeners(web, mx, submission, world.ca.ca_file, web.wait_for_key())
+    try:
+        return _prepare(web, mx, submission, world.ca.ca_file)
+    except BaseException:
+        web.stop()
+        raise
+
+
+def _prepare(web: ServiceProcess, mx: int, submission: int, ca_file: Path) -> Listeners:
+    """Wait for the SMTP listeners; a submission user and a sending domain."""
+    running = Listeners(web, mx, submission, ca_file, web.wait_for_key())
     deadline = time.monotonic() + 30
     while not any("SMTP listeners" in line for line in web.output):
         assert time.monotonic() < deadline, web.log()
@@ -148,8 +157,9 @@ def test_smtp_answers_451_when_the_database_is_down(
 ) -> None:
     """PostgreSQL stopped: MX and submission answer 451 4.3.0, never 250; 250 once back."""
     running = _start(world, private_pg.url, tmp_path)
-    sessions = [_Session(running, "mx"), _Session(running, "submission")]
+    sessions: list[_Session] = []
     try:
+        sessions += [_Session(running, "mx"), _Session(running, "submission")]
         for session in sessions:
             _queued_id(session.send(f"before-{session.listener}"))
         private_pg.stop()
@@ -214,11 +224,12 @@ def test_disk_full_refuses_injection_and_loses_nothing(
     250 without a commit); with space again, everything acknowledged is stored."""
     with _tmpfs("48m") as disk:
         running = _start(world, f"sqlite:///{disk / 'kakitome.db'}", tmp_path)
-        sessions = {name: _Session(running, name) for name in ("mx", "submission")}
+        sessions: dict[str, _Session] = {}
         accepted_api: list[str] = []
         accepted_smtp: dict[str, list[str]] = {"mx": [], "submission": []}
         text = "z" * 400_000  # bigger than what the WAL file may already hold
         try:
+            sessions.update((name, _Session(running, name)) for name in ("mx", "submission"))
             with running.client() as client:
                 body = {"from": "a@sender.test", "to": ["b@example.test"], "subject": "s"}
                 made = client.post("/api/v1/messages", json={**body, "text": "before"})
