@@ -128,7 +128,7 @@ def live(
     phases=[Phase.explicit, Phase.generate],
     derandomize=True,
 )
-def test_no_server_error(case: schemathesis.Case, live: Live) -> None:
+def test_no_server_error(case: schemathesis.Case[Any], live: Live) -> None:
     kwargs = case.as_transport_kwargs(base_url=BASE)
     response = live.send(kwargs)
     if case.path == "/api/v1/api-keys/{key_id}":
