@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -56,6 +57,20 @@ Suppressed = Callable[[Sequence[str]], Awaitable[set[str]]]
 def default_owner() -> str:
     """A lease owner name unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _without_in_flight(claimed: ClaimedBatch, in_flight: set[int]) -> ClaimedBatch:
+    """The claimed batch without the recipients this worker is delivering already."""
+    if not in_flight:
+        return claimed
+    messages = []
+    for message in claimed.messages:
+        fresh = tuple(r for r in message.recipients if r.delivery_id not in in_flight)
+        if len(fresh) == len(message.recipients):
+            messages.append(message)
+        elif fresh:
+            messages.append(dataclasses.replace(message, recipients=fresh))
+    return ClaimedBatch(claimed.domain, tuple(messages))
 
 
 class ResultRecorder:
@@ -222,8 +237,10 @@ class Worker:
             return 0
         count = 0
         for claimed in batches:
-            # Small chunks are recorded as soon as they are done: a crash can then resend
-            # only what was in flight, not a whole claim window.
+            # A delivery still in flight here whose lease ran out before it was renewed
+            # (a slow machine) comes back in the claim with our own name on it: it is
+            # already being delivered, so it is not handed to the agent a second time.
+            claimed = _without_in_flight(claimed, self._leased)
             for start in range(0, len(claimed.messages), CHUNK):
                 chunk = ClaimedBatch(claimed.domain, claimed.messages[start : start + CHUNK])
                 size = sum(len(m.recipients) for m in chunk.messages)
