@@ -10,7 +10,8 @@ accepts:
   5.7.0); the envelope and header From domains must be configured sending domains
   (``senders``: 550 5.7.1 otherwise); the message, with a ``Received`` field saying
   ESMTPSA, goes through the one injection path (``Injector.submit_raw``: validation,
-  DKIM, queue) and 250 means queued.
+  DKIM, queue) and 250 means queued. ``MAIL FROM ... REQUIRETLS`` (inside TLS only, T28)
+  queues the message with ``requiretls`` set.
 
 T10: the data must not contain a CR or LF that is not part of a CRLF pair. aiosmtpd only
 ends DATA at ``<CRLF>.<CRLF>``, so ``\\n.\\n`` or ``\\r.\\r`` never end a message here; a
@@ -127,6 +128,8 @@ class _BaseHandler:
                 continue
             keep.append(word)
         keep += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        if server.offers_requiretls:
+            keep.append("REQUIRETLS")  # T28, RFC 8689 §3: only inside TLS
         lines = [responses[0]] + [f"250-{w}" for w in keep]
         lines[-1] = "250 " + lines[-1][4:]
         return lines
@@ -371,6 +374,7 @@ class SubmissionHandler(_BaseHandler):
                 sender="" if sender == "<>" else sender,
                 recipients=list(envelope.rcpt_tos),
                 source="smtp",
+                requiretls=envelope.requiretls,
             )
         except MessageTooLarge as exc:
             return f"552 5.3.4 {_one_line(str(exc))}"

@@ -12,6 +12,11 @@ subclass adds what it leaves out:
   refused before TLS with 530 5.7.0.
 - Limits: commands per connection (``max_commands``), connections at once and per client
   address (421 4.7.0 and close), line length (the stream limit), idle time.
+- T28 REQUIRETLS (RFC 8689), on listeners built with ``requiretls=True`` (submission): the
+  ``REQUIRETLS`` MAIL FROM parameter is taken only inside TLS and marks the envelope
+  (``InboundEnvelope.requiretls``); the handler advertises the keyword only inside TLS.
+  Elsewhere (the MX, which relays nothing over SMTP) aiosmtpd refuses it as an unknown
+  parameter (555 5.5.4).
 - Replies: aiosmtpd's bare texts get enhanced status codes (RFC 2034), so clients and logs
   see 530 5.7.0, 552 5.3.4, 500 5.5.2 rather than free text.
 
@@ -71,7 +76,19 @@ _REWRITES: dict[bytes, bytes] = {
     b"220 Ready to start TLS": b"220 2.0.0 Ready to start TLS",
     b"221 Bye": b"221 2.0.0 Bye",
     b"250 OK": b"250 2.0.0 OK",
+    b"555 MAIL FROM parameters not recognized or not implemented": (
+        b"555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    ),
 }
+
+# T28, RFC 8689 §4.1: REQUIRETLS is used only in a session that negotiated TLS. In
+# plaintext we answer as RFC 3207 §4 does for a command that needs TLS first (530, "must
+# issue STARTTLS"), with 5.7.10 "Encryption Needed" (RFC 5248 registry): it tells the
+# client what to do (STARTTLS, then retry). 555 5.5.4 "parameter not implemented" would say
+# this server lacks the extension, and a REQUIRETLS client would then give the message up
+# with 5.7.30 (RFC 8689 §4.2.1) instead of upgrading the session.
+_REQUIRETLS_PLAINTEXT = "530 5.7.10 REQUIRETLS requires TLS"
+_REQUIRETLS_VALUE = "501 5.5.4 Syntax: REQUIRETLS takes no value"
 
 
 class InboundSession(Session):
@@ -88,6 +105,8 @@ class InboundEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.decisions: list[Any] = []
+        # RFC 8689: MAIL FROM carried REQUIRETLS (only ever set inside TLS).
+        self.requiretls = False
 
 
 @dataclass
@@ -224,6 +243,7 @@ class KakitomeSMTP(SMTP):
         auth_required: bool = False,
         auth_require_tls: bool = True,
         auth_exclude_mechanism: Iterable[str] = (),
+        requiretls: bool = False,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         # aiosmtpd sizes its stream reader from this attribute.
@@ -272,6 +292,7 @@ class KakitomeSMTP(SMTP):
         self._commands = _CountedCommands(self, tables.smtp_methods, limits.max_commands)
         self._smtp_methods = self._commands
         self.implicit_tls = implicit_tls
+        self.requiretls = requiretls
         self._tracker = tracker
         self._admitted_ip: str | None = None
         self._refused = False
@@ -329,6 +350,53 @@ class KakitomeSMTP(SMTP):
     @property
     def is_tls(self) -> bool:
         return self.implicit_tls or self._tls_protocol is not None
+
+    @property
+    def offers_requiretls(self) -> bool:
+        """REQUIRETLS is offered in EHLO and taken in MAIL FROM: never before TLS (T28)."""
+        return self.requiretls and self.is_tls
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """aiosmtpd's MAIL, plus the REQUIRETLS parameter (T28) on listeners that take it.
+
+        aiosmtpd refuses any parameter it does not know (555), so REQUIRETLS is taken out
+        of the line here and, once the transaction has started, recorded on the envelope."""
+        found = self._requiretls_param(arg) if self.requiretls else None
+        if found is None:
+            await super().smtp_MAIL(arg)
+            return
+        rest, refusal = found
+        if refusal:
+            await self.push(refusal)
+            return
+        started_before = self.envelope is not None and bool(self.envelope.mail_from)
+        await super().smtp_MAIL(rest)
+        envelope = self.envelope
+        if not started_before and isinstance(envelope, InboundEnvelope) and envelope.mail_from:
+            envelope.requiretls = True
+            envelope.mail_options.append("REQUIRETLS")
+
+    def _requiretls_param(self, arg: str | None) -> tuple[str, str] | None:
+        """None when the MAIL line has no REQUIRETLS parameter (or is no ESMTP MAIL line:
+        aiosmtpd answers those); else the line without it and the refusal reply, or ""."""
+        if arg is None or self.session is None or not self.session.extended_smtp:
+            return None
+        stripped = self._strip_command_keyword("FROM:", arg)
+        if stripped is None:
+            return None
+        address, params = self._getaddr(stripped)
+        if address is None or not params:
+            return None
+        words = params.split()
+        keep = [w for w in words if w.upper() != "REQUIRETLS"]
+        if any(w.upper().startswith("REQUIRETLS=") for w in words):
+            return "", _REQUIRETLS_VALUE
+        if len(keep) == len(words):
+            return None
+        if not self.is_tls:
+            return "", _REQUIRETLS_PLAINTEXT
+        head = stripped[: len(stripped) - len(params)].rstrip()
+        return " ".join(["FROM:" + head, *keep]), ""
 
     async def push(self, status: Any) -> None:
         data = status.encode("ascii", "replace") if isinstance(status, str) else status

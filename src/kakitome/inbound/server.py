@@ -156,6 +156,8 @@ class InboundService:
         }
 
         def mx() -> KakitomeSMTP:
+            # No REQUIRETLS on the MX (T28): it relays nothing over SMTP, so it could not
+            # honour the requirement on a next hop; aiosmtpd answers the parameter 555.
             return KakitomeSMTP(
                 self.mx_handler,
                 tls_context=self.certificates.front,
@@ -170,6 +172,7 @@ class InboundService:
                 auth_required=True,
                 auth_require_tls=True,
                 auth_exclude_mechanism=["CRAM-MD5"],
+                requiretls=True,  # T28: offered and taken after STARTTLS only
                 **common,  # type: ignore[arg-type]
             )
 
@@ -183,6 +186,7 @@ class InboundService:
                     auth_required=True,
                     auth_require_tls=False,
                     auth_exclude_mechanism=["CRAM-MD5"],
+                    requiretls=True,  # T28: the socket is TLS from the first byte
                     **common,  # type: ignore[arg-type]
                 )
 
