@@ -48,9 +48,17 @@ $(VENV)/.stamp-test: pyproject.toml | $(PY)
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.stamp-install
 
+# Ports below 1024 need root: an unprivileged `make run` puts the SMTP listeners on
+# 2525 (MX), 2587 (submission) and 2465 (implicit TLS) unless they are set already.
 run: $(VENV)/.stamp-install
 	@mkdir -p var
-	$(VENV)/bin/kakitome serve
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  export KAKITOME_INBOUND__MX_PORT=$${KAKITOME_INBOUND__MX_PORT:-2525}; \
+	  export KAKITOME_INBOUND__SUBMISSION_PORT=$${KAKITOME_INBOUND__SUBMISSION_PORT:-2587}; \
+	  export KAKITOME_INBOUND__SUBMISSIONS_PORT=$${KAKITOME_INBOUND__SUBMISSIONS_PORT:-2465}; \
+	  echo "not root: SMTP listeners on 2525, 2587 and 2465"; \
+	fi; \
+	exec $(VENV)/bin/kakitome serve
 
 peers:
 	@bash scripts/install-peers
