@@ -32,8 +32,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kakitome.errors import InputError, NotFound, StorageError
-from kakitome.store.ids import new_message_id
-from kakitome.store.repository import NOTIFY_CHANNEL, QUEUED, NewMessage, Store
+from kakitome.store.repository import (
+    NOTIFY_CHANNEL,
+    NewMessage,
+    Store,
+    injection_rows,
+)
 from kakitome.store.schema import deliveries, events
 from kakitome.store.schema import messages as message_table
 from kakitome.store.schema_campaigns import (
@@ -458,61 +462,12 @@ class CampaignStore:
         self, conn: AsyncConnection, outgoing: Sequence[Outgoing], *, now: float, lifetime: float
     ) -> dict[int, str]:
         """The rows ``Store.inject_many`` writes, inside the caller's transaction."""
-        message_rows: list[dict[str, Any]] = []
-        delivery_rows: list[dict[str, Any]] = []
-        event_rows: list[dict[str, Any]] = []
-        ids: dict[int, str] = {}
-        now_ms = int(now * 1000)
-        for item in outgoing:
-            message = item.message
-            if message is None:
-                continue
-            if not message.recipients:
-                raise InputError("a message needs at least one recipient")
-            message_id = new_message_id(now_ms)
-            ids[item.subscriber_id] = message_id
-            message_rows.append(
-                {
-                    "id": message_id,
-                    "created_at": now,
-                    "source": message.source,
-                    "sender": message.sender,
-                    "header_from": message.header_from,
-                    "subject": message.subject,
-                    "size": len(message.content),
-                    "content": message.content,
-                    "eight_bit": message.eight_bit,
-                    "smtputf8": message.smtputf8,
-                    "requiretls": message.requiretls,
-                    "envid": message.envid,
-                    "ret": message.ret,
-                }
-            )
-            for rcpt in message.recipients:
-                delivery_rows.append(
-                    {
-                        "message_id": message_id,
-                        "recipient": rcpt.address,
-                        "domain": rcpt.domain.lower(),
-                        "status": QUEUED,
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                        "next_attempt_at": now,
-                        "expires_at": now + lifetime,
-                        "notify": rcpt.notify,
-                        "orcpt": rcpt.orcpt,
-                    }
-                )
-            event_rows.append(
-                {
-                    "at": now,
-                    "kind": QUEUED,
-                    "message_id": message_id,
-                    "delivery_id": None,
-                    "data": {"source": message.source, "recipients": len(message.recipients)},
-                }
-            )
+        sending = [item for item in outgoing if item.message is not None]
+        messages = [item.message for item in sending if item.message is not None]
+        message_ids, message_rows, delivery_rows, event_rows = injection_rows(
+            messages, now=now, lifetime=lifetime
+        )
+        ids = {item.subscriber_id: mid for item, mid in zip(sending, message_ids, strict=True)}
         if message_rows:
             for chunk in _chunks(message_rows, 500):
                 await conn.execute(insert(message_table), chunk)

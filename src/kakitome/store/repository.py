@@ -392,59 +392,9 @@ class Store:
         """As inject, for many messages in one transaction (a group commit)."""
         if not messages:
             return []
-        message_rows: list[dict[str, Any]] = []
-        delivery_rows: list[dict[str, Any]] = []
-        event_rows: list[dict[str, Any]] = []
-        ids: list[str] = []
-        now_ms = int(now * 1000)
-        expires = now + lifetime
-        for message in messages:
-            if not message.recipients:
-                raise InputError("a message needs at least one recipient")
-            message_id = new_message_id(now_ms)
-            ids.append(message_id)
-            message_rows.append(
-                {
-                    "id": message_id,
-                    "created_at": now,
-                    "source": message.source,
-                    "sender": message.sender,
-                    "header_from": message.header_from,
-                    "subject": message.subject,
-                    "size": len(message.content),
-                    "content": message.content,
-                    "eight_bit": message.eight_bit,
-                    "smtputf8": message.smtputf8,
-                    "requiretls": message.requiretls,
-                    "envid": message.envid,
-                    "ret": message.ret,
-                }
-            )
-            for rcpt in message.recipients:
-                delivery_rows.append(
-                    {
-                        "message_id": message_id,
-                        "recipient": rcpt.address,
-                        "domain": rcpt.domain.lower(),
-                        "status": QUEUED,
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                        "next_attempt_at": now,
-                        "expires_at": expires,
-                        "notify": rcpt.notify,
-                        "orcpt": rcpt.orcpt,
-                    }
-                )
-            event_rows.append(
-                {
-                    "at": now,
-                    "kind": QUEUED,
-                    "message_id": message_id,
-                    "delivery_id": None,
-                    "data": {"source": message.source, "recipients": len(message.recipients)},
-                }
-            )
+        ids, message_rows, delivery_rows, event_rows = injection_rows(
+            messages, now=now, lifetime=lifetime
+        )
         async with self._write() as conn:
             await conn.execute(insert(message_table), message_rows)
             await conn.execute(insert(deliveries), delivery_rows)
@@ -1116,3 +1066,70 @@ def _describe(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     text_ = str(original).strip().splitlines()
     return f"{type(original).__name__}: {text_[0] if text_ else ''}"
+
+
+InjectionRows = tuple[
+    list[str], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
+]
+
+
+def injection_rows(
+    messages: Sequence[NewMessage], *, now: float, lifetime: float
+) -> InjectionRows:
+    """The ids and the messages, deliveries and events rows that injecting ``messages``
+    writes (shared by ``Store.inject_many`` and stores that inject inside their own
+    transaction). Raises InputError for a message without recipients."""
+    message_rows: list[dict[str, Any]] = []
+    delivery_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    now_ms = int(now * 1000)
+    expires = now + lifetime
+    for message in messages:
+        if not message.recipients:
+            raise InputError("a message needs at least one recipient")
+        message_id = new_message_id(now_ms)
+        ids.append(message_id)
+        message_rows.append(
+            {
+                "id": message_id,
+                "created_at": now,
+                "source": message.source,
+                "sender": message.sender,
+                "header_from": message.header_from,
+                "subject": message.subject,
+                "size": len(message.content),
+                "content": message.content,
+                "eight_bit": message.eight_bit,
+                "smtputf8": message.smtputf8,
+                "requiretls": message.requiretls,
+                "envid": message.envid,
+                "ret": message.ret,
+            }
+        )
+        for rcpt in message.recipients:
+            delivery_rows.append(
+                {
+                    "message_id": message_id,
+                    "recipient": rcpt.address,
+                    "domain": rcpt.domain.lower(),
+                    "status": QUEUED,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                    "expires_at": expires,
+                    "notify": rcpt.notify,
+                    "orcpt": rcpt.orcpt,
+                }
+            )
+        event_rows.append(
+            {
+                "at": now,
+                "kind": QUEUED,
+                "message_id": message_id,
+                "delivery_id": None,
+                "data": {"source": message.source, "recipients": len(message.recipients)},
+            }
+        )
+    return ids, message_rows, delivery_rows, event_rows
