@@ -274,10 +274,12 @@ async def serve_async(
                 server.should_exit = True
                 await web
 
-            tasks.append(asyncio.create_task(run_web(), name="web"))
+            # The first key and login are made before the listener opens: once /healthz
+            # answers, start-up is over, and a database outage after that cannot end it.
             print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
             await ensure_first_api_key(store, out)
             await ensure_first_admin(store, out)
+            tasks.append(asyncio.create_task(run_web(), name="web"))
         if "smtp" in active:
             if "web" not in active:
                 signing = await DomainSigning.load(store, settings)

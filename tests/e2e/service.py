@@ -70,7 +70,8 @@ class ServiceProcess:
                     return self
             else:
                 try:
-                    if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    healthy = httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                    if healthy and any("Stop with Ctrl-C" in line for line in self.output):
                         return self
                 except httpx.HTTPError:
                     pass
