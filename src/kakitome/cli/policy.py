@@ -5,8 +5,9 @@ each, the level that delivery would use now and where every part came from: the 
 DANE (TLSA on DNSSEC-validated answers), MTA-STS (fetched or cached), the host's TLS
 history, or the default. It uses the same resolver, policy code and database (MTA-STS
 cache, history) as delivery, so what it prints is what the agent would do; discovering an
-MTA-STS policy stores it in the cache as delivery would. Exit 0 when it could resolve,
-1 when DNS or the database failed, 2 on bad input.
+MTA-STS policy stores it in the cache as delivery would. The explanation itself is
+``kakitome.tls.explain`` (shared with ``GET /api/v1/policy/{domain}``). Exit 0 when it
+could resolve, 1 when DNS or the database failed, 2 on bad input.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -34,29 +35,6 @@ ConfigOption = Annotated[
 ]
 
 
-async def explain_policy(settings: Settings, store: Store, domain: str) -> dict[str, Any]:
-    """The explanation as one JSON-ready document (also used by tests)."""
-    from kakitome.dns.resolver import Resolver, to_alabel
-    from kakitome.errors import DeliveryError
-    from kakitome.store.tls_store import TLSStore
-    from kakitome.tls.resolution import PolicyResolver
-
-    resolver = Resolver(settings.dns)
-    name = to_alabel(domain)
-    try:
-        mx = await resolver.resolve_mx(name)
-    except DeliveryError as exc:
-        return {"domain": name, "error": str(exc.reply), "hosts": []}
-    if mx.null_mx:
-        return {"domain": name, "null_mx": True, "hosts": []}
-    policy = await PolicyResolver(settings, resolver, TLSStore(store.engine)).resolve(name, mx)
-    document = policy.to_dict()
-    for host, entry in zip(mx.hosts, document["hosts"], strict=True):
-        entry["preference"] = host.preference
-        entry["addresses"] = list(host.addresses)
-    return document
-
-
 @policy_app.command("explain")
 def explain(
     domain: Annotated[str, typer.Argument(help="The destination domain, e.g. example.com.")],
@@ -67,7 +45,13 @@ def explain(
     from kakitome.cli.main import _emit_json, _run
 
     async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        return await explain_policy(settings, store, domain)
+        from kakitome.dns.resolver import Resolver
+        from kakitome.store.tls_store import TLSStore
+        from kakitome.tls.explain import explain_policy
+
+        return await explain_policy(
+            settings, Resolver(settings.dns), TLSStore(store.engine), domain
+        )
 
     result = _run(config, as_json, work)
     if as_json:

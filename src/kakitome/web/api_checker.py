@@ -114,10 +114,13 @@ def checker_api_router(settings: Settings, store: Store, clock: Callable[[], flo
     async def explain_policy(domain: DomainPath, key: ApiKeyInfo = can_read) -> PolicyOut:
         """For each MX of the destination: the TLS level delivery would use now, and
         where every part came from (table, DANE, MTA-STS, history, default)."""
-        from kakitome.cli.policy import explain_policy as explain
+        from kakitome.dns.resolver import Resolver
+        from kakitome.store.tls_store import TLSStore
+        from kakitome.tls.explain import explain_policy as explain
 
         name = _domain(domain)
-        document = await _bounded(explain(settings, store, name), EXPLAIN_TIMEOUT, "explain")
+        work = explain(settings, Resolver(settings.dns), TLSStore(store.engine), name)
+        document = await _bounded(work, EXPLAIN_TIMEOUT, "explain")
         return PolicyOut(**document)
 
     return router
