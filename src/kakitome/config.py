@@ -9,6 +9,10 @@ Sources, later ones winning:
    ``KAKITOME_DELIVERY__SMTP_PORT=2525``, ``KAKITOME_TLS__CA_FILE=/path/ca.pem``).
    Lists take comma-separated values or JSON; tables (such as ``tls.policy``) take JSON.
 
+A few keys may also be changed at run time from the web UI or the API: they are kept in
+the database (``kakitome.settings_overlay``, which lists them and says why those), and win
+over the file and the defaults but not over the environment.
+
 Nothing else in the code reads ``os.environ``: this module turns the environment into a
 ``Settings`` object, and everything else receives that object.
 """
@@ -27,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -501,9 +506,20 @@ class Settings(_Section):
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
+    # "section.key" names the environment set (load_settings): they win over the database
+    # overlay. And, on settings with that overlay applied (kakitome.settings_overlay), the
+    # settings from before it (defaults, file, environment), so the overlay can be re-applied.
+    _env_keys: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    _before_overlay: Settings | None = PrivateAttr(default=None)
+
     @property
     def data_dir(self) -> Path:
         return Path(self.paths.data_dir)
+
+    @property
+    def env_keys(self) -> frozenset[str]:
+        """The ``section.key`` names set by ``KAKITOME_<SECTION>__<KEY>`` variables."""
+        return self._env_keys
 
 
 def _split_list(value: Any) -> Any:
@@ -566,9 +582,14 @@ def load_settings(
             raise ConfigError(f"settings file not found: {file}") from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{file}: {exc}") from exc
-    data = _merge(data, _env_overrides(env))
+    overrides = _env_overrides(env)
+    data = _merge(data, overrides)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
+        settings._env_keys = frozenset(
+            f"{section}.{key}" for section, keys in overrides.items() for key in keys
+        )
+        return settings
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

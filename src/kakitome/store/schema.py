@@ -122,6 +122,7 @@ from kakitome.store import (  # noqa: E402, F401
     schema_inbound,
     schema_lists,
     schema_scale,
+    schema_settings,
     schema_tls,
     schema_web,
     schema_webhooks,
