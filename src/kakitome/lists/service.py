@@ -142,6 +142,26 @@ class ListService:
         values["created_at"] = self._clock()
         return await self._db.create_list(values)
 
+    async def update_list(self, ref: ListRef, **changes: Any) -> MailingList:
+        """Change a list's settings: any field of ``NewList`` but ``name`` (title,
+        description, opt_in, sender identity, time zone, quiet hours, encoding,
+        mail_domain); fields not given keep their value. Validated as ``create_list``
+        validates (InputError; nothing is written then). The name cannot change: it is in
+        the mailto unsubscribe addresses of mail already sent."""
+        current = await self.get_list(ref)
+        if "name" in changes and changes["name"] != current.name:
+            raise InputError("a list's name cannot change (mail already sent refers to it)")
+        unknown = set(changes) - _LIST_FIELDS
+        if unknown:
+            raise InputError(f"lists have no field {', '.join(sorted(unknown))}")
+        fields = {name: getattr(current, name) for name in _LIST_FIELDS}
+        values = _check_new_list(NewList(**{**fields, **changes}))
+        values.pop("name")
+        updated = await self._db.update_list(current.id, values)
+        if updated is None:
+            raise NotFound(f"no list {ref!r}")
+        return updated
+
     async def get_list(self, ref: ListRef) -> MailingList:
         """The list by id or name; NotFound otherwise."""
         found = await self._db.get_list(ref)
@@ -543,6 +563,27 @@ class ListService:
         list_id = None if list_ref is None else (await self.get_list(list_ref)).id
         return await self._db.save_segment(name, text, list_id, self._clock())
 
+    async def update_segment(
+        self,
+        ref: int | str,
+        name: str,
+        expression: str | Mapping[str, Any],
+        *,
+        list_ref: ListRef | None = None,
+    ) -> Segment:
+        """Replace a saved segment's name, expression and list, keeping its id (campaigns
+        name segments; they keep working). Checked as ``save_segment`` checks; nothing
+        changes when it fails. NotFound for an unknown segment."""
+        current = await self.get_segment(ref)
+        if not _SEGMENT_NAME.fullmatch(name):
+            raise InputError("a segment name has 1-64 letters, digits, '_' or '-'")
+        text = await self.check_segment(expression, list_ref=list_ref)
+        list_id = None if list_ref is None else (await self.get_list(list_ref)).id
+        updated = await self._db.update_segment(current.id, name, text, list_id)
+        if updated is None:
+            raise NotFound(f"no segment {ref!r}")
+        return updated
+
     async def segments(self) -> list[Segment]:
         """All saved segments, by name."""
         return await self._db.all_segments()
@@ -934,6 +975,7 @@ class ListService:
         return ListMailResult(action, mailing_list.name, mailbox.address)
 
 
+_LIST_FIELDS = frozenset(NewList.__slots__)
 _LIST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,22}[a-z0-9])?")
 _SEGMENT_NAME = re.compile(r"[\w\-]{1,64}")
 _HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")

@@ -136,6 +136,17 @@ class ListsStore:
         assert found is not None
         return found
 
+    async def update_list(self, list_id: int, values: Mapping[str, Any]) -> MailingList | None:
+        """Set the given columns of a list; the list as now stored, None when it is gone."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(mailing_lists).where(mailing_lists.c.id == list_id).values(**values)
+            )
+            row = (
+                await conn.execute(select(mailing_lists).where(mailing_lists.c.id == list_id))
+            ).first()
+        return _list(row) if row is not None else None
+
     async def get_list(self, ref: int | str) -> MailingList | None:
         column = mailing_lists.c.id if isinstance(ref, int) else mailing_lists.c.name
         async with self._read() as conn:
@@ -596,6 +607,24 @@ class ListsStore:
         except IntegrityError:
             raise InputError(f"a segment named {name!r} exists already") from None
         return Segment(segment_id, name, expression, list_id, now)
+
+    async def update_segment(
+        self, segment_id: int, name: str, expression: str, list_id: int | None
+    ) -> Segment | None:
+        """Change a segment in place (same id); None when there is no such segment."""
+        try:
+            async with self._write() as conn:
+                await conn.execute(
+                    update(segments)
+                    .where(segments.c.id == segment_id)
+                    .values(name=name, expression=expression, list_id=list_id)
+                )
+                row = (
+                    await conn.execute(select(segments).where(segments.c.id == segment_id))
+                ).first()
+        except IntegrityError:
+            raise InputError(f"a segment named {name!r} exists already") from None
+        return _segment(row) if row is not None else None
 
     async def get_segment(self, ref: int | str) -> Segment | None:
         column = segments.c.id if isinstance(ref, int) else segments.c.name

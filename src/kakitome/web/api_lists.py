@@ -4,7 +4,7 @@ Scopes (every route needs a key; ``admin`` includes the others):
 
 - ``read``: every GET (lists, members, segment counts, CSV export);
 - ``send``: subscribers and segments (add, update, delete, import CSV);
-- ``admin``: lists themselves (create, delete) - they carry the sender identity.
+- ``admin``: lists themselves (create, update, delete) - they carry the sender identity.
 
 Pagination, the same on every collection of the API v1 resources: ``limit`` (1-500),
 then either ``cursor`` (the ``next`` of the previous page) or ``offset``; the answer is
@@ -112,6 +112,29 @@ class ListIn(Model):
     quiet_end: HHMM | None = None
     encoding: Literal["utf-8", "iso-2022-jp"] = "utf-8"
     mail_domain: Text | None = Field(default=None, max_length=255)
+
+
+class ListUpdate(Model):
+    """The fields to change (the others keep their value); ``name`` cannot change.
+    ``quiet_start``/``quiet_end``/``mail_domain`` may be set to null (no quiet hours, no
+    mail domain); the other fields may not."""
+
+    title: Text | None = Field(default=None, max_length=255)
+    description: Text | None = Field(default=None, max_length=5000)
+    opt_in: Literal["single", "double"] | None = None
+    from_name: Text | None = Field(default=None, max_length=255)
+    from_address: Text | None = Field(default=None, max_length=320)
+    reply_to: Text | None = Field(default=None, max_length=320)
+    sender_organization: Text | None = Field(default=None, max_length=255)
+    sender_postal_address: Text | None = Field(default=None, max_length=1000)
+    time_zone: Text | None = Field(default=None, max_length=64)
+    quiet_start: HHMM | None = None
+    quiet_end: HHMM | None = None
+    encoding: Literal["utf-8", "iso-2022-jp"] | None = None
+    mail_domain: Text | None = Field(default=None, max_length=255)
+
+
+_NULLABLE = frozenset({"quiet_start", "quiet_end", "mail_domain"})
 
 
 class ListOut(BaseModel):
@@ -278,6 +301,17 @@ def lists_api_router(
         """One list with its member counts per status."""
         found = await lists.get_list(list_id)
         return list_out(found, await lists.count_members(found.id))
+
+    @router.patch("/lists/{list_id}", response_model=ListOut)
+    async def update_list(list_id: Id, body: ListUpdate, key: ApiKeyInfo = can_admin) -> ListOut:
+        """Change a list's settings (validated as on create; 422 and nothing changed when
+        a field is invalid). The name cannot change."""
+        changes = body.model_dump(exclude_unset=True)
+        null = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
+        if null:
+            raise InputError(f"{', '.join(null)} cannot be null")
+        updated = await lists.update_list(list_id, **changes)
+        return list_out(updated, await lists.count_members(updated.id))
 
     @router.delete("/lists/{list_id}", status_code=204)
     async def delete_list(list_id: Id, key: ApiKeyInfo = can_admin) -> None:
@@ -455,16 +489,12 @@ def lists_api_router(
     async def replace_segment(
         segment_id: Id, body: SegmentIn, key: ApiKeyInfo = can_send
     ) -> SegmentOut:
-        """Replace a segment's expression (and name)."""
-        current = await lists.get_segment(segment_id)
-        await lists.check_segment(body.expression, list_ref=body.list_id)
-        await lists.remove_segment(current.id)
-        try:
-            saved = await lists.save_segment(body.name, body.expression, list_ref=body.list_id)
-        except InputError:
-            await lists.save_segment(current.name, current.expression, list_ref=current.list_id)
-            raise
-        return segment_out(saved)
+        """Replace a segment's name, expression and list, in place: the id stays (422 and
+        nothing changed when the expression is invalid or the name is taken)."""
+        updated = await lists.update_segment(
+            segment_id, body.name, body.expression, list_ref=body.list_id
+        )
+        return segment_out(updated)
 
     @router.delete("/segments/{segment_id}", status_code=204)
     async def delete_segment(segment_id: Id, key: ApiKeyInfo = can_send) -> None:

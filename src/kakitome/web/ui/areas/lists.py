@@ -14,9 +14,10 @@ What it trusts: nothing from the form before validation by ``ListService``; uplo
 limited to ``MAX_IMPORT_BYTES``; import jobs live in memory (one process) and are
 forgotten ``JOB_TTL`` seconds after they end.
 
-Departures: ``ListService`` has no "update list", "update subscriber" or "search
-members" yet, so this module does those three with short SQLAlchemy Core statements on
-the lists tables (validated with the service's own checks). They belong in the service.
+Departures: ``ListService`` has no "update subscriber" or "search members" yet, so this
+module does those two with short SQLAlchemy Core statements on the lists tables
+(validated with the service's own checks). They belong in the service. Editing a list
+goes through ``ListService.update_list``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import json
 import secrets
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -48,10 +49,10 @@ from kakitome.lists.model import (
     NewList,
     OptIn,
 )
-from kakitome.lists.service import ListService, _check_attributes, _check_new_list
+from kakitome.lists.service import ListService, _check_attributes
 from kakitome.store.lists_store import _member
 from kakitome.store.repository import Store
-from kakitome.store.schema_lists import list_members, mailing_lists, subscribers
+from kakitome.store.schema_lists import list_members, subscribers
 from kakitome.web.ui.context import CSRF_FIELD, UI, Forbidden, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -187,15 +188,6 @@ async def search_members(
     async with ui.store.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [_member(r) for r in rows]
-
-
-async def update_list(ui: UI, current: MailingList, spec: NewList) -> None:
-    values = _check_new_list(spec)
-    values.pop("name")
-    async with ui.store.engine.begin() as conn:
-        await conn.execute(
-            update(mailing_lists).where(mailing_lists.c.id == current.id).values(**values)
-        )
 
 
 async def update_subscriber(
@@ -339,7 +331,7 @@ def router(ui: UI) -> APIRouter:
         if found is None:
             return not_found(ui, request, viewer)
         try:
-            await update_list(ui, found, spec_from(form, found.name))
+            await list_service(ui).update_list(found.id, **asdict(spec_from(form, found.name)))
         except InputError as exc:
             return await detail_page(request, viewer, found, 422, error=str(exc))
         return ui.redirect(f"/ui/lists/{list_id}?done=saved")
