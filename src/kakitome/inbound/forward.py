@@ -5,6 +5,8 @@ of the message as received (``Content-Type: message/rfc822``), plus our trace fi
 Trusts: only a 2xx reply as "taken". Limits: one POST at a time per process,
 ``inbound.forward_timeout`` each; retries back off from one minute, doubling, up to
 ``inbound.forward_attempts`` attempts, then the message is marked ``failed`` (kept).
+Routes and attempts are read at each round from ``current()`` when given (settings
+changed at run time), else from the settings given at start.
 
 Signature (so the endpoint can tell the POST is ours and fresh):
 ``Kakitome-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``, and
@@ -65,16 +67,25 @@ class Forwarder:
         *,
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
+        current: Callable[[], InboundSettings] | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
         self._client = client
+        self._current = current
         self._routes = {r.match: r for r in settings.routes if r.action == "forward"}
+
+    def _refresh(self) -> None:
+        if self._current is not None:
+            settings = self._current()
+            if settings is not self._settings:
+                self._settings = settings
+                self._routes = {r.match: r for r in settings.routes if r.action == "forward"}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Forward what is due until ``stop``."""
-        if not self._routes:
+        if not self._routes and self._current is None:
             await stop.wait()
             return
         while not stop.is_set():
@@ -84,6 +95,9 @@ class Forwarder:
                 await asyncio.wait_for(stop.wait(), POLL)
 
     async def run_once(self) -> int:
+        self._refresh()
+        if not self._routes:
+            return 0
         due = await self._store.due_forwards(now=self._clock())
         if not due:
             return 0

@@ -15,6 +15,10 @@ The MX takes mail only for (never an open relay):
   ``reject`` refuses at RCPT, ``hold`` and ``forward`` accept. With no route, mail for an
   inbound domain is held.
 
+Domains and routes are read per recipient from ``current()`` when the service passes it
+(``LiveSettings``: settings changed in the UI or the API apply to the next RCPT, without a
+restart); otherwise from the settings given at start.
+
 Anything else gets 550 5.7.1 (relaying denied). Submission (587/465) takes any recipient
 from an authenticated client, and nothing from anyone else (aiosmtpd's ``auth_required``).
 """
@@ -107,8 +111,10 @@ class InboundPolicy:
         is_return_path: Callable[[str], Awaitable[bool]],
         is_list_address: Callable[[str, str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        current: Callable[[], InboundSettings] | None = None,
     ) -> None:
         self._settings = settings
+        self._current = current
         self._is_return_path = is_return_path
         # (local part, domain) -> is it a list's address? (ListService.is_list_address)
         self._is_list_address = is_list_address
@@ -119,7 +125,18 @@ class InboundPolicy:
         self._domains = set(settings.domains)
         self._return_path_domains = set(settings.return_path_domains)
 
+    def _refresh(self) -> InboundSettings:
+        """The settings in force now (the domain sets are rebuilt when they changed)."""
+        if self._current is not None:
+            settings = self._current()
+            if settings is not self._settings:
+                self._settings = settings
+                self._domains = set(settings.domains)
+                self._return_path_domains = set(settings.return_path_domains)
+        return self._settings
+
     async def check_recipient(self, address: str) -> RecipientDecision:
+        settings = self._refresh()
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if not domain:
             return RecipientDecision(NO_SUCH_USER)
@@ -133,7 +150,7 @@ class InboundPolicy:
             if local and await self._list_address(local, domain):
                 return RecipientDecision(Verdict.accept(), RecipientClass.LIST)
         if domain in self._domains:
-            route = match_route(self._settings.routes, address) or HOLD_ROUTE
+            route = match_route(settings.routes, address) or HOLD_ROUTE
             if route.action == "reject":
                 return RecipientDecision(NO_SUCH_USER, RecipientClass.ROUTE, route)
             return RecipientDecision(Verdict.accept(), RecipientClass.ROUTE, route)

@@ -10,6 +10,10 @@ without restart) and one connection tracker (``max_connections``, and
 ``SO_REUSEPORT`` where the system has it, so several ``serve --role smtp`` processes of
 the same user can serve the same ports, one core each (each with its own group commit).
 
+Routes and inbound domains may change while the listeners run (the settings overlay,
+``kakitome.settings_overlay``): the policy and the forwarder read them from ``live``, which
+``serve`` reloads for the process, or the service itself every ``RELOAD_INTERVAL`` seconds.
+
 Talks to: clients on the listening sockets; the database (``InboundStore``, the injector);
 DNS for SPF/DKIM/DMARC of MX mail; HTTP endpoints of forward routes (``forward.py``).
 """
@@ -27,8 +31,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from kakitome.config import Settings
+from kakitome.config import InboundSettings, Settings
 from kakitome.domains.repository import DomainRepository
+from kakitome.errors import StorageError
 from kakitome.inbound.forward import Forwarder
 from kakitome.inbound.handler import GroupCommit, MXHandler, SubmissionHandler
 from kakitome.inbound.headers import auth_lookup
@@ -40,8 +45,10 @@ from kakitome.inbound.tls import CertificateSource, ensure_certificate
 from kakitome.inbound.users import Authenticator, AuthGuard
 from kakitome.injection import Injector
 from kakitome.lists import ListService
+from kakitome.settings_overlay import LiveSettings
 from kakitome.store.inbound_store import InboundStore, NewInbound
 from kakitome.store.repository import Store
+from kakitome.store.settings_store import SettingsStore
 from kakitome.suppression import Thresholds
 
 __all__ = ["InboundService"]
@@ -91,10 +98,17 @@ class InboundService:
     guard: AuthGuard = field(init=False)
     ports: dict[str, int] = field(default_factory=dict)
     _servers: list[_Bound] = field(default_factory=list)
+    # The settings changed at run time (routes, domains): given by `serve`, which reloads
+    # them for the whole process; else the service reloads them itself while it runs.
+    live: LiveSettings | None = None
     _forwarder_task: asyncio.Task[None] | None = None
+    _reload_task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self._own_live = self.live is None
+        if self.live is None:
+            self.live = LiveSettings(self.settings, SettingsStore(self.store.engine))
         inbound = self.settings.inbound
         self.hostname = inbound.hostname or self.settings.delivery.helo_hostname
         self.inbound_store = InboundStore(self.store.engine, Thresholds.from_settings(inbound))
@@ -124,7 +138,10 @@ class InboundService:
             authserv_id=inbound.authserv_id or self.hostname,
             max_recipients=inbound.max_recipients,
             policy=InboundPolicy(
-                inbound, self.inbound_store.is_return_path, self.lists.is_list_address
+                inbound,
+                self.inbound_store.is_return_path,
+                self.lists.is_list_address,
+                current=self._current_inbound,
             ),
             processor=MXProcessor(self.inbound_store, inbound, self.lists.handle_list_mail),
             commit=self.commit,
@@ -139,6 +156,10 @@ class InboundService:
             senders=SendingDomains(self._sending_domain_names),
             clock=self.clock,
         )
+
+    def _current_inbound(self) -> InboundSettings:
+        assert self.live is not None
+        return self.live.current.inbound
 
     async def _sending_domain_names(self) -> list[str]:
         return [row.name for row in await DomainRepository(self.store).all()]
@@ -224,7 +245,14 @@ class InboundService:
         except BaseException:
             await self.stop()
             raise
-        forwarder = Forwarder(self.inbound_store, inbound, clock=self.clock)
+        if self._own_live:
+            assert self.live is not None
+            with contextlib.suppress(StorageError):
+                await self.live.refresh()
+            self._reload_task = asyncio.create_task(self.live.run(self._stop), name="settings")
+        forwarder = Forwarder(
+            self.inbound_store, inbound, clock=self.clock, current=self._current_inbound
+        )
         self._forwarder_task = asyncio.create_task(forwarder.run(self._stop), name="forwarder")
 
     async def stop(self) -> None:
@@ -241,3 +269,7 @@ class InboundService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._forwarder_task, 10)
             self._forwarder_task = None
+        if self._reload_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reload_task, 10)
+            self._reload_task = None
