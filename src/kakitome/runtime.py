@@ -16,6 +16,13 @@ the process. The process's delivery metrics are served by the web role's ``/metr
 when ``scale.metrics_port`` is set, on that port (for worker-only processes). Logging is
 configured from ``log.format`` and ``log.level`` before anything starts.
 
+Settings changed at run time (``kakitome.settings_overlay``): at start the database
+overlay is applied to the settings from file and environment, and a ``settings`` task
+re-reads it every few seconds. The MX takes the new routes and domains for the next RCPT;
+the delivery agent and its pool take the TLS policy, stripping and per-destination
+concurrency for the next batch; everything else built at start keeps what it was given
+(those keys are marked "at next start" in the UI and the API).
+
 Several SMTP processes (``inbound.processes`` > 1, "auto": one per CPU): after its own
 listeners are bound, the process with the ``smtp`` role starts ``processes - 1`` children
 that run the ``smtp`` role only and bind the same ports (``SO_REUSEPORT``; the kernel
@@ -44,6 +51,7 @@ from typing import TYPE_CHECKING, TextIO
 import structlog
 
 from kakitome.config import Settings
+from kakitome.errors import StorageError
 from kakitome.store.repository import Store
 
 if TYPE_CHECKING:
@@ -180,7 +188,9 @@ async def serve_async(
     from kakitome.inbound.server import InboundService
     from kakitome.injection import Injector
     from kakitome.metrics import DeliveryMetrics, serve_metrics
+    from kakitome.settings_overlay import LiveSettings
     from kakitome.store.inbound_store import InboundStore
+    from kakitome.store.settings_store import SettingsStore
     from kakitome.store.shaping_store import ShapingStore
     from kakitome.store.tls_store import TLSStore
     from kakitome.web.app import create_app
@@ -194,6 +204,11 @@ async def serve_async(
         raise SystemExit(f"unknown role(s): {', '.join(sorted(unknown))}")
 
     store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
+    # The database overlay over file and defaults (under the environment), reloaded below.
+    live = LiveSettings(settings, SettingsStore(store.engine))
+    with contextlib.suppress(StorageError):
+        await live.refresh()
+    base, settings = settings, live.current
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,6 +226,7 @@ async def serve_async(
     metrics = DeliveryMetrics()
     stop_metrics = None
     try:
+        tasks.append(asyncio.create_task(live.run(stop), name="settings"))
         if "worker" in active:
             if settings.database.url.startswith("sqlite"):
                 released = await store.release_leases(None)
@@ -230,6 +246,13 @@ async def serve_async(
             metrics = DeliveryMetrics(shaper.site_of_host)
             metrics.watch_shaping(shaper.status)
             agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store, shaping=shaper)
+
+            def agent_follows(new: Settings) -> None:
+                agent.settings = new
+                agent.policies.settings = new
+                agent.pool.settings = new.delivery
+
+            live.subscribe(agent_follows)
             tlsrpt = tlsrpt_task(settings, store, tls_store, resolver, stop)
             tasks.append(asyncio.create_task(tlsrpt, name="tlsrpt"))
             suppression = InboundStore(store.engine)
@@ -286,12 +309,12 @@ async def serve_async(
                 refresh = signing.run_refresh(store, stop)
                 tasks.append(asyncio.create_task(refresh, name="dkim-keys"))
             submit = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
-            inbound = InboundService(settings, store, submit)
+            inbound = InboundService(settings, store, submit, live=live)
             await inbound.start()
             if child and inbound._forwarder_task is not None:
                 inbound._forwarder_task.cancel()  # the parent's forwarder forwards for all
             elif settings.inbound.processes > 1:
-                children = _start_smtp_children(settings, inbound.ports)
+                children = _start_smtp_children(base, inbound.ports)  # they reload too
             ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
             print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
         if settings.scale.metrics_port and "web" not in active:
