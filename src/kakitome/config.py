@@ -186,6 +186,9 @@ class HTTPSettings(_Section):
     port: int = Field(default=8025, ge=0, le=65535)
     # The address people use to reach the service (links in mail, printed URL).
     public_url: str | None = None
+    # Messages in one POST /api/v1/messages/batch: all are checked, then committed in one
+    # transaction; a batch is read whole into memory, so this bounds a request's size.
+    max_batch_messages: int = Field(default=500, ge=1, le=10_000)
 
 
 class LogSettings(_Section):

@@ -10,12 +10,14 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from kakitome.config import Settings
+from kakitome.errors import InputError
 from kakitome.injection import Injector
 from kakitome.message import Attachment
 from kakitome.receipts import receipt_to_dict
 from kakitome.store.repository import ApiKeyInfo, NewMessage, Store
 from kakitome.web.auth import require_scope
-from kakitome.web.errors import ApiError
+from kakitome.web.errors import ApiError, input_error_status
 
 
 class _Model(BaseModel):
@@ -56,6 +58,18 @@ class MessageIn(_Model):
 class Accepted(BaseModel):
     id: str
     recipients: int
+
+
+class BatchIn(_Model):
+    """Up to ``http.max_batch_messages`` messages, each as for POST /messages."""
+
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class BatchAccepted(BaseModel):
+    """One entry per message, in the order given."""
+
+    messages: list[Accepted]
 
 
 def _b64(value: str, what: str) -> bytes:
@@ -117,7 +131,27 @@ def _prepare(injector: Injector, body: MessageIn) -> NewMessage:
     )
 
 
-def api_router(store: Store, injector: Injector, clock: Callable[[], float]) -> APIRouter:
+def _prepare_batch(injector: Injector, bodies: list[MessageIn]) -> list[NewMessage]:
+    """Every message of a batch prepared, or the first one's error naming its index (and
+    nothing queued)."""
+    prepared: list[NewMessage] = []
+    for index, body in enumerate(bodies):
+        try:
+            message = _prepare(injector, body)
+            if not message.recipients:
+                raise InputError("a message needs at least one recipient")
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"messages[{index}]: {exc.message}") from exc
+        except InputError as exc:
+            status, code = input_error_status(exc)
+            raise ApiError(status, code, f"messages[{index}]: {exc}") from exc
+        prepared.append(message)
+    return prepared
+
+
+def api_router(
+    store: Store, injector: Injector, clock: Callable[[], float], settings: Settings
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     # Dependencies as defaults, not Annotated: with postponed annotations FastAPI could not
     # see these closure variables.
@@ -130,6 +164,27 @@ def api_router(store: Store, injector: Injector, clock: Callable[[], float]) -> 
         message = _prepare(injector, body)
         message_id = await injector.submit(message)
         return Accepted(id=message_id, recipients=len(message.recipients))
+
+    @router.post("/messages/batch", status_code=202, response_model=BatchAccepted)
+    async def submit_batch(body: BatchIn, key: ApiKeyInfo = can_send) -> BatchAccepted:
+        """Queue many messages in one request: all are checked first (an error names the
+        message's index and nothing is queued), then committed together. 202 means every
+        one is committed and will be delivered."""
+        limit = settings.http.max_batch_messages
+        if len(body.messages) > limit:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"{len(body.messages):,} messages in one batch; the limit is {limit:,}",
+            )
+        messages = _prepare_batch(injector, body.messages)
+        ids = await injector.submit_many(messages)
+        return BatchAccepted(
+            messages=[
+                Accepted(id=i, recipients=len(m.recipients))
+                for i, m in zip(ids, messages, strict=True)
+            ]
+        )
 
     @router.get("/messages/{message_id}")
     async def get_receipt(message_id: str, key: ApiKeyInfo = can_read) -> Any:

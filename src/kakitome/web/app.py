@@ -40,7 +40,7 @@ def create_app(
     app = FastAPI(title="Kakitome", version="0.1.0", docs_url="/api/docs", redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=body_limit(settings))
-    app.include_router(api_router(store, injector, clock))
+    app.include_router(api_router(store, injector, clock, settings))
     app.include_router(tracking_router(settings, store, clock))
     app.include_router(public_router(settings, store, injector, clock))
     app.include_router(admin_api_router(store, clock))

@@ -37,6 +37,17 @@ def error_response(
     )
 
 
+def input_error_status(exc: InputError) -> tuple[int, str]:
+    """The HTTP status and error code of an input error."""
+    if isinstance(exc, MessageTooLarge):
+        return 413, "message_too_large"
+    if isinstance(exc, AddressError):
+        return 422, "invalid_address"
+    if isinstance(exc, MessageError):
+        return 422, "invalid_message"
+    return 422, "invalid_input"
+
+
 def _location(loc: Any) -> str:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or "body"
@@ -58,13 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_request", problems or "invalid request")
 
     async def input_error(_: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, MessageTooLarge):
-            return error_response(413, "message_too_large", str(exc))
-        if isinstance(exc, AddressError):
-            return error_response(422, "invalid_address", str(exc))
-        if isinstance(exc, MessageError):
-            return error_response(422, "invalid_message", str(exc))
-        return error_response(422, "invalid_input", str(exc))
+        assert isinstance(exc, InputError)
+        return error_response(*input_error_status(exc), str(exc))
 
     async def not_found(_: Request, exc: Exception) -> JSONResponse:
         return error_response(404, "not_found", str(exc) or "not found")
