@@ -61,6 +61,7 @@ __all__ = [
     "EDITABLE",
     "REDACTED",
     "RELOAD_INTERVAL",
+    "ROUTES",
     "Editable",
     "LiveSettings",
     "Problem",
@@ -73,6 +74,7 @@ __all__ = [
     "plain",
     "redact",
     "validate_changes",
+    "validate_resets",
 ]
 
 log = structlog.get_logger("kakitome.settings")
@@ -258,6 +260,25 @@ def _validate_key(base: Settings, key: str, value: Any) -> Any:
     return result
 
 
+def _key_problem(base: Settings, key: str) -> Problem | None:
+    if key not in EDITABLE:
+        return Problem(key, key, "not_editable", "this setting cannot be changed at run time")
+    if key in base.env_keys:
+        return Problem(
+            key, key, "set_by_environment", "set by the environment, which wins; change it there"
+        )
+    return None
+
+
+def validate_resets(settings: Settings, keys: list[str]) -> None:
+    """Check that each key may be reset (editable, not set by the environment); raises
+    SettingsInvalid otherwise."""
+    base = before_overlay(settings)
+    problems = [p for p in (_key_problem(base, key) for key in keys) if p is not None]
+    if problems:
+        raise SettingsInvalid(problems)
+
+
 def validate_changes(settings: Settings, changes: Mapping[str, Any]) -> dict[str, Any]:
     """Check ``{"section.key": value}`` against the whitelist, the environment and the
     models; return the values to store (JSON-ready, normalised). Raises SettingsInvalid
@@ -266,20 +287,9 @@ def validate_changes(settings: Settings, changes: Mapping[str, Any]) -> dict[str
     out: dict[str, Any] = {}
     problems: list[Problem] = []
     for key, value in changes.items():
-        if key not in EDITABLE:
-            problems.append(
-                Problem(key, key, "not_editable", "this setting cannot be changed at run time")
-            )
-            continue
-        if key in base.env_keys:
-            problems.append(
-                Problem(
-                    key,
-                    key,
-                    "set_by_environment",
-                    "set by the environment, which wins; change it there",
-                )
-            )
+        problem = _key_problem(base, key)
+        if problem is not None:
+            problems.append(problem)
             continue
         try:
             out[key] = plain(_validate_key(base, key, value))
