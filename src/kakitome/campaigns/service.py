@@ -84,6 +84,8 @@ __all__ = ["CampaignService", "Preview", "RunReport"]
 
 log = structlog.get_logger("kakitome.campaigns")
 
+SEQUENCE_STATUSES = ("active", "paused")
+
 Clock = Callable[[], float]
 
 EDITABLE = ("draft", "scheduled")
@@ -220,6 +222,43 @@ class CampaignService:
 
     async def get(self, ref: int | str) -> CampaignRow:
         return await self._db.get_campaign(ref)
+
+    async def campaigns(self, *, status: str | None = None) -> list[CampaignRow]:
+        """Every campaign (of one status), oldest first."""
+        rows = await self._db.campaigns()
+        return [r for r in rows if status is None or r.status == status]
+
+    async def update(self, ref: int | str, **values: Any) -> CampaignRow:
+        """Edit a draft or scheduled campaign: name, subject, body, body_format, text,
+        segment, expression, tracking, footer. The result is compiled and checked against
+        the list first (as ``create``); a broken edit leaves the campaign as it was."""
+        row = await self._db.get_campaign(ref)
+        for name in ("name", "subject", "body", "body_format", "tracking", "footer"):
+            if name in values and values[name] is None:
+                raise InputError(f"{name} cannot be null")
+        if not values:
+            return row
+        merged = {**row.to_dict(), **values}
+        if merged["body_format"] not in BODY_FORMATS:
+            raise InputError(f"unknown body format {merged['body_format']!r}")
+        compiled = compile_template(
+            TemplateSource(merged["subject"], merged["body"], merged["body_format"], merged["text"])
+        )
+        mailing_list = await self._lists.get_list(row.list_id)
+        check_mailing(
+            compiled,
+            mailing_list,
+            Mailing("campaign", row.id, merged["name"], footer=merged["footer"]),
+        )
+        return await self._db.update_campaign(row.id, now=self._clock(), **values)
+
+    async def delete(self, ref: int | str) -> None:
+        """Delete a draft or cancelled campaign; InputError otherwise (cancel it first)."""
+        row = await self._db.get_campaign(ref)
+        if not await self._db.delete_campaign(row.id):
+            raise InputError(
+                f"campaign {row.name!r} is {row.status}; only a draft or cancelled one is deleted"
+            )
 
     async def save_template(
         self, name: str, *, subject: str, body: str, body_format: str = "html",
@@ -522,6 +561,72 @@ class CampaignService:
             footer=footer,
             now=self._clock(),
         )
+
+    async def sequences(self) -> list[SequenceRow]:
+        """Every sequence, oldest first."""
+        return await self._db.sequences()
+
+    async def get_sequence(self, ref: int | str) -> SequenceRow:
+        """A sequence by id or name; NotFound otherwise."""
+        return await self._db.get_sequence(ref)
+
+    async def steps(self, sequence_ref: int | str) -> list[StepRow]:
+        """The sequence's steps (not removed), in order."""
+        sequence = await self._db.get_sequence(sequence_ref)
+        return await self._db.steps(sequence.id)
+
+    async def step(self, sequence_ref: int | str, step_id: int) -> StepRow:
+        """One step of the sequence; NotFound when it is not (or no longer) one of them."""
+        sequence = await self._db.get_sequence(sequence_ref)
+        missing = NotFound(f"no step {step_id} in sequence {sequence_ref}")
+        try:
+            step = await self._db.get_step(step_id)
+        except NotFound:
+            raise missing from None
+        if step.sequence_id != sequence.id:
+            raise missing
+        return step
+
+    async def update_sequence(
+        self,
+        ref: int | str,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        tracking: bool | None = None,
+        footer: bool | None = None,
+    ) -> SequenceRow:
+        """Rename, pause (``status="paused"``) or reactivate (``"active"``: steps that
+        fell due meanwhile go out at the next pass), or change tracking or footer. Turning
+        the footer off is refused while a step's body lacks ``{{ unsubscribe_url }}``."""
+        sequence = await self._db.get_sequence(ref)
+        values: dict[str, Any] = {}
+        if name is not None:
+            if not name.strip() or len(name) > 200:
+                raise InputError("a sequence name has 1-200 characters")
+            values["name"] = name
+        if status is not None:
+            if status not in SEQUENCE_STATUSES:
+                raise InputError(f"status must be one of {', '.join(SEQUENCE_STATUSES)}")
+            values["status"] = status
+        if tracking is not None:
+            values["tracking"] = tracking
+        if footer is not None:
+            values["footer"] = footer
+            mailing_list = await self._lists.get_list(sequence.list_id)
+            mailing = Mailing("step", 0, values.get("name", sequence.name), footer=footer)
+            for step in await self._db.steps(sequence.id):
+                check_mailing(compile_template(_source(step)), mailing_list, mailing)
+        if not values:
+            return sequence
+        return await self._db.update_sequence(sequence.id, now=self._clock(), **values)
+
+    async def remove_sequence(self, ref: int | str) -> None:
+        """Delete a sequence, its steps and their send records; messages already queued
+        stay queued. NotFound for an unknown sequence."""
+        sequence = await self._db.get_sequence(ref)
+        if not await self._db.delete_sequence(sequence.id):
+            raise NotFound(f"no sequence {ref!r}")
 
     async def add_step(self, sequence_ref: int | str, step: NewStep) -> StepRow:
         """Add a step (checked first). ``delay_days`` after confirmation, at

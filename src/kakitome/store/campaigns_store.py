@@ -544,6 +544,40 @@ class CampaignStore:
                 .values(status=status, updated_at=now)
             )
 
+    async def update_sequence(self, sequence_id: int, *, now: float, **values: Any) -> SequenceRow:
+        """Change a sequence's name, status (``active``/``paused``), tracking or footer;
+        NotFound when it is gone, InputError for a name already taken."""
+        unknown = set(values) - {"name", "status", "tracking", "footer"}
+        if unknown:
+            raise InputError(f"cannot change {', '.join(sorted(unknown))} of a sequence")
+        try:
+            async with self._write() as conn:
+                await conn.execute(
+                    update(sequences)
+                    .where(sequences.c.id == sequence_id)
+                    .values(updated_at=now, **values)
+                )
+                row = (
+                    await conn.execute(select(sequences).where(sequences.c.id == sequence_id))
+                ).first()
+        except IntegrityError as exc:
+            raise InputError(f"a sequence named {values.get('name')!r} exists already") from exc
+        if row is None:
+            raise NotFound(f"no sequence {sequence_id}")
+        return _sequence(row)
+
+    async def delete_sequence(self, sequence_id: int) -> bool:
+        """Delete a sequence with its steps and their send records (messages already
+        queued stay queued); False when there was none."""
+        steps = select(sequence_steps.c.id).where(sequence_steps.c.sequence_id == sequence_id)
+        async with self._write() as conn:
+            await conn.execute(delete(sequence_sends).where(sequence_sends.c.step_id.in_(steps)))
+            await conn.execute(
+                delete(sequence_steps).where(sequence_steps.c.sequence_id == sequence_id)
+            )
+            result = await conn.execute(delete(sequences).where(sequences.c.id == sequence_id))
+        return bool(result.rowcount)
+
     async def add_step(self, sequence_id: int, step: NewStep, *, now: float) -> StepRow:
         async with self._write() as conn:
             position = step.position

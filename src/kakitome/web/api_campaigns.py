@@ -1,5 +1,8 @@
 """``/api/v1/campaigns`` and ``/api/v1/sequences``: campaigns (CRUD, preview, test send,
-schedule, send, pause, resume, cancel, statistics) and step mail (sequences and steps).
+schedule, send, pause, resume, cancel, statistics) and step mail (sequences: create,
+edit - name, pause/reactivate, tracking, footer - and delete; their steps).
+
+Thin over ``CampaignService``: every route calls a service method, none the store.
 
 Scopes: ``read`` for GETs (and the preview, a POST that changes nothing); ``send`` for
 everything else here - editing campaigns and sequences, test sends, scheduling and sending.
@@ -18,9 +21,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from kakitome.campaigns.service import CampaignService
-from kakitome.campaigns.templates import TemplateSource, compile_template
 from kakitome.config import Settings
-from kakitome.errors import InputError, NotFound
+from kakitome.errors import InputError
 from kakitome.injection import Injector
 from kakitome.lists.service import ListService
 from kakitome.receipts import iso_utc
@@ -131,6 +133,13 @@ class SequenceIn(Model):
     footer: bool = True
 
 
+class SequenceUpdate(Model):
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    status: Literal["active", "paused"] | None = None
+    tracking: bool | None = None
+    footer: bool | None = None
+
+
 class StepOut(BaseModel):
     id: int
     sequence_id: int
@@ -230,8 +239,7 @@ def campaigns_api_router(
         key: ApiKeyInfo = can_read,
     ) -> Page[CampaignOut]:
         """Campaigns, oldest first; filter by ``status``."""
-        rows = [r for r in await campaigns.db.campaigns() if status is None or r.status == status]
-        page = paginate(rows, limit, cursor, offset)
+        page = paginate(await campaigns.campaigns(status=status), limit, cursor, offset)
         return Page[CampaignOut](items=[campaign_out(r) for r in page.items], next=page.next)
 
     @router.post("/campaigns", status_code=201, response_model=CampaignOut)
@@ -259,31 +267,15 @@ def campaigns_api_router(
     async def update_campaign(
         campaign_id: Id, body: CampaignUpdate, key: ApiKeyInfo = can_send
     ) -> CampaignOut:
-        """Edit a draft or scheduled campaign (the result must still compile)."""
-        row = await campaigns.get(campaign_id)
+        """Edit a draft or scheduled campaign (the result must still compile and pass the
+        list's checks; a broken edit leaves the campaign as it was)."""
         values = body.model_dump(exclude_unset=True)
-        for name in ("name", "subject", "body", "body_format", "tracking", "footer"):
-            if name in values and values[name] is None:
-                raise InputError(f"{name} cannot be null")
-        if not values:
-            return campaign_out(row)
-        merged = {**row.to_dict(), **values}
-        # Compiled before anything is written: a broken edit leaves the campaign as it was.
-
-        compile_template(
-            TemplateSource(merged["subject"], merged["body"], merged["body_format"], merged["text"])
-        )
-        updated = await campaigns.db.update_campaign(row.id, now=clock(), **values)
-        return campaign_out(updated)
+        return campaign_out(await campaigns.update(campaign_id, **values))
 
     @router.delete("/campaigns/{campaign_id}", status_code=204)
     async def delete_campaign(campaign_id: Id, key: ApiKeyInfo = can_send) -> None:
         """Delete a draft or cancelled campaign (422 otherwise: cancel it first)."""
-        row = await campaigns.get(campaign_id)
-        if not await campaigns.db.delete_campaign(row.id):
-            raise InputError(
-                f"campaign {row.name!r} is {row.status}; only a draft or cancelled one is deleted"
-            )
+        await campaigns.delete(campaign_id)
 
     @router.post("/campaigns/{campaign_id}/preview", response_model=PreviewOut)
     async def preview(
@@ -338,7 +330,7 @@ def campaigns_api_router(
     async def list_sequences(
         limit: Limit = 100, cursor: Cursor = None, offset: Offset = 0, key: ApiKeyInfo = can_read
     ) -> Page[SequenceOut]:
-        page = paginate(await campaigns.db.sequences(), limit, cursor, offset)
+        page = paginate(await campaigns.sequences(), limit, cursor, offset)
         return Page[SequenceOut](items=[sequence_out(s) for s in page.items], next=page.next)
 
     @router.post("/sequences", status_code=201, response_model=SequenceOut)
@@ -351,8 +343,26 @@ def campaigns_api_router(
 
     @router.get("/sequences/{sequence_id}", response_model=SequenceOut)
     async def show_sequence(sequence_id: Id, key: ApiKeyInfo = can_read) -> SequenceOut:
-        row = await campaigns.db.get_sequence(sequence_id)
-        return sequence_out(row, await campaigns.db.steps(row.id))
+        row = await campaigns.get_sequence(sequence_id)
+        return sequence_out(row, await campaigns.steps(row.id))
+
+    @router.patch("/sequences/{sequence_id}", response_model=SequenceOut)
+    async def update_sequence(
+        sequence_id: Id, body: SequenceUpdate, key: ApiKeyInfo = can_send
+    ) -> SequenceOut:
+        """Rename, pause (``status: paused``) or reactivate (``active``: steps that fell
+        due meanwhile go out at the next pass), or change tracking or footer."""
+        values = body.model_dump(exclude_unset=True)
+        null = sorted(k for k, v in values.items() if v is None)
+        if null:
+            raise InputError(f"{', '.join(null)} cannot be null")
+        row = await campaigns.update_sequence(sequence_id, **values)
+        return sequence_out(row, await campaigns.steps(row.id))
+
+    @router.delete("/sequences/{sequence_id}", status_code=204)
+    async def delete_sequence(sequence_id: Id, key: ApiKeyInfo = can_send) -> None:
+        """Delete a sequence and its steps; messages already queued stay queued."""
+        await campaigns.remove_sequence(sequence_id)
 
     @router.post("/sequences/{sequence_id}/steps", status_code=201, response_model=StepOut)
     async def add_step(sequence_id: Id, body: StepIn, key: ApiKeyInfo = can_send) -> StepOut:
@@ -360,30 +370,23 @@ def campaigns_api_router(
         step = NewStep(**body.model_dump())
         return step_out(await campaigns.add_step(sequence_id, step))
 
-    async def _step(sequence_id: int, step_id: int) -> StepRow:
-        sequence = await campaigns.db.get_sequence(sequence_id)
-        step = await campaigns.db.get_step(step_id)
-        if step.sequence_id != sequence.id or step.removed_at is not None:
-            raise NotFound(f"no step {step_id} in sequence {sequence_id}")
-        return step
-
     @router.patch("/sequences/{sequence_id}/steps/{step_id}", response_model=StepOut)
     async def update_step(
         sequence_id: Id, step_id: Id, body: StepUpdate, key: ApiKeyInfo = can_send
     ) -> StepOut:
         """Edit a step; subscribers who already got it do not get it again."""
-        await _step(sequence_id, step_id)
+        await campaigns.step(sequence_id, step_id)
         values = {k: v for k, v in body.model_dump(exclude_unset=True).items()}
         for name in ("delay_days", "subject", "body", "body_format"):
             if name in values and values[name] is None:
                 raise InputError(f"{name} cannot be null")
         if not values:
-            return step_out(await _step(sequence_id, step_id))
+            return step_out(await campaigns.step(sequence_id, step_id))
         return step_out(await campaigns.update_step(step_id, **values))
 
     @router.delete("/sequences/{sequence_id}/steps/{step_id}", status_code=204)
     async def delete_step(sequence_id: Id, step_id: Id, key: ApiKeyInfo = can_send) -> None:
-        await _step(sequence_id, step_id)
+        await campaigns.step(sequence_id, step_id)
         await campaigns.remove_step(step_id)
 
     return router
