@@ -5,7 +5,8 @@ has no route). ``release`` hands one held message to a ``forward`` route (the ru
 service's forwarder POSTs it within seconds); ``delete`` removes held messages for good.
 TLS-RPT reports are those other senders sent to our reporting addresses (RFC 8460).
 
-Thin over ``InboundStore``; the conventions of ``kakitome.cli.main`` (``--json`` prints one
+Thin over ``InboundStore`` and ``kakitome.inbound.held`` (release and delete, shared with
+the HTTP API); the conventions of ``kakitome.cli.main`` (``--json`` prints one
 document, exit 2 for bad input, 1 when something named is not there).
 """
 
@@ -22,8 +23,8 @@ from typing import Annotated, Any
 import typer
 
 from kakitome.cli.inbound import ConfigOption, JsonOption, _cli, _emit_json, _run, _say
-from kakitome.config import InboundRoute, Settings
-from kakitome.inbound.policy import match_route
+from kakitome.config import Settings
+from kakitome.inbound.held import delete_held, release_held
 from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
 from kakitome.store.repository import Store
 
@@ -128,23 +129,6 @@ def inbound_show(
         _say(f"{key}: {value}", err=False)
 
 
-def _forward_route(settings: Settings, row: InboundRow, wanted: str | None) -> InboundRoute:
-    forwards = [r for r in settings.inbound.routes if r.action == "forward" and r.url]
-    if wanted is not None:
-        for route in forwards:
-            if route.match == wanted:
-                return route
-        raise _cli().CliFailure(f"no forward route with match {wanted!r} in inbound.routes")
-    for recipient in row.recipients:
-        found = match_route(forwards, recipient)
-        if found is not None:
-            return found
-    raise _cli().CliFailure(
-        "no forward route matches the recipients; name one with --route "
-        "(a route with action = forward and a url in inbound.routes)"
-    )
-
-
 @inbound_app.command("release")
 def inbound_release(
     inbound_id: Annotated[str, typer.Argument(metavar="ID")],
@@ -157,18 +141,17 @@ def inbound_release(
 ) -> None:
     """Hand a held message to a forward route; the running service POSTs it."""
 
-    async def work(settings: Settings, store: Store) -> tuple[bool, str | None]:
-        inbound = InboundStore(store.engine)
-        row = await inbound.get_inbound(inbound_id)
-        if row is None or row.status != "held":
-            return False, None
-        chosen = _forward_route(settings, row, route)
-        done = await inbound.release_inbound(inbound_id, route=chosen.match, now=time.time())
-        return done, chosen.match
+    async def work(settings: Settings, store: Store) -> str:
+        chosen = await release_held(
+            InboundStore(store.engine),
+            settings.inbound.routes,
+            inbound_id,
+            route=route,
+            now=time.time(),
+        )
+        return chosen.match
 
-    released, match = _run(config, as_json, work)
-    if not released:
-        _not_found(as_json, f"no held message {inbound_id!r}")
+    match = _run(config, as_json, work)
     if as_json:
         _emit_json({"id": inbound_id, "released": True, "route": match})
     else:
@@ -184,8 +167,7 @@ def inbound_delete(
     """Delete held messages for good."""
 
     async def work(settings: Settings, store: Store) -> dict[str, bool]:
-        inbound = InboundStore(store.engine)
-        return {i: await inbound.delete_inbound(i, statuses=("held",)) for i in inbound_ids}
+        return await delete_held(InboundStore(store.engine), inbound_ids)
 
     results = _run(config, as_json, work)
     missing = [i for i, done in results.items() if not done]

@@ -1,12 +1,18 @@
 """``/api/v1``: suppression list, SMTP submission users, held inbound mail, TLS-RPT reports.
 
 Scopes: ``read`` for GETs; ``admin`` for changes (suppression add and delete, SMTP users
-create and delete) - they are configuration.
+create and delete, releasing and deleting held mail) - they are configuration or, for
+held mail, an operator's decision like the queue actions.
 
 - ``GET/POST /suppressions``, ``DELETE /suppressions/{address}``;
 - ``GET/POST /smtp-users``, ``DELETE /smtp-users/{username}``: the password of a new user
   is made here and shown once in the answer (only its argon2id hash is kept);
-- ``GET /inbound/held``, ``GET /inbound/{id}`` (held mail, read only);
+- ``GET /inbound/held``, ``GET /inbound/{id}``; ``POST /inbound/{id}/release`` hands a
+  held message to a forward route (``route``: the match of one, else the first forward
+  route matching a recipient; 422 when none fits) and the forwarder POSTs it at its next
+  round; ``DELETE /inbound/{id}`` deletes a held message for good. Both are
+  ``kakitome.inbound.held``, as ``kakitome inbound release|delete``; 404 when the message
+  is not held (any more);
 - ``GET /tls-reports``, ``GET /tls-reports/{id}`` (received TLS-RPT reports, read only).
 
 Pages: ``limit`` (1-500) and ``cursor`` (the ``next`` of the previous page) or ``offset``.
@@ -21,7 +27,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
+from kakitome.config import Settings
 from kakitome.errors import InputError, NotFound
+from kakitome.inbound.held import delete_held, release_held
 from kakitome.inbound.users import hash_password, validate_username
 from kakitome.receipts import iso_utc
 from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
@@ -91,6 +99,20 @@ class InboundDetail(InboundOut):
     content: str = Field(description="the message as received (UTF-8, undecodable bytes replaced)")
 
 
+class ReleaseIn(Model):
+    route: Text | None = Field(
+        default=None,
+        max_length=320,
+        description="the match of a forward route in inbound.routes (default: by recipient)",
+    )
+
+
+class ReleasedOut(BaseModel):
+    id: str
+    released: bool
+    route: str
+
+
 class TlsReportOut(BaseModel):
     id: int
     received_at: str | None
@@ -144,9 +166,13 @@ def report_out(record: TLSReportRecord) -> TlsReportOut:
 
 
 def inbound_api_router(
-    store: Store, clock: Callable[[], float], inbound: InboundStore | None = None
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], float],
+    inbound: InboundStore | None = None,
 ) -> APIRouter:
-    """The router; ``inbound`` defaults to an InboundStore on the store's engine."""
+    """The router; ``inbound`` defaults to an InboundStore on the store's engine; held
+    mail is released to the forward routes of ``settings.inbound.routes``."""
     db = inbound or InboundStore(store.engine)
     router = APIRouter(prefix="/api/v1", tags=["inbound"])
     can_read = Depends(require_scope(store, "read", clock))
@@ -234,7 +260,7 @@ def inbound_api_router(
         if not await db.remove_smtp_user(username):
             raise NotFound(f"no SMTP user {username!r}")
 
-    # -- held inbound mail and TLS-RPT reports (read only) ---------------------------
+    # -- held inbound mail; TLS-RPT reports (read only) ------------------------------
 
     @router.get("/inbound/held", response_model=Page[InboundOut])
     async def list_held(
@@ -256,6 +282,31 @@ def inbound_api_router(
         return InboundDetail(
             **inbound_out(row).model_dump(), content=row.content.decode("utf-8", "replace")
         )
+
+    @router.post("/inbound/{inbound_id}/release", response_model=ReleasedOut)
+    async def release_inbound(
+        inbound_id: Annotated[Text, Path(min_length=1, max_length=64)],
+        body: ReleaseIn | None = None,
+        key: ApiKeyInfo = can_admin,
+    ) -> ReleasedOut:
+        """Hand a held message to a forward route; the forwarder POSTs it."""
+        chosen = await release_held(
+            db,
+            settings.inbound.routes,
+            inbound_id,
+            route=body.route if body is not None else None,
+            now=clock(),
+        )
+        return ReleasedOut(id=inbound_id, released=True, route=chosen.match)
+
+    @router.delete("/inbound/{inbound_id}", status_code=204)
+    async def delete_inbound(
+        inbound_id: Annotated[Text, Path(min_length=1, max_length=64)],
+        key: ApiKeyInfo = can_admin,
+    ) -> None:
+        """Delete a held message for good; 404 when there is no held message of this id."""
+        if not (await delete_held(db, [inbound_id]))[inbound_id]:
+            raise NotFound(f"no held message {inbound_id!r}")
 
     @router.get("/tls-reports", response_model=Page[TlsReportOut])
     async def list_tls_reports(

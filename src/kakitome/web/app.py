@@ -48,7 +48,7 @@ def create_app(
     app.include_router(domains_api_router(settings, store, clock))
     app.include_router(lists_api_router(settings, store, injector, clock))
     app.include_router(campaigns_api_router(settings, store, injector, clock))
-    app.include_router(inbound_api_router(store, clock))
+    app.include_router(inbound_api_router(settings, store, clock))
     app.include_router(checker_api_router(settings, store, clock))
     app.include_router(settings_api_router(settings, store, clock))
     mount_ui(app, settings, store, clock=clock)

@@ -1,0 +1,136 @@
+"""Held inbound mail through the API: release hands the message to a forward route and
+the forwarder then POSTs it to the route's URL (a real HTTP receiver on loopback);
+delete removes it. The same ``kakitome.inbound.held`` code as the CLI; SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kakitome.config import Settings
+from kakitome.inbound.forward import Forwarder
+from kakitome.injection import Injector
+from kakitome.store.inbound_store import InboundStore, NewInbound
+from kakitome.store.repository import Store
+from kakitome.web import create_app
+from tests.api.conftest import BASE, api_settings, bearer
+
+
+class Receiver:
+    """A minimal HTTP/1.1 endpoint on loopback that answers 200 and keeps each body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[dict[str, str], bytes]] = []
+        self.server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
+        }
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.bodies.append((headers, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    made = Receiver()
+    yield made
+    if made.server is not None:
+        made.server.close()
+        await made.server.wait_closed()
+
+
+def _settings(tmp_path: Path, url: str) -> Settings:
+    data: dict[str, Any] = api_settings(tmp_path).model_dump(mode="json")
+    data["inbound"]["routes"] = [
+        {"match": "@in.example.jp", "action": "forward", "url": url, "secret": "s3cret"},
+        {"match": "@other.example.jp", "action": "hold"},
+    ]
+    return Settings.model_validate(data)
+
+
+async def _held(inbound: InboundStore, recipient: str, subject: str) -> str:
+    content = f"From: a@b.test\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode()
+    return await inbound.record_inbound(
+        NewInbound(
+            received_at=time.time(),
+            listener="mx",
+            kind="route",
+            status="held",
+            content=content,
+            recipients=(recipient,),
+            mail_from="a@b.test",
+        )
+    )
+
+
+async def test_release_and_delete_held_mail(
+    store: Store, tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = _settings(tmp_path, await receiver.start())
+    inbound = InboundStore(store.engine)
+    first = await _held(inbound, "info@in.example.jp", "one")
+    second = await _held(inbound, "info@in.example.jp", "two")
+    unrouted = await _held(inbound, "info@other.example.jp", "three")
+    app = create_app(settings, store, Injector(store, settings))
+    h = await bearer(store, "admin")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+        held = (await c.get("/api/v1/inbound/held", headers=h)).json()["items"]
+        assert {m["id"] for m in held} == {first, second, unrouted}
+
+        released = await c.post(f"/api/v1/inbound/{first}/release", headers=h)
+        assert released.status_code == 200, released.text
+        assert released.json() == {"id": first, "released": True, "route": "@in.example.jp"}
+        shown = (await c.get(f"/api/v1/inbound/{first}", headers=h)).json()
+        assert shown["status"] == "forward" and shown["route"] == "@in.example.jp"
+        again = await c.post(f"/api/v1/inbound/{first}/release", headers=h)
+        assert again.status_code == 404  # not held any more
+
+        # No forward route matches this recipient, nor is one named that exists: 422.
+        refused = await c.post(f"/api/v1/inbound/{unrouted}/release", headers=h)
+        assert refused.status_code == 422, refused.text
+        wrong = await c.post(
+            f"/api/v1/inbound/{unrouted}/release", json={"route": "@nowhere"}, headers=h
+        )
+        assert wrong.status_code == 422
+        named = await c.post(
+            f"/api/v1/inbound/{unrouted}/release", json={"route": "@in.example.jp"}, headers=h
+        )
+        assert named.status_code == 200 and named.json()["route"] == "@in.example.jp"
+
+        gone = await c.delete(f"/api/v1/inbound/{second}", headers=h)
+        assert gone.status_code == 204
+        assert (await c.get(f"/api/v1/inbound/{second}", headers=h)).status_code == 404
+        assert (await c.delete(f"/api/v1/inbound/{second}", headers=h)).status_code == 404
+        # A released message is not held: DELETE does not remove it.
+        assert (await c.delete(f"/api/v1/inbound/{first}", headers=h)).status_code == 404
+        assert (await c.get("/api/v1/inbound/held", headers=h)).json()["items"] == []
+
+        reader = await bearer(store, "read")
+        forbidden = await c.post(f"/api/v1/inbound/{first}/release", headers=reader)
+        assert forbidden.status_code == 403
+
+    # What the running service's forwarder does next: POST both released messages.
+    assert await Forwarder(inbound, settings.inbound).run_once() == 2
+    subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0] for _, body in receiver.bodies)
+    assert subjects == [b"one", b"three"]
+    assert {headers["kakitome-inbound-id"] for headers, _ in receiver.bodies} == {first, unrouted}
+    row = await inbound.get_inbound(first)
+    assert row is not None and row.status == "forwarded"
