@@ -8,7 +8,8 @@ the SHA-256 is stored.
 
 Message search never scans the whole table: message ids sort by creation time (ULID
 layout), so dates become id ranges and pages are cut with an id cursor ("older than");
-filters on deliveries (status, domain, recipient) are driven by their indexes.
+filters on deliveries (status, domain, recipient) are driven by their indexes; subject
+words by a trigram index (kakitome.store.search: FTS5 on SQLite, pg_trgm on PostgreSQL).
 
 The roll-up (``web_stats_hourly``) counts events newer than a cursor, a bounded chunk per
 call, so a dashboard view costs a few thousand events at most; the first catch-up over a
@@ -34,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.errors import InputError, StorageError
+from kakitome.store import search
 from kakitome.store.ids import ALPHABET, LENGTH, encode
 from kakitome.store.repository import DeliveryRow
 from kakitome.store.schema import deliveries, events
@@ -92,7 +94,8 @@ class MessageQuery:
     """What the Messages page and ``GET /api/v1/messages`` search for.
 
     ``q``: a message id, an address (sender or recipient), a domain (``@example.com`` or
-    ``example.com``), or else words of the subject. ``since``/``until``: epoch seconds.
+    ``example.com``), or else words of the subject (each a case-insensitive substring, all
+    required, Japanese without spaces). ``since``/``until``: epoch seconds.
     ``before``: the cursor of the next page (an id; newer pages are not needed)."""
 
     q: str = ""
@@ -121,6 +124,9 @@ class MessagePage:
     items: list[MessageSummary]
     next_before: str | None  # cursor of the next (older) page, None on the last page
     kind: str  # how q was read: all | id | address | domain | subject
+    # Subject words all shorter than 3 characters cannot use the index: the page looked at
+    # only this many messages below the cursor (0: the whole range was searched).
+    window: int = 0
 
 
 @dataclass(slots=True)
@@ -534,6 +540,8 @@ class WebStore:
                 where.append(column >= lower)
             return where
 
+        if kind == "subject":
+            return await self._search_subject(query, q, lower=lower, limit=limit)
         statements: list[Any] = []
         if kind == "id":
             statements.append(select(m.c.id).where(m.c.id == q.lower(), *id_range(m.c.id)))
@@ -544,9 +552,6 @@ class WebStore:
                 delivery_filters.append(d.c.status == query.status)
             if kind == "domain":
                 delivery_filters.append(d.c.domain == _ascii_domain(q.lstrip("@")))
-            if kind == "subject":
-                like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                message_filters.append(m.c.subject.like(like, escape="\\"))
             if kind == "address":
                 addresses = {q, _normal_address(q)}
                 # Recipients: driven by ix_deliveries_recipient.
@@ -587,6 +592,99 @@ class WebStore:
             page_ids = page_ids[:limit]
             items = await self._summaries(conn, page_ids)
         return MessagePage(items=items, next_before=page_ids[-1] if more else None, kind=kind)
+
+    async def _search_subject(
+        self, query: MessageQuery, q: str, *, lower: str | None, limit: int
+    ) -> MessagePage:
+        """Subject words through the trigram index (kakitome.store.search)."""
+        m, d = message_table, deliveries
+        words = search.subject_words(q)
+        indexed = [w for w in words if len(w) >= search.MIN_INDEXED_LENGTH]
+        sqlite = self._engine.dialect.name == "sqlite"
+        until = id_bound(query.until) if query.until is not None else None
+        upper = until
+        if query.before:
+            upper = query.before if upper is None else min(upper, query.before)
+
+        def matches(subject: Any, ws: Sequence[str]) -> list[Any]:
+            # SQLite's LIKE ignores ASCII case; ILIKE (PostgreSQL) any case.
+            op = subject.like if sqlite else subject.ilike
+            return [op(search.like_pattern(w), escape="\\") for w in ws]
+
+        def with_status(stmt: Any, message_id: Any) -> Any:
+            if query.status is None:
+                return stmt
+            return stmt.where(
+                select(d.c.id)
+                .where(d.c.message_id == message_id, d.c.status == query.status)
+                .exists()
+            )
+
+        window = 0
+        async with self._read() as conn:
+            if indexed and sqlite:
+                # Pages follow the index's insertion order: the cursor becomes its bound.
+                where = [m.c.id >= lower] if lower is not None else []
+                if until is not None:
+                    where.append(m.c.id < until)
+                below = None
+                if query.before:
+                    below = await conn.scalar(search.sqlite_cursor(query.before))
+                    if below is None:  # not an indexed message: fall back to its id
+                        where.append(m.c.id < query.before)
+                short = [w for w in words if w not in indexed]
+                stmt = search.sqlite_candidates(
+                    indexed,
+                    below=below,
+                    limit=limit + 1,
+                    where=where + matches(m.c.subject, short),
+                )
+                ids = [row[0] for row in await conn.execute(with_status(stmt, m.c.id))]
+            elif indexed:
+                where = [m.c.id < upper] if upper is not None else []
+                if lower is not None:
+                    where.append(m.c.id >= lower)
+                stmt = select(m.c.id).where(*where, *matches(m.c.subject, words))
+                stmt = with_status(stmt, m.c.id).order_by(m.c.id.desc()).limit(limit + 1)
+                ids = [row[0] for row in await conn.execute(stmt)]
+            else:
+                # Only short words: look at a bounded window of the newest messages.
+                where = [m.c.id < upper] if upper is not None else []
+                if lower is not None:
+                    where.append(m.c.id >= lower)
+                recent = (
+                    select(m.c.id, m.c.subject)
+                    .where(*where)
+                    .order_by(m.c.id.desc())
+                    .limit(search.SHORT_QUERY_WINDOW)
+                    .subquery()
+                )
+                stmt = select(recent.c.id).where(*matches(recent.c.subject, words))
+                stmt = with_status(stmt, recent.c.id).order_by(recent.c.id.desc())
+                ids = [row[0] for row in await conn.execute(stmt.limit(limit + 1))]
+                if len(ids) <= limit:
+                    span = (
+                        select(m.c.id)
+                        .where(*where)
+                        .order_by(m.c.id.desc())
+                        .limit(search.SHORT_QUERY_WINDOW)
+                        .subquery()
+                    )
+                    seen, oldest = (
+                        await conn.execute(select(func.count(), func.min(span.c.id)))
+                    ).one()
+                    if int(seen) >= search.SHORT_QUERY_WINDOW:
+                        window = search.SHORT_QUERY_WINDOW
+                        items = await self._summaries(conn, ids)
+                        return MessagePage(
+                            items=items, next_before=oldest, kind="subject", window=window
+                        )
+            more = len(ids) > limit
+            ids = ids[:limit]
+            items = await self._summaries(conn, ids)
+        return MessagePage(
+            items=items, next_before=ids[-1] if more else None, kind="subject", window=window
+        )
 
     async def _summaries(self, conn: AsyncConnection, ids: Sequence[str]) -> list[MessageSummary]:
         if not ids:

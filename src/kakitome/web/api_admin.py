@@ -44,6 +44,10 @@ class MessageList(BaseModel):
     items: list[MessageItem]
     next_before: str | None
     query_kind: str
+    # Subject words all under 3 characters cannot use the index: the page examined only
+    # this many messages (newest first), so it may hold fewer items than ``limit`` while
+    # next_before continues the search. 0: the whole range was searched.
+    searched_window: int = 0
 
 
 class QueueActionIn(_Model):
@@ -142,7 +146,12 @@ def admin_api_router(
 
     @router.get("/messages", response_model=MessageList, response_model_by_alias=True)
     async def search_messages(
-        q: str = Query("", max_length=500, description="id, address, @domain or subject words"),
+        q: str = Query(
+            "",
+            max_length=500,
+            description="id, address, @domain or subject words (each a case-insensitive "
+            "substring, all required; Japanese needs no spaces)",
+        ),
         status: StatusName | None = None,
         since: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
         until: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
@@ -171,6 +180,7 @@ def admin_api_router(
             ],
             next_before=page.next_before,
             query_kind=page.kind,
+            searched_window=page.window,
         )
 
     @router.get("/queue")

@@ -105,6 +105,8 @@ EN: dict[str, str] = {
     "messages.search_hint": "An address, a message id, a domain (@example.com) or words "
     "of the subject.",
     "messages.none": "No messages found.",
+    "messages.window": "Words shorter than 3 characters cannot use the search index: this "
+    "page looked at {n} messages only, newest first; older ones are searched on the next page.",
     "messages.no_subject": "(no subject)",
     "messages.and_more": "and {n} more",
     "messages.not_found": "There is no such message.",

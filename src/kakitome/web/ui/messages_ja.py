@@ -104,6 +104,8 @@ JA: dict[str, str] = {
     "messages.search": "検索",
     "messages.search_hint": "アドレス、メッセージ ID、ドメイン (@example.com)、または件名の語句。",
     "messages.none": "メッセージが見つかりません。",
+    "messages.window": "3 文字未満の語句は検索インデックスを使えないため、このページは新しい順に "
+    "{n} 件のメッセージだけを調べました。それより古いものは次のページで調べます。",
     "messages.no_subject": "(件名なし)",
     "messages.and_more": "ほか {n} 件",
     "messages.not_found": "該当するメッセージはありません。",
