@@ -77,7 +77,7 @@ _SERVE = (
     "    import uvicorn\n"
     "    runtime.uvicorn = uvicorn\n"
     "from kakitome.cli.main import main\n"
-    "sys.argv = ['kakitome', 'serve']\n"
+    "sys.argv = ['kakitome', 'serve', *sys.argv[1:]]\n"
     "main()\n"
 )
 
@@ -260,8 +260,9 @@ def sink_ceiling(sink: Sink, *, seconds: float, connections: int, size: int,
 class Service:
     """``python -m kakitome serve`` with an environment; output lines kept with times."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, roles: Sequence[str] = ()) -> None:
         self.env = env
+        self.roles = tuple(roles)
         self.port = int(env["KAKITOME_HTTP__PORT"])
         self.workdir = workdir
         self.lines: list[tuple[float, str]] = []
@@ -283,7 +284,7 @@ class Service:
         import httpx
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE],
+            [sys.executable, "-c", _SERVE, *(f"--role={role}" for role in self.roles)],
             cwd=self.workdir, env=self.env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -292,7 +293,10 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("kakitome serve exited early:\n" + self.log())
-            if self.api_key and self.worker_started:
+            if self.roles == ("worker",):
+                if self.worker_started:
+                    return
+            elif self.api_key and (self.worker_started or self.roles == ("web",)):
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                         return
@@ -436,6 +440,28 @@ async def _inject_http(
         await asyncio.gather(*(one_client() for _ in range(clients)))
 
 
+async def _inject_batches(
+    url: str, key: str, count: int, domains: int, clients: int, size: int, *, signed: bool
+) -> None:
+    """``clients`` concurrent clients, each POSTing ``size`` messages a request to
+    ``/api/v1/messages/batch``."""
+    import httpx
+
+    bodies = [message_fields(n, domains, signed=signed) for n in range(count)]
+    batches = iter([bodies[i : i + size] for i in range(0, count, size)])
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                 timeout=120, limits=limits) as client:
+
+        async def one_client() -> None:
+            for batch in batches:
+                response = await client.post("/api/v1/messages/batch", json={"messages": batch})
+                if response.status_code != 202:
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+
+
 async def _wait_delivered(url: str, sink: Sink, sink_base: int, count: int,
                           limit_seconds: float) -> dict[str, int]:
     """Poll the sink until it has ``count`` new messages, then the database until every
@@ -540,32 +566,56 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
         prepare_seconds = time.monotonic() - started_prep
 
     sink_before = sink.stats()
-    service = Service(env, folder)
-    profiler: subprocess.Popen[bytes] | None = None
+    # One process with every role, or (--workers N) a web process and N worker processes.
+    if args.workers:
+        services = [Service(env, folder, ("web",))]
+        services += [Service(env, folder, ("worker",)) for _ in range(args.workers)]
+    else:
+        services = [Service(env, folder)]
+    service = services[0]
+    profilers: list[subprocess.Popen[bytes]] = []
     load_start = _loadavg()
     try:
-        service.start()
-        cpu_start = cpu_seconds(service.pid)
+        for each in services:
+            each.start()
+        cpu_starts = [cpu_seconds(each.pid) for each in services]
+        cpu_start = sum(cpu_starts)
         if args.py_spy:
-            profiler = subprocess.Popen(
-                [_py_spy(), "record", "--pid", str(service.pid), "--rate", "200",
-                 "--format", "raw", "--output", str(args.py_spy), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+            # The last process into FILE (with --workers: a worker); the others into
+            # FILE.web, FILE.worker2, ...
+            for index, each in enumerate(services):
+                name = "" if index == len(services) - 1 else (
+                    ".web" if each.roles == ("web",) else f".worker{index + 1}")
+                profilers.append(subprocess.Popen(
+                    [_py_spy(), "record", "--pid", str(each.pid), "--rate", "200",
+                     *(["--native"] if os.environ.get("BENCH_PY_SPY_NATIVE") else []),
+                     "--format", "raw", "--output", f"{args.py_spy}{name}", "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
         harness_cpu = time.process_time()
         if args.inject == "direct":
-            assert service.worker_started is not None
-            started = service.worker_started
-            # The worker began before start() returned: its CPU counts from that moment.
-            cpu_start = service.worker_started_cpu
+            workers = [each for each in services if each.worker_started is not None]
+            started = min(each.worker_started or 0.0 for each in workers)
+            # The workers began before start() returned: their CPU counts from that moment.
+            cpu_start = sum(each.worker_started_cpu for each in workers) + sum(
+                cpu_seconds(each.pid) for each in services if each.worker_started is None)
         else:
             started = time.monotonic()
 
+        injected: list[float] = []
+
         async def drive() -> dict[str, int]:
+            assert service.api_key is not None or args.inject == "direct"
             if args.inject == "http":
                 assert service.api_key is not None
                 await _inject_http(service.url, service.api_key, count, args.domains,
                                    args.clients, signed=not args.unsigned)
+            elif args.inject == "batch":
+                assert service.api_key is not None
+                await _inject_batches(service.url, service.api_key, count, args.domains,
+                                      args.clients, args.batch_messages,
+                                      signed=not args.unsigned)
+            injected.append(time.monotonic())
             return await _wait_delivered(url, sink, sink_before["messages"], count,
                                          args.timeout)
 
@@ -573,26 +623,33 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
             counts = asyncio.run(drive())
         except Exception:
             # The service's own words say why (it may have exited): show its last lines.
-            print("kakitome serve output (last 40 lines):\n"
-                  + "".join(line for _, line in service.lines[-40:]), file=sys.stderr)
+            for each in services:
+                print("kakitome serve output (last 40 lines):\n"
+                      + "".join(line for _, line in each.lines[-40:]), file=sys.stderr)
             raise
         finished = time.monotonic()
-        cpu = cpu_seconds(service.pid) - cpu_start
-        user, system = cpu_split(service.pid)
-        peak = peak_memory_mb(service.pid)
+        cpu_each = [cpu_seconds(each.pid) for each in services]
+        cpu = sum(cpu_each) - cpu_start
+        splits = [cpu_split(each.pid) for each in services]
+        user, system = sum(u for u, _ in splits), sum(t for _, t in splits)
+        peak = sum(peak_memory_mb(each.pid) for each in services)
         harness_cpu = time.process_time() - harness_cpu
         sink_after = sink.stats()
     finally:
-        if profiler is not None:
+        for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
+        for profiler in profilers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)
-        service.stop()
+        for each in services:
+            each.stop()
     sizes = asyncio.run(_message_sizes(url))
     seconds = finished - started
     delta = _sink_delta(sink_before, sink_after)
     return SystemResult(
-        system=f"Kakitome ({args.inject})",
+        system=f"Kakitome ({args.inject}"
+        + (f", web + {args.workers} worker{'s' * (args.workers > 1)}" if args.workers else "")
+        + ")",
         messages=count,
         delivered=counts.get("delivered", 0),
         seconds=round(seconds, 2),
@@ -611,16 +668,24 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
             "status_counts": counts,
             "message_sizes": sizes,
             "injection": args.inject,
-            "dkim": "rsa-sha256 + ed25519-sha256" if args.inject == "http"
+            "dkim": "rsa-sha256 + ed25519-sha256" if args.inject != "direct"
             and not args.unsigned else "none",
-            "http_clients": args.clients if args.inject == "http" else None,
-            "injector_cpu_seconds": round(harness_cpu, 2) if args.inject == "http" else None,
+            "http_clients": args.clients if args.inject != "direct" else None,
+            "messages_per_request": args.batch_messages if args.inject == "batch" else 1,
+            "processes": f"web + {args.workers} workers" if args.workers else "one (all roles)",
+            "injector_cpu_seconds": round(harness_cpu, 2) if args.inject != "direct" else None,
             "direct_prepare_seconds": round(prepare_seconds, 2) or None,
+            "injection_seconds": round(injected[0] - started, 2) if injected else None,
             "settings": {k: v for k, v in settings_env.items()
                          if k not in ("KAKITOME_DATABASE__URL", "KAKITOME_PATHS__DATA_DIR",
                                       "KAKITOME_HTTP__PORT")},
             "tls_failures": delta["tls_failures"],
             "process_cpu_user_system": [round(user, 2), round(system, 2)],
+            # CPU seconds of each process over the run (web first with --workers; for
+            # --inject direct, counted from start-up).
+            "process_cpu_seconds": [
+                round(end - begin, 2) for end, begin in zip(cpu_each, cpu_starts, strict=True)
+            ],
         },
     )
 
@@ -816,7 +881,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=2, help="MX peers in the sink process")
     parser.add_argument("--systems", default="kakitome,postfix,postfix-reuse",
                         help="comma-separated: kakitome, postfix, postfix-reuse")
-    parser.add_argument("--inject", choices=("http", "direct"), default="http")
+    parser.add_argument("--inject", choices=("http", "batch", "direct"), default="http")
+    parser.add_argument("--batch-messages", type=int, default=100,
+                        help="messages per request with --inject batch")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="0: one process with every role; N: a web process and N "
+                             "worker processes")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--unsigned", action="store_true",
                         help="no sending domain (domains.allow_unconfigured_from): no DKIM")
