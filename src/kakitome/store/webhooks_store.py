@@ -188,8 +188,12 @@ class WebhooksStore:
         url: str | None = None,
         event_types: Sequence[str] | None = None,
         enabled: bool | None = None,
+        description: str | None = None,
     ) -> bool:
+        """Change what is given; False when there is no such endpoint."""
         values: dict[str, Any] = {"updated_at": now}
+        if description is not None:
+            values["description"] = description[:200]
         if url is not None:
             values["url"] = url
         if event_types is not None:
@@ -458,9 +462,10 @@ class WebhooksStore:
     # -- the log --------------------------------------------------------------------------
 
     async def attempts(
-        self, *, endpoint_id: int | None = None, limit: int = 50
+        self, *, endpoint_id: int | None = None, limit: int = 50, before: int | None = None
     ) -> list[AttemptRecord]:
-        """The last ``limit`` attempts (of one endpoint), newest first."""
+        """The last ``limit`` attempts (of one endpoint), newest first; ``before``: only
+        attempts with a smaller id (the next page after an attempt id)."""
         a, w = webhook_attempts, webhook_deliveries
         statement = (
             select(
@@ -481,6 +486,8 @@ class WebhooksStore:
         )
         if endpoint_id is not None:
             statement = statement.where(a.c.endpoint_id == endpoint_id)
+        if before is not None:
+            statement = statement.where(a.c.id < before)
         async with self._read() as conn:
             rows = (await conn.execute(statement)).all()
             numbers = await self._attempt_numbers(conn, [int(r.id) for r in rows])

@@ -18,6 +18,7 @@ from kakitome.web.api_domains import domains_api_router
 from kakitome.web.api_inbound import inbound_api_router
 from kakitome.web.api_lists import lists_api_router
 from kakitome.web.api_settings import settings_api_router
+from kakitome.web.api_webhooks import webhooks_api_router
 from kakitome.web.errors import install_error_handlers
 from kakitome.web.limits import BodySizeLimit
 from kakitome.web.public import public_router
@@ -51,6 +52,7 @@ def create_app(
     app.include_router(inbound_api_router(settings, store, clock))
     app.include_router(checker_api_router(settings, store, clock))
     app.include_router(settings_api_router(settings, store, clock))
+    app.include_router(webhooks_api_router(store, clock))
     mount_ui(app, settings, store, clock=clock)
 
     @app.get("/healthz")

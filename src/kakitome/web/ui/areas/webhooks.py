@@ -11,26 +11,17 @@ Thin over ``kakitome.store.webhooks_store.WebhooksStore``; posting is the worker
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kakitome.store.webhooks_store import WebhooksStore
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
+from kakitome.webhooks.endpoints import valid_url
 from kakitome.webhooks.events import EVENT_TYPES
 from kakitome.webhooks.signing import HEADER
 
 LOG_SIZE = 50
-
-
-def valid_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and len(url) <= 2000
 
 
 def router(ui: UI) -> APIRouter:
