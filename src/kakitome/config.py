@@ -467,6 +467,17 @@ class ScaleSettings(_Section):
     # Renew this worker's delivery leases every lease_seconds / 3, so a slow attempt
     # (a site's rate limit, a slow peer) is not taken over by another worker.
     renew_leases: bool = True
+    # Delivery worker processes `serve` runs for the worker role: 0, the worker runs inside
+    # the serve process; N, serve starts N worker-only child processes beside itself (the
+    # web role's signing and the delivery then use different cores); "auto": one per CPU.
+    worker_processes: int = Field(default=0, ge=0, le=256)
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _worker_processes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        return value
 
 
 class WebhookSettings(_Section):

@@ -6,9 +6,9 @@ Roles: ``web`` (HTTP API and pages), ``worker`` (the scheduler loop and delivery
 On SIGTERM or SIGINT the web server stops accepting connections, the worker stops
 claiming, finishes what is in flight and releases its leases; then the process exits.
 
-With SQLite (one machine, one worker process by design) leases left by a process that
-died are released at start, so a restart after SIGKILL resumes at once instead of waiting
-for the leases to run out. With PostgreSQL other workers may hold leases, so they expire.
+With SQLite (one machine) leases left by a process that died are released at start, so a
+restart after SIGKILL resumes at once instead of waiting for the leases to run out. With
+PostgreSQL other workers may hold leases, so they expire.
 
 Scale-out (docs/SCALING.md): on PostgreSQL the worker's shaping budgets per destination
 site live in the database (``ShapingStore``), shared by every worker process; on SQLite in
@@ -22,6 +22,12 @@ re-reads it every few seconds. The MX takes the new routes and domains for the n
 the delivery agent and its pool take the TLS policy, stripping and per-destination
 concurrency for the next batch; everything else built at start keeps what it was given
 (those keys are marked "at next start" in the UI and the API).
+
+Several worker processes (``scale.worker_processes`` = N > 0, "auto": one per CPU): the
+process with the ``worker`` role does not deliver itself but starts N children that run
+the ``worker`` role only, the same way as the SMTP children below (settings on stdin, EOF
+stops them, SIGTERM when the parent stops: each drains and releases its leases). On
+SQLite the parent releases stale leases once, before they start.
 
 Several SMTP processes (``inbound.processes`` > 1, "auto": one per CPU): after its own
 listeners are bound, the process with the ``smtp`` role starts ``processes - 1`` children
@@ -93,6 +99,24 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
         print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
 
 
+def _start_children(settings: Settings, role: str, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` children that serve ``role`` only, with ``settings`` on their stdin."""
+    payload = pickle.dumps(settings)
+    children = []
+    for _ in range(count):
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from kakitome.runtime import role_child; role_child()", role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        assert child.stdin is not None
+        child.stdin.write(struct.pack("!Q", len(payload)) + payload)
+        child.stdin.flush()  # and kept open: its EOF tells the child we are gone
+        children.append(child)
+    log.info(f"{role} child processes started", pids=[c.pid for c in children])
+    return children
+
+
 def _start_smtp_children(
     settings: Settings, ports: dict[str, int]
 ) -> list[subprocess.Popen[bytes]]:
@@ -105,20 +129,8 @@ def _start_smtp_children(
             "submissions_port": ports.get("submissions", 0),
         }
     )
-    payload = pickle.dumps(settings.model_copy(update={"inbound": inbound}))
-    children = []
-    for _ in range(settings.inbound.processes - 1):
-        child = subprocess.Popen(
-            [sys.executable, "-c", "from kakitome.runtime import smtp_child; smtp_child()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        assert child.stdin is not None
-        child.stdin.write(struct.pack("!Q", len(payload)) + payload)
-        child.stdin.flush()  # and kept open: its EOF tells the child we are gone
-        children.append(child)
-    log.info("SMTP child processes started", pids=[c.pid for c in children])
-    return children
+    child_settings = settings.model_copy(update={"inbound": inbound})
+    return _start_children(child_settings, "smtp", settings.inbound.processes - 1)
 
 
 async def _stop_children(children: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -136,18 +148,21 @@ async def _stop_children(children: Sequence[subprocess.Popen[bytes]]) -> None:
                 child.stdin.close()
 
 
-def smtp_child() -> None:
-    """Entry point of an SMTP child process: settings from stdin, then serve the ``smtp``
-    role until SIGTERM/SIGINT or EOF on stdin (the parent is gone)."""
+def role_child() -> None:
+    """Entry point of a child process (``smtp`` or ``worker``, from argv): settings from
+    stdin, then serve that role until SIGTERM/SIGINT or EOF on stdin (the parent is gone)."""
     from kakitome.logs import configure_logging
 
+    role = sys.argv[1] if len(sys.argv) > 1 else "smtp"
+    if role not in ("smtp", "worker"):
+        raise SystemExit(f"unknown child role {role!r}")
     stdin = sys.stdin.buffer
     (size,) = struct.unpack("!Q", stdin.read(8))
     settings = pickle.loads(stdin.read(size))  # trusted: our parent, over a pipe
     assert isinstance(settings, Settings)
     configure_logging(json=settings.log.format == "json", level=settings.log.level)
     with open(os.devnull, "w") as quiet:
-        coroutine = serve_async(settings, ("smtp",), out=quiet, child=True)
+        coroutine = serve_async(settings, (role,), out=quiet, child=True)
         try:
             import uvloop
 
@@ -227,11 +242,18 @@ async def serve_async(
     stop_metrics = None
     try:
         tasks.append(asyncio.create_task(live.run(stop), name="settings"))
-        if "worker" in active:
-            if settings.database.url.startswith("sqlite"):
-                released = await store.release_leases(None)
-                if released:
-                    log.info("released leases left by an earlier process", count=released)
+        worker_here = "worker" in active and (child or settings.scale.worker_processes == 0)
+        if "worker" in active and settings.database.url.startswith("sqlite") and not child:
+            # One machine: leases left by a process that died are nobody's now (children
+            # started below never release: their siblings' leases are live).
+            released = await store.release_leases(None)
+            if released:
+                log.info("released leases left by an earlier process", count=released)
+        if "worker" in active and not worker_here:
+            count = settings.scale.worker_processes
+            children += _start_children(base, "worker", count)  # they reload settings too
+            print(f"Delivery: {count} worker processes", file=out, flush=True)
+        if worker_here:
             resolver = Resolver(settings.dns)
             pool = ConnectionPool(settings)
             tls_store = TLSStore(store.engine)
@@ -314,7 +336,7 @@ async def serve_async(
             if child and inbound._forwarder_task is not None:
                 inbound._forwarder_task.cancel()  # the parent's forwarder forwards for all
             elif settings.inbound.processes > 1:
-                children = _start_smtp_children(base, inbound.ports)  # they reload too
+                children += _start_smtp_children(base, inbound.ports)  # they reload too
             ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
             print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
         if settings.scale.metrics_port and "web" not in active:

@@ -1,0 +1,111 @@
+"""``scale.worker_processes``: `serve` delivers through worker child processes.
+
+One `serve` (web + worker roles) with ``worker_processes = 2`` on SQLite and on
+PostgreSQL: two worker-only children deliver every message exactly once while the parent
+answers HTTP; SIGTERM to the parent stops the children (each drains and releases its
+leases); SIGKILL of the parent stops them too (EOF on their stdin)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kakitome.testing import LocalInternet, Peer
+
+from ..e2e.service import ServiceProcess
+from .helpers import inject, wait_for, worker_env
+
+TOTAL = 800
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s worker children (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                parent = int(handle.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if parent == pid and b"worker" in command and any(b"role_child" in c for c in command):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def _gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _running(p)]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_worker_children_deliver_each_message_once(
+    world: LocalInternet,
+    pg_url: str,
+    sink: Callable[[int], tuple[list[str], list[Peer]]],
+    tmp_path: Path,
+    engine: str,
+) -> None:
+    url = pg_url if engine == "postgres" else f"sqlite:///{tmp_path / 'kakitome.db'}"
+    domains, peers = sink(6)
+    asyncio.run(inject(url, TOTAL, domains))
+    env = worker_env(world.env(), url, KAKITOME_SCALE__WORKER_PROCESSES="2")
+    service = ServiceProcess(env, tmp_path, roles=("web", "worker")).start(timeout=90)
+    try:
+        assert service.proc is not None
+        children = _children(service.proc.pid)
+        assert len(children) == 2, service.log()
+        assert "Delivery: 2 worker processes" in service.log()
+        counts = wait_for(peers, TOTAL, timeout=180)
+        missing = set(range(TOTAL)) - set(counts)
+        assert not missing, f"{len(missing)} not delivered:\n" + service.log()[-3000:]
+        assert max(counts.values()) == 1, "a message was delivered twice"
+        # The parent still serves HTTP while its children deliver.
+        assert httpx.get(service.url + "/healthz", timeout=5).status_code == 200
+        assert service.stop() == 0
+        assert _gone(children, 15), "worker children outlived the parent's SIGTERM"
+    finally:
+        service.stop()
+
+
+@pytest.mark.slow
+def test_worker_children_stop_when_the_parent_is_killed(
+    world: LocalInternet, tmp_path: Path
+) -> None:
+    env = worker_env(
+        world.env(), f"sqlite:///{tmp_path / 'kakitome.db'}", KAKITOME_SCALE__WORKER_PROCESSES="2"
+    )
+    service = ServiceProcess(env, tmp_path, roles=("web", "worker")).start(timeout=90)
+    try:
+        assert service.proc is not None
+        children = _children(service.proc.pid)
+        assert len(children) == 2, service.log()
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(10)
+        assert _gone(children, 20), "worker children outlived a SIGKILLed parent"
+    finally:
+        service.stop()
