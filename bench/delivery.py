@@ -171,6 +171,15 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[13])) / tick, (int(fields[12]) + int(fields[14])) / tick
 
 
+def child_pids(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s children (Linux: /proc/PID/task/*/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return sorted(found)
+
+
 def peak_memory_mb(pid: int) -> float:
     """VmHWM (peak resident set) of ``pid`` in MB."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
@@ -260,9 +269,10 @@ def sink_ceiling(sink: Sink, *, seconds: float, connections: int, size: int,
 class Service:
     """``python -m kakitome serve`` with an environment; output lines kept with times."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, roles: Sequence[str] = ()) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1) -> None:
         self.env = env
-        self.roles = tuple(roles)
+        self.workers = workers  # "worker started" lines to wait for (children log them)
+        self.started_workers = 0
         self.port = int(env["KAKITOME_HTTP__PORT"])
         self.workdir = workdir
         self.lines: list[tuple[float, str]] = []
@@ -284,7 +294,7 @@ class Service:
         import httpx
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, *(f"--role={role}" for role in self.roles)],
+            [sys.executable, "-c", _SERVE],
             cwd=self.workdir, env=self.env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -293,10 +303,7 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("kakitome serve exited early:\n" + self.log())
-            if self.roles == ("worker",):
-                if self.worker_started:
-                    return
-            elif self.api_key and (self.worker_started or self.roles == ("web",)):
+            if self.api_key and self.started_workers >= self.workers:
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                         return
@@ -308,6 +315,8 @@ class Service:
             now = time.monotonic()
             if len(self.lines) < 10_000:
                 self.lines.append((now, line))
+            if "worker started" in line:
+                self.started_workers += 1
             if self.worker_started is None and "worker started" in line:
                 self.worker_started = now
                 if self.proc is not None:
@@ -566,39 +575,39 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
         prepare_seconds = time.monotonic() - started_prep
 
     sink_before = sink.stats()
-    # One process with every role, or (--workers N) a web process and N worker processes.
+    # One process with every role; with --workers N it runs the worker role in N child
+    # processes (scale.worker_processes) and CPU and memory are summed over all of them.
     if args.workers:
-        services = [Service(env, folder, ("web",))]
-        services += [Service(env, folder, ("worker",)) for _ in range(args.workers)]
-    else:
-        services = [Service(env, folder)]
-    service = services[0]
+        env["KAKITOME_SCALE__WORKER_PROCESSES"] = str(args.workers)
+        settings_env["KAKITOME_SCALE__WORKER_PROCESSES"] = str(args.workers)
+    service = Service(env, folder, workers=max(1, args.workers))
     profilers: list[subprocess.Popen[bytes]] = []
     load_start = _loadavg()
     try:
-        for each in services:
-            each.start()
-        cpu_starts = [cpu_seconds(each.pid) for each in services]
+        service.start()
+        pids = [service.pid, *child_pids(service.pid)]
+        cpu_starts = [cpu_seconds(pid) for pid in pids]
+        if args.workers and args.inject == "direct":
+            # The children delivered from their start: all their CPU counts.
+            cpu_starts[1:] = [0.0] * (len(pids) - 1)
         cpu_start = sum(cpu_starts)
         if args.py_spy:
-            # The last process into FILE (with --workers: a worker); the others into
-            # FILE.web, FILE.worker2, ...
-            for index, each in enumerate(services):
-                name = "" if index == len(services) - 1 else (
-                    ".web" if each.roles == ("web",) else f".worker{index + 1}")
+            # The serve process into FILE, its worker children into FILE.worker1, ...
+            for index, pid in enumerate(pids):
+                name = f".worker{index}" if index else ""
                 profilers.append(subprocess.Popen(
-                    [_py_spy(), "record", "--pid", str(each.pid), "--rate", "200",
+                    [_py_spy(), "record", "--pid", str(pid), "--rate", "200",
                      *(["--native"] if os.environ.get("BENCH_PY_SPY_NATIVE") else []),
                      "--format", "raw", "--output", f"{args.py_spy}{name}", "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
         harness_cpu = time.process_time()
         if args.inject == "direct":
-            workers = [each for each in services if each.worker_started is not None]
-            started = min(each.worker_started or 0.0 for each in workers)
-            # The workers began before start() returned: their CPU counts from that moment.
-            cpu_start = sum(each.worker_started_cpu for each in workers) + sum(
-                cpu_seconds(each.pid) for each in services if each.worker_started is None)
+            assert service.worker_started is not None
+            started = service.worker_started
+            if not args.workers:
+                # The worker began before start() returned: its CPU counts from then.
+                cpu_start = service.worker_started_cpu
         else:
             started = time.monotonic()
 
@@ -623,16 +632,15 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
             counts = asyncio.run(drive())
         except Exception:
             # The service's own words say why (it may have exited): show its last lines.
-            for each in services:
-                print("kakitome serve output (last 40 lines):\n"
-                      + "".join(line for _, line in each.lines[-40:]), file=sys.stderr)
+            print("kakitome serve output (last 40 lines):\n"
+                  + "".join(line for _, line in service.lines[-40:]), file=sys.stderr)
             raise
         finished = time.monotonic()
-        cpu_each = [cpu_seconds(each.pid) for each in services]
+        cpu_each = [cpu_seconds(pid) for pid in pids]
         cpu = sum(cpu_each) - cpu_start
-        splits = [cpu_split(each.pid) for each in services]
+        splits = [cpu_split(pid) for pid in pids]
         user, system = sum(u for u, _ in splits), sum(t for _, t in splits)
-        peak = sum(peak_memory_mb(each.pid) for each in services)
+        peak = sum(peak_memory_mb(pid) for pid in pids)
         harness_cpu = time.process_time() - harness_cpu
         sink_after = sink.stats()
     finally:
@@ -641,14 +649,13 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
         for profiler in profilers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profiler.wait(30)
-        for each in services:
-            each.stop()
+        service.stop()
     sizes = asyncio.run(_message_sizes(url))
     seconds = finished - started
     delta = _sink_delta(sink_before, sink_after)
     return SystemResult(
         system=f"Kakitome ({args.inject}"
-        + (f", web + {args.workers} worker{'s' * (args.workers > 1)}" if args.workers else "")
+        + (f", {args.workers} worker process{'es' * (args.workers > 1)}" if args.workers else "")
         + ")",
         messages=count,
         delivered=counts.get("delivered", 0),
@@ -672,7 +679,8 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
             and not args.unsigned else "none",
             "http_clients": args.clients if args.inject != "direct" else None,
             "messages_per_request": args.batch_messages if args.inject == "batch" else 1,
-            "processes": f"web + {args.workers} workers" if args.workers else "one (all roles)",
+            "processes": f"serve + {args.workers} worker children" if args.workers
+            else "one (all roles)",
             "injector_cpu_seconds": round(harness_cpu, 2) if args.inject != "direct" else None,
             "direct_prepare_seconds": round(prepare_seconds, 2) or None,
             "injection_seconds": round(injected[0] - started, 2) if injected else None,
@@ -681,8 +689,8 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
                                       "KAKITOME_HTTP__PORT")},
             "tls_failures": delta["tls_failures"],
             "process_cpu_user_system": [round(user, 2), round(system, 2)],
-            # CPU seconds of each process over the run (web first with --workers; for
-            # --inject direct, counted from start-up).
+            # CPU seconds of each process over the run (serve first, then its worker
+            # children; theirs counted from their start with --inject direct).
             "process_cpu_seconds": [
                 round(end - begin, 2) for end, begin in zip(cpu_each, cpu_starts, strict=True)
             ],
@@ -885,8 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-messages", type=int, default=100,
                         help="messages per request with --inject batch")
     parser.add_argument("--workers", type=int, default=0,
-                        help="0: one process with every role; N: a web process and N "
-                             "worker processes")
+                        help="0: one process with every role; N: serve with "
+                             "scale.worker_processes = N (N worker child processes)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--unsigned", action="store_true",
                         help="no sending domain (domains.allow_unconfigured_from): no DKIM")
