@@ -51,7 +51,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import structlog
@@ -62,6 +62,8 @@ from kakitome.store.repository import Store
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from kakitome.delivery.agent import DeliveryAgent
 
 log = structlog.get_logger("kakitome.runtime")
 
@@ -79,6 +81,19 @@ def _quiet_server_class() -> type[uvicorn.Server]:
             yield
 
     return QuietServer
+
+
+def follow_settings(agent: DeliveryAgent) -> Callable[[Settings], None]:
+    """A ``LiveSettings`` subscriber handing reloaded settings to the delivery agent, its
+    TLS policy resolver and its pool: the next batch uses the new TLS policy table and
+    level, stripping handling and per-destination concurrency."""
+
+    def follow(new: Settings) -> None:
+        agent.settings = new
+        agent.policies.settings = new
+        agent.pool.settings = new.delivery
+
+    return follow
 
 
 def public_url(settings: Settings) -> str:
@@ -268,13 +283,7 @@ async def serve_async(
             metrics = DeliveryMetrics(shaper.site_of_host)
             metrics.watch_shaping(shaper.status)
             agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store, shaping=shaper)
-
-            def agent_follows(new: Settings) -> None:
-                agent.settings = new
-                agent.policies.settings = new
-                agent.pool.settings = new.delivery
-
-            live.subscribe(agent_follows)
+            live.subscribe(follow_settings(agent))
             tlsrpt = tlsrpt_task(settings, store, tls_store, resolver, stop)
             tasks.append(asyncio.create_task(tlsrpt, name="tlsrpt"))
             suppression = InboundStore(store.engine)

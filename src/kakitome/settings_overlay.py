@@ -446,7 +446,8 @@ class LiveSettings:
         )
         self._overlay = overlay
         self._current = apply_overlay(self._base, overlay)
-        log.info("settings reloaded from the database", changed=changed)
+        if changed:
+            log.info("settings reloaded from the database", changed=changed)
         for callback in self._subscribers:
             try:
                 callback(self._current)
