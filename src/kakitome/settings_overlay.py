@@ -69,6 +69,7 @@ __all__ = [
     "SettingsInvalid",
     "apply_overlay",
     "before_overlay",
+    "current_settings",
     "describe",
     "keep_route_secrets",
     "plain",
@@ -349,6 +350,12 @@ def apply_overlay(settings: Settings, overlay: Mapping[str, Any]) -> Settings:
     effective = base.model_copy(update=update)
     effective._before_overlay = base
     return effective
+
+
+async def current_settings(settings: Settings, overlay: SettingsStore) -> Settings:
+    """``settings`` with the overlay as stored now: for code that runs once per request or
+    command (the CLI, an API call) rather than in a process that reloads."""
+    return apply_overlay(settings, await overlay.values())
 
 
 # -- what the settings page and the API show --------------------------------------------

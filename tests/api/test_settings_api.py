@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
+from kakitome.store.inbound_store import InboundStore, NewInbound
 from kakitome.store.repository import Store
 from kakitome.store.settings_store import SettingsStore
 from tests.api.conftest import bearer
@@ -148,3 +151,31 @@ async def test_invalid_routes_are_refused_and_nothing_changes(
     reader = await bearer(store, "read")
     put = await client.put("/api/v1/routes", json={"routes": good}, headers=reader)
     assert put.status_code == 403
+
+
+async def test_held_mail_is_released_to_a_route_added_at_run_time(
+    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+) -> None:
+    """Releasing held mail looks at the routes as they are now, not as they were when the
+    process started: a forward route PUT a moment ago takes it."""
+    inbound = InboundStore(store.engine)
+    held = await inbound.record_inbound(
+        NewInbound(
+            received_at=time.time(),
+            listener="mx",
+            kind="route",
+            status="held",
+            content=b"From: a@b.test\r\nTo: info@in.example\r\nSubject: s\r\n\r\nhi\r\n",
+            recipients=("info@in.example",),
+            mail_from="a@b.test",
+        )
+    )
+    before = await client.post(f"/api/v1/inbound/{held}/release", headers=admin)
+    assert before.status_code == 422  # no forward route yet
+    routes = [{"match": "@in.example", "action": "forward", "url": "https://app.example/in"}]
+    assert (await client.put("/api/v1/routes", json={"routes": routes}, headers=admin)).is_success
+    released = await client.post(f"/api/v1/inbound/{held}/release", headers=admin)
+    assert released.status_code == 200, released.text
+    assert released.json()["route"] == "@in.example"
+    row = await inbound.get_inbound(held)
+    assert row is not None and row.status == "forward"

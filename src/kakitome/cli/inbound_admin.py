@@ -25,8 +25,10 @@ import typer
 from kakitome.cli.inbound import ConfigOption, JsonOption, _cli, _emit_json, _run, _say
 from kakitome.config import Settings
 from kakitome.inbound.held import delete_held, release_held
+from kakitome.settings_overlay import current_settings
 from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
 from kakitome.store.repository import Store
+from kakitome.store.settings_store import SettingsStore
 
 __all__ = ["inbound_app", "tlsrpt_app"]
 
@@ -142,9 +144,10 @@ def inbound_release(
     """Hand a held message to a forward route; the running service POSTs it."""
 
     async def work(settings: Settings, store: Store) -> str:
+        current = await current_settings(settings, SettingsStore(store.engine))
         chosen = await release_held(
             InboundStore(store.engine),
-            settings.inbound.routes,
+            current.inbound.routes,  # as changed at run time (settings overlay)
             inbound_id,
             route=route,
             now=time.time(),

@@ -32,8 +32,10 @@ from kakitome.errors import InputError, NotFound
 from kakitome.inbound.held import delete_held, release_held
 from kakitome.inbound.users import hash_password, validate_username
 from kakitome.receipts import iso_utc
+from kakitome.settings_overlay import current_settings
 from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
 from kakitome.store.repository import ApiKeyInfo, Store
+from kakitome.store.settings_store import SettingsStore
 from kakitome.suppression import suppression_key
 from kakitome.web.api_lists import MAX_ID, Cursor, Limit, Model, Offset, Page, Text, offset_page
 from kakitome.web.auth import require_scope
@@ -290,9 +292,10 @@ def inbound_api_router(
         key: ApiKeyInfo = can_admin,
     ) -> ReleasedOut:
         """Hand a held message to a forward route; the forwarder POSTs it."""
+        current = await current_settings(settings, SettingsStore(store.engine))
         chosen = await release_held(
             db,
-            settings.inbound.routes,
+            current.inbound.routes,  # as changed at run time (settings overlay)
             inbound_id,
             route=body.route if body is not None else None,
             now=clock(),

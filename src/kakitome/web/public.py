@@ -49,7 +49,9 @@ from kakitome.errors import InputError, NotFound
 from kakitome.injection import Injector
 from kakitome.lists.model import SUBSCRIBED, UNSUBSCRIBED, MailingList, OptIn, TokenError
 from kakitome.lists.service import ListService
+from kakitome.settings_overlay import current_settings
 from kakitome.store.repository import Store
+from kakitome.store.settings_store import SettingsStore
 
 __all__ = ["MAX_FORM_BYTES", "TEXTS", "choose_language", "mta_sts_policy", "public_router"]
 
@@ -189,6 +191,7 @@ async def mta_sts_policy(settings: Settings, store: Store, host: str) -> str | N
     if not name.startswith("mta-sts."):
         return None
     domain = name[len("mta-sts.") :]
+    settings = await current_settings(settings, SettingsStore(store.engine))  # domains may change
     ours = {d.lower().rstrip(".") for d in settings.inbound.domains}
     ours |= {view.name.ascii for view in await DomainService(store, settings).list_domains()}
     if not domain or domain not in ours:
