@@ -119,6 +119,7 @@ api_keys = Table(
 from kakitome.store import (  # noqa: E402, F401
     schema_campaigns,
     schema_domains,
+    schema_imports,
     schema_inbound,
     schema_lists,
     schema_scale,

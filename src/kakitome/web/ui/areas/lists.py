@@ -11,8 +11,11 @@ upload is ``multipart/form-data``: its token is checked here the same way ``UI.f
 does for url-encoded forms).
 
 What it trusts: nothing from the form before validation by ``ListService``; uploads are
-limited to ``MAX_IMPORT_BYTES``; import jobs live in memory (one process) and are
-forgotten ``JOB_TTL`` seconds after they end.
+limited to ``MAX_IMPORT_BYTES``. Import jobs are rows of ``list_import_jobs``
+(kakitome.store.import_jobs_store): the upload is imported by a task of the process that
+received it, which records progress about once a second; any web process shows the
+progress and the report, a job whose process died is shown as interrupted, and finished
+jobs are forgotten ``JOB_TTL`` seconds after they end.
 
 Departures: ``ListService`` has no "update subscriber" or "search members" yet, so this
 module does those two with short SQLAlchemy Core statements on the lists tables
@@ -23,22 +26,25 @@ goes through ``ListService.update_list``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import hmac
 import io
 import json
+import os
 import secrets
+import socket
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import and_, func, or_, select, update
 
-from kakitome.errors import InputError, NotFound
+from kakitome.errors import InputError, NotFound, StorageError
 from kakitome.injection import Injector
 from kakitome.lists.model import (
     ENCODINGS,
@@ -50,6 +56,7 @@ from kakitome.lists.model import (
     OptIn,
 )
 from kakitome.lists.service import ListService, _check_attributes
+from kakitome.store.import_jobs_store import ImportJobStore
 from kakitome.store.lists_store import _member
 from kakitome.store.repository import Store
 from kakitome.store.schema_lists import list_members, subscribers
@@ -58,7 +65,9 @@ from kakitome.web.ui.nav import NavItem, UIArea
 
 PAGE_SIZE = 50
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
-JOB_TTL = 3600.0
+JOB_TTL = 7 * 86_400.0
+# How often the importing process records progress (also its heartbeat).
+PROGRESS_INTERVAL = 1.0
 
 _SERVICES: weakref.WeakKeyDictionary[UI, ListService] = weakref.WeakKeyDictionary()
 
@@ -90,55 +99,76 @@ class _Counting(io.BytesIO):
     """A BytesIO whose read position is the import's progress."""
 
 
-@dataclass(slots=True)
-class ImportJob:
-    id: str
-    list_id: int
-    size: int
-    source: _Counting
-    started: float
-    report: ImportReport | None = None
-    error: str | None = None
-    finished: float | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def progress(self) -> float:
-        if self.finished is not None:
-            return 1.0
-        try:
-            position = self.source.tell()
-        except ValueError:
-            position = self.size
-        return min(position / self.size, 0.99) if self.size else 0.0
+# Which process runs a job (recorded with it; helps reading the table after a crash).
+_OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+_JOB_STORES: weakref.WeakKeyDictionary[UI, ImportJobStore] = weakref.WeakKeyDictionary()
+# Running imports: held so the event loop does not drop them.
+_TASKS: set[asyncio.Task[None]] = set()
 
 
-_JOBS: dict[str, ImportJob] = {}
+@dataclass(frozen=True, slots=True)
+class _ProgressList:
+    """What the progress page shows of the list."""
+
+    id: int
+    display_title: str
 
 
-def _forget_old_jobs(now: float) -> None:
-    for key, job in list(_JOBS.items()):
-        if job.finished is not None and now - job.finished > JOB_TTL:
-            del _JOBS[key]
+def import_jobs(ui: UI) -> ImportJobStore:
+    found = _JOB_STORES.get(ui)
+    if found is None:
+        found = _JOB_STORES[ui] = ImportJobStore(ui.store.engine)
+    return found
+
+
+def _position(source: _Counting) -> int:
+    try:
+        return source.tell()
+    except ValueError:  # closed: the import has ended and finish() records the end
+        return 0
 
 
 async def _run_import(
-    service: ListService, job: ImportJob, encoding: str | None, status: str, source: str
+    service: ListService,
+    jobs: ImportJobStore,
+    job_id: str,
+    list_id: int,
+    data: _Counting,
+    encoding: str | None,
+    status: str,
+    source: str,
 ) -> None:
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            with contextlib.suppress(StorageError):
+                await jobs.progress(job_id, position=_position(data), now=time.time())
+
+    ticker = asyncio.create_task(beat())
+    report: ImportReport | None = None
+    error: str | None = None
     try:
-        job.report = await service.import_csv(
-            job.list_id,
-            job.source,
+        report = await service.import_csv(
+            list_id,
+            data,
             encoding=encoding,
             optin=OptIn("import", source[:200]),
             status=status,
         )
     except (InputError, NotFound) as exc:
-        job.error = str(exc)
+        error = str(exc)
+    except asyncio.CancelledError:
+        error = "the web process stopped during the import"
+        raise
     except Exception as exc:
-        job.error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
     finally:
-        job.finished = time.time()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        # If this cannot be recorded, the missing heartbeat marks the job interrupted.
+        with contextlib.suppress(StorageError):
+            await jobs.finish(job_id, report=report, error=error, now=time.time())
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
@@ -491,29 +521,37 @@ def router(ui: UI) -> APIRouter:
         if status not in ("subscribed", "unconfirmed"):
             status = "subscribed"
         now = time.time()
-        _forget_old_jobs(now)
-        job = ImportJob(secrets.token_urlsafe(16), found.id, len(data), _Counting(data), now)
-        _JOBS[job.id] = job
+        jobs = import_jobs(ui)
+        await jobs.forget_finished(before=now - JOB_TTL)
+        job_id = secrets.token_urlsafe(16)
         who = viewer.user.username if viewer.user else "?"
-        job.task = asyncio.create_task(
+        await jobs.create(job_id, found.id, size=len(data), started_by=who, owner=_OWNER, now=now)
+        task = asyncio.create_task(
             _run_import(
                 list_service(ui),
-                job,
+                jobs,
+                job_id,
+                found.id,
+                _Counting(data),
                 encoding if encoding in ("utf-8", "utf-8-sig", "cp932") else None,
                 status,
                 f"web upload by {who}",
             )
         )
-        return ui.redirect(f"/ui/lists/{found.id}/import/{job.id}")
+        _TASKS.add(task)
+        task.add_done_callback(_TASKS.discard)
+        return ui.redirect(f"/ui/lists/{found.id}/import/{job_id}")
 
     @r.get("/lists/{list_id}/import/{job_id}", include_in_schema=False)
     async def import_progress(
         request: Request, list_id: int, job_id: str, viewer: Viewer = viewer_dep
     ) -> Response:
-        job = _JOBS.get(job_id)
-        found = await get_list(list_id)
-        if job is None or found is None or job.list_id != list_id:
+        # Only the jobs table is read (no write lock): on SQLite the list's own store would
+        # wait behind the import's transactions.
+        job = await import_jobs(ui).get(job_id[:32], now=time.time())
+        if job is None or job.list_id != list_id:
             return not_found(ui, request, viewer)
+        found = _ProgressList(list_id, job.list_title)
         partial = bool(request.headers.get("hx-request"))
         return ui.render(
             request,
@@ -650,6 +688,11 @@ EN = {
     "lists.import_running": "Importing…",
     "lists.import_done": "Import finished",
     "lists.import_failed": "The import failed",
+    "lists.import_interrupted": "The import was interrupted",
+    "lists.import_interrupted_detail": "The web process running this import stopped (a "
+    "restart or a crash) after reading {percent}% of the file. Subscribers in the batches "
+    "committed before then are in the list; importing the file again is safe: existing "
+    "subscribers are updated, never duplicated.",
     "lists.import_summary": "{rows} rows: {inserted} new, {updated} updated, {rejected} "
     "rejected ({encoding}, {seconds} s).",
     "lists.rejected": "Rejected rows",
@@ -731,6 +774,11 @@ JA = {
     "lists.import_running": "インポート中…",
     "lists.import_done": "インポートが完了しました",
     "lists.import_failed": "インポートに失敗しました",
+    "lists.import_interrupted": "インポートが中断されました",
+    "lists.import_interrupted_detail": "このインポートを実行していたウェブプロセスが、ファイルの "
+    "{percent}% を読んだところで停止しました（再起動またはクラッシュ）。それまでにコミット"
+    "された分の購読者はリストに入っています。同じファイルをもう一度インポートしても安全です"
+    "（既存の購読者は更新され、重複はしません）。",
     "lists.import_summary": "{rows} 行: 新規 {inserted}、更新 {updated}、却下 {rejected}"
     "（{encoding}、{seconds} 秒）。",
     "lists.rejected": "却下された行",
