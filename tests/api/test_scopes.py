@@ -24,8 +24,8 @@ from tests.api.conftest import BASE, api_settings, bearer
 
 # Non-GET endpoints that only read (so a read key is enough).
 READ_POSTS = {("POST", "/api/v1/campaigns/{campaign_id}/preview")}
-# GETs of secrets' metadata, for admin keys only.
-ADMIN_GETS = {("GET", "/api/v1/api-keys")}
+# GETs of secrets' metadata, and of the whole configuration, for admin keys only.
+ADMIN_GETS = {("GET", "/api/v1/api-keys"), ("GET", "/api/v1/settings")}
 
 
 def _routes() -> list[tuple[str, str]]:
