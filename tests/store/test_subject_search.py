@@ -150,3 +150,16 @@ async def test_sqlite_query_uses_the_fts_index(store: Store) -> None:
         plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")).all()
     details = " | ".join(str(row[-1]) for row in plan)
     assert "VIRTUAL TABLE INDEX" in details and "SCAN messages" not in details, details
+
+
+async def test_sqlite_matches_the_rarest_word(store: Store) -> None:
+    """With several words, the index is walked for the rarest one (an AND with a common
+    phrase walks all of its matches); the other words only filter. Results are the same."""
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite FTS5 word choice")
+    ids = await _inject(store, *[f"Newsletter {n}" for n in range(40)], "Newsletter 999999")
+    async with store.engine.connect() as conn:
+        assert await search.sqlite_rarest(conn, ["Newsletter", "999999"]) == "999999"
+        assert await search.sqlite_rarest(conn, ["999999", "Newsletter"]) == "999999"
+    assert await _find(store, "Newsletter 999999") == [ids[-1]]
+    assert await _find(store, "newsletter 12") == [ids[12]]

@@ -632,9 +632,11 @@ class WebStore:
                     below = await conn.scalar(search.sqlite_cursor(query.before))
                     if below is None:  # not an indexed message: fall back to its id
                         where.append(m.c.id < query.before)
-                short = [w for w in words if w not in indexed]
+                # The index finds the rarest word; the other words filter its matches.
+                rarest = await search.sqlite_rarest(conn, indexed)
+                short = [w for w in words if w != rarest]
                 stmt = search.sqlite_candidates(
-                    indexed,
+                    [rarest],
                     below=below,
                     limit=limit + 1,
                     where=where + matches(m.c.subject, short),
