@@ -271,7 +271,7 @@ async def serve_async(
         if worker_here:
             resolver = Resolver(settings.dns)
             pool = ConnectionPool(settings)
-            tls_store = TLSStore(store.engine)
+            tls_store = TLSStore(store.engine, history_ttl=30.0)
             owner = default_owner()
             shared: ShapingState = (
                 ShapingStore(store) if store.dialect == "postgresql" else MemoryShapingState()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import os
 import socket
@@ -102,7 +103,11 @@ class ResultRecorder:
     ) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="result-recorder")
+            # A context of its own: it records for every batch, so it must not log with
+            # the domain and message ids bound by the batch that happened to start it.
+            self._task = loop.create_task(
+                self._run(), name="result-recorder", context=contextvars.Context()
+            )
         if self._done is None:
             self._done = loop.create_future()
         done = self._done
@@ -235,24 +240,35 @@ class Worker:
             log.warning("claim failed; database unavailable", error=str(exc))
             await asyncio.sleep(self._settings.queue.poll_interval)
             return 0
+        # A delivery still in flight here whose lease ran out before it was renewed (a slow
+        # machine) comes back in the claim with our own name on it: it is already being
+        # delivered, so it is not handed to the agent a second time.
+        batches = [_without_in_flight(claimed, self._leased) for claimed in batches]
+        # Suppressed recipients bounce at delivery time (kakitome.suppression): one look-up
+        # for the whole round, not one per destination (None: each batch asks for itself).
+        keys: set[str] | None = None
+        if self._suppressed is not None and batches:
+            everyone = [r.address for c in batches for m in c.messages for r in m.recipients]
+            try:
+                keys = await self._suppressed(everyone)
+            except Exception as exc:
+                log.warning("suppression look-up failed; asked per batch", error=repr(exc))
         count = 0
         for claimed in batches:
-            # A delivery still in flight here whose lease ran out before it was renewed
-            # (a slow machine) comes back in the claim with our own name on it: it is
-            # already being delivered, so it is not handed to the agent a second time.
-            claimed = _without_in_flight(claimed, self._leased)
             for start in range(0, len(claimed.messages), CHUNK):
                 chunk = ClaimedBatch(claimed.domain, claimed.messages[start : start + CHUNK])
                 size = sum(len(m.recipients) for m in chunk.messages)
                 count += size
                 self._in_flight += size
                 self._leased.update(r.delivery_id for m in chunk.messages for r in m.recipients)
-                task = asyncio.create_task(self._run_batch(chunk, size))
+                task = asyncio.create_task(self._run_batch(chunk, size, keys))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         return count
 
-    async def _run_batch(self, claimed: ClaimedBatch, size: int) -> None:
+    async def _run_batch(
+        self, claimed: ClaimedBatch, size: int, suppressed: set[str] | None = None
+    ) -> None:
         # This task's log lines name the destination and the messages (structlog).
         structlog.contextvars.bind_contextvars(
             domain=claimed.domain, message_ids=[m.message_id for m in claimed.messages]
@@ -272,9 +288,9 @@ class Worker:
             try:
                 results: list[RecipientResult] = []
                 if self._suppressed is not None and batch is not None:
-                    # Suppressed recipients bounce here, at delivery time (kakitome.suppression).
-                    keys = await self._suppressed(recipients_of(batch))
-                    batch, results = split_suppressed(batch, keys)
+                    if suppressed is None:
+                        suppressed = await self._suppressed(recipients_of(batch))
+                    batch, results = split_suppressed(batch, suppressed)
                 if batch is not None:
                     results += await self._deliver(batch, progress)
             except Exception as exc:  # an agent bug must not lose the batch

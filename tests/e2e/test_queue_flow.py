@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -225,3 +225,49 @@ async def test_delivery_over_ipv6(flow: Flow, world: LocalInternet) -> None:
     finally:
         world.remove_domain(name)
         world.remove_peer(peer)
+
+
+async def test_suppressed_recipients_bounce_at_delivery_one_lookup_a_round(
+    flow: Flow, make_domain: MakeDomain
+) -> None:
+    """An address suppressed after its message was queued bounces at delivery time (the
+    others of the same message are delivered); the worker asks the suppression list once
+    per claim round, however many destinations the round holds."""
+    from kakitome.store.inbound_store import InboundStore
+    from kakitome.suppression import SUPPRESSED_REPLY
+
+    inbound = InboundStore(flow.store.engine)
+    asked: list[list[str]] = []
+
+    async def suppressed(addresses: Sequence[str]) -> set[str]:
+        asked.append(list(addresses))
+        return await inbound.suppressed_among(addresses)
+
+    worker = Worker(flow.settings, flow.store, flow.worker._deliver, clock=flow.clock,
+                    suppressed=suppressed)  # fmt: skip
+    domains = [make_domain() for _ in range(4)]
+    sent = [
+        await flow.injector.submit_fields(
+            from_="news@sender.test",
+            to=[f"keep@{d.name}", f"Gone@{d.name}"],
+            subject="件名",
+            text="本文",
+        )
+        for d, _ in domains
+    ]
+    gone = f"gone@{domains[2][0].name}"
+    assert await inbound.add_suppression(gone, reason="manual", now=flow.clock())
+    assert await worker.run_once() == 8
+    assert len(asked) == 1 and len(asked[0]) == 8
+    receipt = await flow.store.receipt(sent[2])
+    by_address = {r.recipient.lower(): r for r in receipt.recipients}
+    assert by_address[gone].status == "bounced"
+    assert by_address[gone].reply is not None
+    assert by_address[gone].reply["code"] == SUPPRESSED_REPLY.code
+    assert by_address[f"keep@{domains[2][0].name}"].status == "delivered"
+    for message_id in (sent[0], sent[1], sent[3]):
+        statuses = {r.status for r in (await flow.store.receipt(message_id)).recipients}
+        assert statuses == {"delivered"}
+    # The peer of the suppressed address got only the other recipient.
+    rcpts = [r for m in domains[2][1].messages() for r in m.rcpt_tos]
+    assert rcpts == [f"keep@{domains[2][0].name}"]

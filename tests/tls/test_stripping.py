@@ -101,3 +101,30 @@ async def test_history_is_persisted(
         assert any(e["data"]["mx_host"] == domain.mx[0][1] for e in events)
     finally:
         await store.close()
+
+
+async def test_history_cache_writes_through_and_expires(
+    make_domain: MakeDomain, tls_agent: TLSAgentFactory, store: Store
+) -> None:
+    """The worker's TLSStore keeps host histories for a while: its own writes are seen at
+    once (stripping is still caught on the next batch); another process's writes when the
+    copy expires."""
+    import asyncio
+
+    from kakitome.tls.history import HostHistory
+
+    domain, peer = make_domain()
+    cached = TLSStore(store.engine, history_ttl=0.5)
+    await tls_agent(cached).deliver(batch(domain.name))  # STARTTLS seen, remembered
+    peer.set_behaviour(PeerBehaviour(starttls=False))
+    [result] = await tls_agent(cached).deliver(batch(domain.name))
+    assert result.outcome is Outcome.DEFERRED
+
+    host = "mx.elsewhere.test"
+    assert await cached.get_host_history(host) is None  # kept: None
+    other = TLSStore(store.engine)  # another process
+    await other.put_host_history(HostHistory(host, starttls_seen_at=1.0, updated_at=1.0))
+    assert await cached.get_host_history(host) is None
+    await asyncio.sleep(0.6)
+    seen = await cached.get_host_history(host)
+    assert seen is not None and seen.starttls_seen_at == 1.0

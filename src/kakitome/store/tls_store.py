@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -55,10 +56,15 @@ def _row_key(s: SessionRecord) -> str:
 class TLSStore:
     """``TLSState`` in the database; safe to share between tasks of one event loop."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, history_ttl: float = 0.0) -> None:
+        """``history_ttl`` > 0: MX host histories read are kept that many seconds (writes
+        through this object update the copy at once; another process's writes are seen
+        when it expires). The worker reads one per MX host for every batch it plans."""
         self._engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self._pg = engine.dialect.name == "postgresql"
+        self._history_ttl = history_ttl
+        self._histories: dict[str, tuple[float, HostHistory | None]] = {}
 
     @contextlib.asynccontextmanager
     async def _tx(self, write: bool) -> AsyncIterator[AsyncConnection]:
@@ -112,6 +118,18 @@ class TLSStore:
     # -- host history --------------------------------------------------------------------------
 
     async def get_host_history(self, mx_host: str) -> HostHistory | None:
+        if self._history_ttl > 0:
+            kept = self._histories.get(mx_host)
+            if kept is not None and time.monotonic() - kept[0] < self._history_ttl:
+                return kept[1]
+        history = await self._read_host_history(mx_host)
+        if self._history_ttl > 0:
+            if len(self._histories) > 10_000:
+                self._histories.clear()
+            self._histories[mx_host] = (time.monotonic(), history)
+        return history
+
+    async def _read_host_history(self, mx_host: str) -> HostHistory | None:
         async with self._tx(False) as conn:
             row = (
                 await conn.execute(
@@ -142,8 +160,11 @@ class TLSStore:
         statement = statement.on_conflict_do_update(
             index_elements=["mx_host"], set_={k: v for k, v in values.items() if k != "mx_host"}
         )
+        self._histories.pop(history.mx_host, None)
         async with self._tx(True) as conn:
             await conn.execute(statement)
+        if self._history_ttl > 0:
+            self._histories[history.mx_host] = (time.monotonic(), history)
 
     # -- events --------------------------------------------------------------------------------
 
