@@ -7,9 +7,16 @@ not words: 「お知らせ」 is found inside 「【重要】12月のお知ら�
   stored twice), whose rowid is ``message_search.id`` — a stable INTEGER PRIMARY KEY
   beside each message id (the rowid of ``messages`` itself is not stable: VACUUM may
   renumber it). Triggers on ``messages`` keep both in step with every insert and delete,
-  whatever path writes the row (injection, campaigns, DSNs). Results come newest first in
-  insertion order; the page cursor is turned into a ``message_search.id`` bound, so pages
-  never skip or repeat a message.
+  whatever path writes the row (injection, campaigns, DSNs). Indexing is batched
+  (migration 0013): an insert only numbers the message; every ``SQLITE_BATCH`` numbered
+  messages the insert that completes the batch indexes them in one statement, and
+  ``message_search_state.indexed_upto`` says how far the FTS5 table goes. A search reads
+  the index up to there and filters the newer (fewer than ``SQLITE_BATCH``) messages
+  directly, so it sees every message as soon as it is committed. Tokenizing each subject
+  in its own small commit cost 100-300 µs per injected message; batched, the cost is a
+  few tens (bench/search_index_cost.py). Results come newest first in numbering
+  (insertion) order; the page cursor is turned into a ``message_search.id`` bound, so
+  pages never skip or repeat a message.
 - PostgreSQL: a GIN ``gin_trgm_ops`` index on ``messages.subject`` (extension pg_trgm),
   searched with ``ILIKE``; newest first by id. Without pg_trgm (migration 0011 logs it)
   the same query runs as a scan. pg_trgm only takes trigrams of characters the
@@ -59,6 +66,9 @@ MAX_WORDS = 8
 
 SQLITE_MAP = "message_search"  # (id INTEGER PRIMARY KEY, message_id UNIQUE)
 SQLITE_FTS = "message_search_fts"  # FTS5, rowid = message_search.id
+SQLITE_STATE = "message_search_state"  # (k = 1, indexed_upto)
+# Messages indexed together (the literal in migration 0013's trigger).
+SQLITE_BATCH = 500
 PG_INDEX = "ix_messages_subject_trgm"
 
 # Not in schema.metadata; described here so queries can be built with SQLAlchemy Core.
@@ -70,6 +80,12 @@ message_search = Table(
     Column("message_id", String(32), nullable=False, unique=True),
 )
 message_search_fts = Table(SQLITE_FTS, _search_metadata, Column("rowid", Integer))
+message_search_state = Table(
+    SQLITE_STATE,
+    _search_metadata,
+    Column("k", Integer, primary_key=True),
+    Column("indexed_upto", Integer, nullable=False),
+)
 
 
 def is_search_object(name: str | None) -> bool:
@@ -121,10 +137,41 @@ def sqlite_cursor(message_id: str) -> Any:
     return select(message_search.c.id).where(message_search.c.message_id == message_id)
 
 
-def sqlite_candidates(words: list[str], *, below: int | None, limit: int, where: list[Any]) -> Any:
+def sqlite_indexed_upto() -> Any:
+    """How far the FTS5 table goes (``message_search.id``)."""
+    return select(message_search_state.c.indexed_upto)
+
+
+def sqlite_pending(*, upto: int, below: int | None, limit: int, where: list[Any]) -> Any:
+    """Messages numbered after ``upto`` (not in the FTS5 table yet) that meet ``where``
+    (conditions on ``schema.messages``, the words among them), newest first."""
+    from kakitome.store.schema import messages as m
+
+    s = message_search
+    stmt = (
+        select(m.c.id)
+        .select_from(s.join(m, m.c.id == s.c.message_id))
+        .where(s.c.id > upto, *where)
+        .order_by(s.c.id.desc())
+        .limit(limit)
+    )
+    if below is not None:
+        stmt = stmt.where(s.c.id < below)
+    return stmt
+
+
+def sqlite_candidates(
+    words: list[str],
+    *,
+    below: int | None,
+    limit: int,
+    where: list[Any],
+    upto: int | None = None,
+) -> Any:
     """Message ids whose subject holds every word of ``words`` (all of them at least
     ``MIN_INDEXED_LENGTH`` long), newest first; ``where`` are further conditions on
-    ``schema.messages``; ``below`` the index position of the previous page's last id."""
+    ``schema.messages``; ``below`` the index position of the previous page's last id;
+    ``upto`` where the index ends (``sqlite_indexed_upto``)."""
     from kakitome.store.schema import messages as m
 
     s, f = message_search, message_search_fts
@@ -137,4 +184,6 @@ def sqlite_candidates(words: list[str], *, below: int | None, limit: int, where:
     )
     if below is not None:
         stmt = stmt.where(f.c.rowid < below)
+    if upto is not None:
+        stmt = stmt.where(f.c.rowid <= upto)
     return stmt

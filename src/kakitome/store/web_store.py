@@ -632,16 +632,27 @@ class WebStore:
                     below = await conn.scalar(search.sqlite_cursor(query.before))
                     if below is None:  # not an indexed message: fall back to its id
                         where.append(m.c.id < query.before)
-                # The index finds the rarest word; the other words filter its matches.
-                rarest = await search.sqlite_rarest(conn, indexed)
-                short = [w for w in words if w != rarest]
-                stmt = search.sqlite_candidates(
-                    [rarest],
+                # Messages not in the index yet (fewer than a batch): every word filters.
+                upto = int(await conn.scalar(search.sqlite_indexed_upto()) or 0)
+                pending = search.sqlite_pending(
+                    upto=upto,
                     below=below,
                     limit=limit + 1,
-                    where=where + matches(m.c.subject, short),
+                    where=where + matches(m.c.subject, words),
                 )
-                ids = [row[0] for row in await conn.execute(with_status(stmt, m.c.id))]
+                ids = [row[0] for row in await conn.execute(with_status(pending, m.c.id))]
+                if len(ids) <= limit:
+                    # The index finds the rarest word; the other words filter its matches.
+                    rarest = await search.sqlite_rarest(conn, indexed)
+                    short = [w for w in words if w != rarest]
+                    stmt = search.sqlite_candidates(
+                        [rarest],
+                        below=below,
+                        upto=upto,
+                        limit=limit + 1 - len(ids),
+                        where=where + matches(m.c.subject, short),
+                    )
+                    ids += [row[0] for row in await conn.execute(with_status(stmt, m.c.id))]
             elif indexed:
                 where = [m.c.id < upper] if upper is not None else []
                 if lower is not None:
