@@ -36,6 +36,7 @@ creates them and ``is_search_object`` lets schema comparisons leave them out.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import (
@@ -130,6 +131,26 @@ async def sqlite_rarest(conn: Any, words: list[str]) -> str:
         )
         counts[word] = int(await conn.scalar(select(func.count()).select_from(probe)) or 0)
     return min(words, key=lambda w: counts[w])
+
+
+async def pg_rarest(conn: Any, words: list[str]) -> str:
+    """PostgreSQL: of ``words``, the one the planner expects in the fewest subjects (its
+    estimate from pg_trgm's statistics; planning only, well under a millisecond). Counting
+    matches instead cost 25-40 ms per word at a million messages."""
+    from kakitome.store.schema import messages as m
+
+    if len(words) == 1:
+        return words[0]
+    estimates = {}
+    for word in words:
+        probe = select(m.c.id).where(m.c.subject.ilike(like_pattern(word), escape="\\"))
+        sql = str(probe.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        plan = await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")
+        document = plan.scalar()
+        if isinstance(document, str):
+            document = json.loads(document)
+        estimates[word] = float(document[0]["Plan"]["Plan Rows"])
+    return min(words, key=lambda w: estimates[w])
 
 
 def sqlite_cursor(message_id: str) -> Any:

@@ -657,7 +657,14 @@ class WebStore:
                 where = [m.c.id < upper] if upper is not None else []
                 if lower is not None:
                     where.append(m.c.id >= lower)
-                stmt = select(m.c.id).where(*where, *matches(m.c.subject, words))
+                # As on SQLite, the index serves the rarest word only: GIN would otherwise
+                # AND the bitmaps of a common word too (116 ms at a million messages).
+                rarest = await search.pg_rarest(conn, indexed)
+                others = [w for w in words if w != rarest]
+                unindexed = m.c.subject + ""  # an expression the GIN index does not cover
+                stmt = select(m.c.id).where(
+                    *where, *matches(m.c.subject, [rarest]), *matches(unindexed, others)
+                )
                 stmt = with_status(stmt, m.c.id).order_by(m.c.id.desc()).limit(limit + 1)
                 ids = [row[0] for row in await conn.execute(stmt)]
             else:
