@@ -93,7 +93,10 @@ async def fill(store: Store, count: int, *, now: float, seed: int = 1) -> dict[s
                         "api",
                         "news@sender.example",
                         "news@sender.example",
-                        f"Newsletter {n}",
+                        # One in ten Japanese (no spaces between words), for the search.
+                        f"【重要】{n % 12 + 1}月のお知らせ {n}"
+                        if n % 10 == 7
+                        else f"Newsletter {n}",
                         2000,
                         b"x",
                         0,
@@ -178,6 +181,9 @@ async def run(count: int, repeat: int, database_url: str | None) -> dict[str, An
         "messages held (rare)": "/ui/messages?status=held",
         "messages date range": "/ui/messages?since=2000-01-01&until=2100-01-01",
         "messages subject words": "/ui/messages?q=Newsletter+999999",
+        "messages subject (rare)": "/ui/messages?q=999997",
+        "messages subject Japanese": "/ui/messages?q=12月のお知らせ",
+        "messages subject 1 char": "/ui/messages?q=月",
         "message detail": f"/ui/messages/{sample['id']}",
         "queue": "/ui/queue",
         "queue deferred": "/ui/queue?status=deferred",
@@ -238,7 +244,7 @@ def main() -> None:
     )
     for name, numbers in report["pages"].items():
         median, worst = numbers["median_ms"], numbers["max_ms"]
-        print(f"  {name:<24} median {median:8.1f} ms   worst {worst:8.1f} ms")
+        print(f"  {name:<27} median {median:8.1f} ms   worst {worst:8.1f} ms")
     slow = report["slowest"]
     print(f"slowest page: {slow['page']} (median {slow['median_ms']:.1f} ms)")
 
