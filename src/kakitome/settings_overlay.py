@@ -235,6 +235,11 @@ def _route_problems(routes: tuple[Any, ...]) -> list[Problem]:
     return problems
 
 
+def _number(value: Any) -> Any:
+    """0.0 as 0 in messages (the models' bounds are floats)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _validate_key(base: Settings, key: str, value: Any) -> Any:
     """The validated value of one editable key (raises SettingsInvalid)."""
     section_name, _, name = key.partition(".")
@@ -248,7 +253,7 @@ def _validate_key(base: Settings, key: str, value: Any) -> Any:
                 ".".join([section_name, *(str(p) for p in err["loc"])]),
                 err["type"],
                 err["msg"],
-                {k: plain(v) for k, v in (err.get("ctx") or {}).items() if k != "error"},
+                {k: _number(plain(v)) for k, v in (err.get("ctx") or {}).items() if k != "error"},
             )
             for err in exc.errors()
         ]

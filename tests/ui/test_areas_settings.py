@@ -121,7 +121,7 @@ async def test_settings_refusals_in_english_and_japanese_store_nothing(
     overlay = SettingsStore(store.engine)
     for lang, expected in (
         ("en", "queue.retry_first: must be 0 or more."),
-        ("ja", "queue.retry_first: 0.0 以上の値にしてください。"),
+        ("ja", "queue.retry_first: 0 以上の値にしてください。"),
     ):
         admin = await clients("admin", lang=lang)
         refused = await post_form(
@@ -131,7 +131,7 @@ async def test_settings_refusals_in_english_and_japanese_store_nothing(
             **{"v:queue.retry_first": "-5", "v:queue.retry_max": "600"},
         )
         assert refused.status_code == 422
-        assert expected.replace("0 or", "0.0 or") in refused.text
+        assert expected in refused.text
         assert 'value="-5"' in refused.text  # what was typed is kept
         assert await overlay.values() == {}
     admin = await clients("admin", lang="ja")
