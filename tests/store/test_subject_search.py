@@ -38,6 +38,11 @@ async def test_english_word_any_case_no_false_positives(store: Store) -> None:
     assert await _find(store, "newsletter") == [ids[1], ids[0]]
     assert await _find(store, "abcd") == []
     assert await _find(store, "bcd") == [ids[4]]
+    # Quotes, LIKE wildcards and FTS5 syntax are text, not syntax.
+    ids += await _inject(store, 'Say "100%" O\'Reilly_x AND NOT', now=NOW + 1)
+    assert await _find(store, '"100%" o\'reilly_x') == [ids[5]]
+    assert await _find(store, "100_ AND") == []
+    assert await _find(store, "NOT 'reilly") == [ids[5]]
 
 
 async def test_japanese_substring(store: Store) -> None:
