@@ -163,6 +163,17 @@ async def _stop_children(children: Sequence[subprocess.Popen[bytes]]) -> None:
                 child.stdin.close()
 
 
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd`` (unbuffered: what follows stays in the pipe)."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise SystemExit("the parent closed the pipe before sending the settings")
+        data += chunk
+    return bytes(data)
+
+
 def role_child() -> None:
     """Entry point of a child process (``smtp`` or ``worker``, from argv): settings from
     stdin, then serve that role until SIGTERM/SIGINT or EOF on stdin (the parent is gone)."""
@@ -171,10 +182,12 @@ def role_child() -> None:
     role = sys.argv[1] if len(sys.argv) > 1 else "smtp"
     if role not in ("smtp", "worker"):
         raise SystemExit(f"unknown child role {role!r}")
-    stdin = sys.stdin.buffer
-    (size,) = struct.unpack("!Q", stdin.read(8))
-    settings = pickle.loads(stdin.read(size))  # trusted: our parent, over a pipe
+    global _PARENT
+    fd = sys.stdin.fileno()
+    (size,) = struct.unpack("!Q", _read_exactly(fd, 8))
+    settings = pickle.loads(_read_exactly(fd, size))  # trusted: our parent, over a pipe
     assert isinstance(settings, Settings)
+    _PARENT = _ParentPipe()
     configure_logging(json=settings.log.format == "json", level=settings.log.level)
     with open(os.devnull, "w") as quiet:
         coroutine = serve_async(settings, (role,), out=quiet, child=True)
@@ -186,18 +199,79 @@ def role_child() -> None:
             asyncio.run(coroutine)
 
 
-def _stop_on_parent_exit(stop: asyncio.Event) -> None:
-    """Set ``stop`` when stdin (the pipe from the parent) reaches EOF."""
-    loop = asyncio.get_running_loop()
+class _ParentPipe:
+    """A child's stdin, the pipe from its parent: EOF means the parent is gone (stop), a
+    byte means it committed new mail (wake the worker). Watched from the moment the child
+    has read its settings, so an EOF during a slow start-up is not missed."""
 
-    def watch() -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gone = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake: Callable[[], None] | None = None
+        threading.Thread(target=self._watch, name="parent-watch", daemon=True).start()
+
+    def attach(self, stop: asyncio.Event, wake: Callable[[], None]) -> None:
+        """From the running loop: where to send EOF and wake-ups from now on."""
+        with self._lock:
+            self._loop, self._stop, self._wake = asyncio.get_running_loop(), stop, wake
+            if self._gone:
+                stop.set()
+
+    def _call(self, stop: bool) -> None:
+        with self._lock:
+            self._gone = self._gone or stop
+            if self._loop is None or self._stop is None or self._wake is None:
+                return  # not attached yet: attach() sees _gone
+            with contextlib.suppress(RuntimeError):  # the loop has already finished
+                self._loop.call_soon_threadsafe(self._stop.set if stop else self._wake)
+
+    def _watch(self) -> None:
+        fd = sys.stdin.fileno()
         with contextlib.suppress(OSError, ValueError):
-            while sys.stdin.buffer.read(4096):
-                pass
-        with contextlib.suppress(RuntimeError):  # the loop has already finished
-            loop.call_soon_threadsafe(stop.set)
+            # os.read returns what is there (a buffered read would wait for 4096 bytes).
+            while os.read(fd, 4096):
+                self._call(stop=False)
+        self._call(stop=True)
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+_PARENT: _ParentPipe | None = None
+
+
+def _stop_on_parent_exit(stop: asyncio.Event, store: Store) -> None:
+    """Set ``stop`` when the parent is gone; wake the store's worker when the parent
+    committed new mail (see _wake_children)."""
+    global _PARENT
+    if _PARENT is None:
+        _PARENT = _ParentPipe()
+    _PARENT.attach(stop, store.wake)
+
+
+def _wake_children(store: Store, children: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SQLite has no NOTIFY: after each commit of new work, write a byte down each worker
+    child's stdin (non-blocking; wake-ups in one loop turn are coalesced, and a full pipe
+    only means the child has wake-ups pending already)."""
+    loop = asyncio.get_running_loop()
+    pipes = [c.stdin.fileno() for c in children if c.stdin is not None]
+    for fd in pipes:
+        os.set_blocking(fd, False)
+    pending = False
+
+    def send() -> None:
+        nonlocal pending
+        pending = False
+        for fd in pipes:
+            with contextlib.suppress(OSError):  # BlockingIOError, BrokenPipeError
+                os.write(fd, b"w")
+
+    def committed() -> None:
+        nonlocal pending
+        if not pending:
+            pending = True
+            loop.call_soon(send)
+
+    store.add_wake_listener(committed)
 
 
 async def serve_async(
@@ -245,7 +319,7 @@ async def serve_async(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     if child:
-        _stop_on_parent_exit(stop)
+        _stop_on_parent_exit(stop, store)
 
     tasks: list[asyncio.Task[None]] = []
     pool: ConnectionPool | None = None
@@ -266,7 +340,10 @@ async def serve_async(
                 log.info("released leases left by an earlier process", count=released)
         if "worker" in active and not worker_here:
             count = settings.scale.worker_processes
-            children += _start_children(base, "worker", count)  # they reload settings too
+            workers = _start_children(base, "worker", count)  # they reload settings too
+            children += workers
+            if store.dialect != "postgresql":
+                _wake_children(store, workers)
             print(f"Delivery: {count} worker processes", file=out, flush=True)
         if worker_here:
             resolver = Resolver(settings.dns)

@@ -244,6 +244,10 @@ class Worker:
         # machine) comes back in the claim with our own name on it: it is already being
         # delivered, so it is not handed to the agent a second time.
         batches = [_without_in_flight(claimed, self._leased) for claimed in batches]
+        # Renewed from now on (the look-up below is a database round trip).
+        self._leased.update(
+            r.delivery_id for c in batches for m in c.messages for r in m.recipients
+        )
         # Suppressed recipients bounce at delivery time (kakitome.suppression): one look-up
         # for the whole round, not one per destination (None: each batch asks for itself).
         keys: set[str] | None = None
@@ -260,7 +264,6 @@ class Worker:
                 size = sum(len(m.recipients) for m in chunk.messages)
                 count += size
                 self._in_flight += size
-                self._leased.update(r.delivery_id for m in chunk.messages for r in m.recipients)
                 task = asyncio.create_task(self._run_batch(chunk, size, keys))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

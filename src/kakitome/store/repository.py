@@ -37,9 +37,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import string
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -70,6 +71,8 @@ from kakitome.store.migrate import upgrade_to_head
 from kakitome.store.schema import api_keys, deliveries, events
 from kakitome.store.schema import messages as message_table
 from kakitome.tls.receipt import TLSReceipt
+
+log = logging.getLogger(__name__)
 
 QUEUED = "queued"
 DEFERRED = "deferred"
@@ -300,6 +303,9 @@ class Store:
         self._reader = engine.execution_options(sqlite_begin="DEFERRED")
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # Called when this process committed new work (SQLite: how serve tells its worker
+        # children, which share no event with it; PostgreSQL has NOTIFY).
+        self._wake_listeners: list[Callable[[], None]] = []
         self._listener: Any = None  # asyncpg.Connection LISTENing, PostgreSQL only
         self._listener_failed_at = 0.0
 
@@ -400,7 +406,7 @@ class Store:
             await conn.execute(insert(deliveries), delivery_rows)
             await conn.execute(insert(events), event_rows)
             await self._notify(conn)
-        self._wake.set()
+        self._work_committed()
         return ids
 
     # -- the queue ----------------------------------------------------------------------
@@ -512,7 +518,7 @@ class Store:
             if count:
                 await self._notify(conn)
         if count:
-            self._wake.set()
+            self._work_committed()
         return int(count)
 
     async def renew_leases(self, owner: str, delivery_ids: Sequence[int], *, until: float) -> int:
@@ -528,6 +534,23 @@ class Store:
                 )
                 count += int(result.rowcount)
         return count
+
+    def wake(self) -> None:
+        """New work may be due (told by another process): wake ``wait_for_work``."""
+        self._wake.set()
+
+    def add_wake_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (in the event loop, must not block) after each commit of new
+        or newly due work by this process."""
+        self._wake_listeners.append(listener)
+
+    def _work_committed(self) -> None:
+        self._wake.set()
+        for listener in self._wake_listeners:
+            try:
+                listener()
+            except Exception:  # a listener's trouble must not fail a committed write
+                log.exception("wake listener failed")
 
     async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (agreed hook)
         """Return when new work may be due (an inject, a release, a retry) or after
@@ -696,7 +719,7 @@ class Store:
             if action in ("retry", "release"):
                 await self._notify(conn)
         if action in ("retry", "release"):
-            self._wake.set()
+            self._work_committed()
         return len(affected)
 
     async def set_dsn_sent(self, delivery_ids: Sequence[int], dsn_message_id: str) -> None:
