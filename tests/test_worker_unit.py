@@ -53,3 +53,37 @@ async def test_recorder_groups_results_and_reports_failures() -> None:
     with pytest.raises(RuntimeError, match="database gone"):
         await third
     await recorder.close()
+
+
+async def test_recorder_backlog_holds_senders_until_results_are_committed() -> None:
+    """When commits are slow, ``room`` keeps connections waiting: the results delivered but
+    not committed (what a crash could send twice) stay under the limit."""
+    gate = asyncio.Event()
+    committed: list[int] = []
+
+    async def record(results: list[RecipientResult], messages: dict[int, OutboundMessage]) -> None:
+        await gate.wait()  # a commit stuck behind someone else's write lock
+        committed.extend(r.delivery_id for r in results)
+
+    recorder = ResultRecorder(record, delay=0.0)
+    messages = {i: _message(f"m{i}", i) for i in range(200)}
+    reply = Reply(250, "2.0.0", "ok")
+    highest = 0
+
+    async def connection(first: int) -> None:
+        nonlocal highest
+        for i in range(first, first + 50):
+            recorder.add([RecipientResult(i, Outcome.DELIVERED, reply)], messages)
+            highest = max(highest, recorder.backlog)
+            await recorder.room(16)
+
+    senders = asyncio.gather(*(connection(n) for n in range(0, 200, 50)))
+    await asyncio.sleep(0.05)
+    # Four connections, each stopped at its first result past the limit: nothing more sent.
+    assert recorder.backlog <= 16 + 4
+    assert not senders.done()
+    gate.set()
+    await asyncio.wait_for(senders, 5)
+    await recorder.close()
+    assert sorted(committed) == list(range(200))
+    assert highest <= 16 + 4

@@ -47,8 +47,12 @@ CHUNK = 64
 # what a crash can resend is what was in flight plus this much.
 RECORD_DELAY = 0.005
 RECORD_MAX = 512
+# Results delivered but not yet committed, beyond which connections wait before their next
+# transaction: what a crash can make us send twice stays bounded when commits are slow
+# (a loaded machine, SQLite's write lock held by a campaign batch).
+RECORD_BACKLOG = 64
 
-Progress = Callable[[Sequence[RecipientResult]], None]
+Progress = Callable[[Sequence[RecipientResult]], Awaitable[None] | None]
 Deliver = Callable[[Batch, Progress], Awaitable[list[RecipientResult]]]
 Clock = Callable[[], float]
 # ``suppressed(addresses)`` -> the suppression keys among them (kakitome.suppression).
@@ -97,6 +101,19 @@ class ResultRecorder:
         self._done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._recording = 0  # results in the record call under way
+        self._recorded = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        """Results handed in and not yet committed."""
+        return len(self._results) + self._recording
+
+    async def room(self, limit: int) -> None:
+        """Return once at most ``limit`` results wait to be committed."""
+        while self.backlog > limit:
+            self._recorded.clear()
+            await self._recorded.wait()
 
     def add(
         self, results: Sequence[RecipientResult], messages: dict[int, OutboundMessage]
@@ -131,12 +148,16 @@ class ResultRecorder:
             self._results, self._messages, self._done = [], {}, None
             if done is None:
                 continue
+            self._recording = len(results)
             try:
                 await self._record(results, messages)
             except Exception as exc:  # the waiters see it; the recorder goes on
                 done.set_exception(exc)
             else:
                 done.set_result(None)
+            finally:
+                self._recording = 0
+                self._recorded.set()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -281,10 +302,14 @@ class Worker:
         reported: set[int] = set()
         commits: list[asyncio.Future[None]] = []
 
-        def progress(results: Sequence[RecipientResult]) -> None:
+        def progress(results: Sequence[RecipientResult]) -> Awaitable[None] | None:
             fresh = [r for r in results if r.delivery_id not in reported]
             reported.update(r.delivery_id for r in fresh)
             commits.append(self._recorder.add(fresh, message_of))
+            if self._recorder.backlog > RECORD_BACKLOG:
+                # A task, not a bare coroutine: a caller that does not wait loses nothing.
+                return asyncio.ensure_future(self._recorder.room(RECORD_BACKLOG))
+            return None
 
         try:
             batch: Batch | None = Batch(claimed.domain, claimed.messages)

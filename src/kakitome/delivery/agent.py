@@ -46,7 +46,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -93,8 +93,10 @@ from kakitome.tls.tlsrpt import (
 
 log = logging.getLogger(__name__)
 
-# Called with the results of one transaction as soon as they are known (see deliver()).
-Progress = Callable[[Sequence[RecipientResult]], None]
+# Told of each transaction's results as they come; may return an awaitable that the
+# connection awaits before its next transaction (the worker's back-pressure when results
+# are delivered faster than they can be recorded).
+Progress = Callable[[Sequence[RecipientResult]], Awaitable[None] | None]
 
 # Sources whose hosts are never remembered as TLS-broken or as having a bad certificate
 # (T40): they refuse plaintext by policy, so such a memory could only weaken them.
@@ -303,7 +305,9 @@ class DeliveryAgent:
                     done = len(attempt.results)
                     conn = await self._run_job(attempt, job, conn)
                     if attempt.progress is not None and len(attempt.results) > done:
-                        attempt.progress(attempt.results[done:])
+                        pause = attempt.progress(attempt.results[done:])
+                        if pause is not None:
+                            await pause
             except BaseException:
                 # Cancelled or a bug, perhaps mid-transaction: never pool that connection.
                 if conn is not None:
