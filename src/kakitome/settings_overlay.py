@@ -212,8 +212,17 @@ def before_overlay(settings: Settings) -> Settings:
 
 def _route_problems(routes: tuple[Any, ...]) -> list[Problem]:
     problems = []
+    seen: set[str] = set()
     for i, route in enumerate(routes):
         where = f"{ROUTES}.{i}"
+        key = route.match.strip().lower()
+        if key in seen:
+            # The first matching route wins, so a second one could never be reached (and
+            # the forwarder finds a route's URL and secret by its match).
+            problems.append(
+                Problem(ROUTES, f"{where}.match", "route_duplicate", "the same match twice")
+            )
+        seen.add(key)
         local, _, domain = route.match.strip().lower().rpartition("@")
         if route.match.strip() != "*" and (
             not domain or "@" in local or any(c.isspace() for c in route.match.strip())

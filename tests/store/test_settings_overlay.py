@@ -121,6 +121,15 @@ async def test_stored_value_that_no_longer_validates_is_skipped(store: Store) ->
         ({"database.url": "sqlite:///elsewhere.db"}, "not_editable"),
         ({"inbound.routes": [{"match": "a@b.example", "action": "forward"}]}, "route_url"),
         ({"inbound.routes": [{"match": "a b", "action": "hold"}]}, "route_match"),
+        (
+            {
+                "inbound.routes": [
+                    {"match": "Support@Example.jp", "action": "hold"},
+                    {"match": "support@example.jp ", "action": "reject"},
+                ]
+            },
+            "route_duplicate",
+        ),
         ({"inbound.routes": [{"match": "*", "action": "drop"}]}, "string_pattern_mismatch"),
     ],
 )

@@ -79,3 +79,30 @@ def test_send_requiretls_flag(world: LocalInternet, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "k.db") as db:
         [(flag,)] = db.execute("SELECT requiretls FROM messages WHERE id = ?", (message_id,))
     assert flag == 1
+
+
+def test_policy_explain_sees_a_policy_changed_in_the_ui(
+    world: LocalInternet, make_domain: MakeDomain, tmp_path: Path
+) -> None:
+    """The CLI reads the settings the service runs with: a tls.policy entry stored in the
+    database (as the UI and PATCH /api/v1/settings do) shows as the table's level."""
+    import asyncio
+
+    from kakitome.store.repository import Store
+    from kakitome.store.settings_store import SettingsStore
+
+    domain, _ = make_domain()
+    runner = _runner(world, tmp_path)
+
+    async def change() -> None:
+        store = await Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+        try:
+            await SettingsStore(store.engine).change({"tls.policy": {domain.name: "secure"}}, now=1)
+        finally:
+            await store.close()
+
+    asyncio.run(change())
+    result = runner.invoke(app, ["policy", "explain", domain.name, "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["base"] == {"level": "secure", "source": "table"}

@@ -120,17 +120,23 @@ def _fail(as_json: bool, code: str, message: str, exit_code: int) -> NoReturn:
 
 
 def _run(config: Path | None, as_json: bool, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
-    """Read settings once, open the store, run ``work``, close the store; map errors to
-    exit codes."""
+    """Read settings once, open the store, apply the settings overlay, run ``work``, close
+    the store; map errors to exit codes."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(as_json, "invalid_settings", str(exc), 2)
 
     async def go() -> T:
+        from kakitome.settings_overlay import current_settings
+        from kakitome.store.settings_store import SettingsStore
+
         store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
         try:
-            return await work(settings, store)
+            # What the running service uses: the database overlay (keys changed in the UI
+            # or the API) over file and defaults, under the environment.
+            effective = await current_settings(settings, SettingsStore(store.engine))
+            return await work(effective, store)
         finally:
             await store.close()
 
