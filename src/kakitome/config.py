@@ -189,6 +189,17 @@ class HTTPSettings(_Section):
     # Messages in one POST /api/v1/messages/batch: all are checked, then committed in one
     # transaction; a batch is read whole into memory, so this bounds a request's size.
     max_batch_messages: int = Field(default=500, ge=1, le=10_000)
+    # Processes answering HTTP on the port (SO_REUSEPORT; the kernel spreads connections):
+    # `serve` starts processes - 1 web-only children beside itself, so injection (HTTP,
+    # MIME building, DKIM signing) is not limited to one core; "auto": one per CPU.
+    processes: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        return value
 
 
 class LogSettings(_Section):

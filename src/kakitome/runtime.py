@@ -46,6 +46,7 @@ import contextlib
 import os
 import pickle
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -114,15 +115,63 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
         print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
 
 
-def _start_children(settings: Settings, role: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` children that serve ``role`` only, with ``settings`` on their stdin."""
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other processes may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _tell_parent_of_work(store: Store) -> None:
+    """In a web child on SQLite (stdout is a pipe to the parent): a byte on stdout after
+    each commit of new mail, so the parent wakes its worker(s) (see _listen_to_children)."""
+    if store.dialect == "postgresql":
+        return  # NOTIFY reaches every worker
+    fd = sys.stdout.fileno()
+    os.set_blocking(fd, False)
+
+    def committed() -> None:
+        with contextlib.suppress(OSError):  # a full pipe: the parent has wake-ups pending
+            os.write(fd, b"w")
+
+    store.add_wake_listener(committed)
+
+
+def _listen_to_children(store: Store, children: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Wake this process's worker (and its worker children) when a web child says it
+    committed new mail (a byte on its stdout)."""
+    loop = asyncio.get_running_loop()
+    for child in children:
+        if child.stdout is None:
+            continue
+        fd = child.stdout.fileno()
+
+        def read(fd: int = fd) -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while os.read(fd, 4096):
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(store.work_committed)
+
+        threading.Thread(target=read, name="web-child-watch", daemon=True).start()
+
+
+def _start_children(
+    settings: Settings, role: str, count: int, *, stdout: bool = False
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` children that serve ``role`` only, with ``settings`` on their stdin
+    (and, with ``stdout``, their stdout a pipe to us)."""
     payload = pickle.dumps(settings)
     children = []
     for _ in range(count):
         child = subprocess.Popen(
             [sys.executable, "-c", "from kakitome.runtime import role_child; role_child()", role],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
         )
         assert child.stdin is not None
         child.stdin.write(struct.pack("!Q", len(payload)) + payload)
@@ -180,7 +229,7 @@ def role_child() -> None:
     from kakitome.logs import configure_logging
 
     role = sys.argv[1] if len(sys.argv) > 1 else "smtp"
-    if role not in ("smtp", "worker"):
+    if role not in ("smtp", "worker", "web"):
         raise SystemExit(f"unknown child role {role!r}")
     global _PARENT
     fd = sys.stdin.fileno()
@@ -190,6 +239,7 @@ def role_child() -> None:
     _PARENT = _ParentPipe()
     configure_logging(json=settings.log.format == "json", level=settings.log.level)
     with open(os.devnull, "w") as quiet:
+        # (A web child's stdout is its wake-up pipe to the parent: nothing else is printed.)
         coroutine = serve_async(settings, (role,), out=quiet, child=True)
         try:
             import uvloop
@@ -398,19 +448,38 @@ async def serve_async(
                 access_log=False,
             )
             server = quiet_server(config)
+            # Several web processes share the port (SO_REUSEPORT), bound here and handed
+            # to uvicorn; one process lets uvicorn bind as usual.
+            reuse_port = settings.http.processes > 1 or child
+            host, port = settings.http.host, settings.http.port
+            sockets = [_reuseport_socket(host, port)] if reuse_port else None
 
             async def run_web() -> None:
-                web = asyncio.create_task(server.serve())
+                web = asyncio.create_task(server.serve(sockets=sockets))
                 await stop.wait()
                 server.should_exit = True
                 await web
 
-            # The first key and login are made before the listener opens: once /healthz
-            # answers, start-up is over, and a database outage after that cannot end it.
-            print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
-            await ensure_first_api_key(store, out)
-            await ensure_first_admin(store, out)
+            if not child:
+                # The first key and login are made before the listener opens: once /healthz
+                # answers, start-up is over, and a database outage after that cannot end it.
+                print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
+                await ensure_first_api_key(store, out)
+                await ensure_first_admin(store, out)
+            else:
+                _tell_parent_of_work(store)
             tasks.append(asyncio.create_task(run_web(), name="web"))
+            if sockets and not child:
+                port = sockets[0].getsockname()[1]
+                http = base.http.model_copy(update={"processes": 1, "port": port})
+                web_children = _start_children(
+                    base.model_copy(update={"http": http}),
+                    "web",
+                    settings.http.processes - 1,
+                    stdout=store.dialect != "postgresql",
+                )
+                children += web_children
+                _listen_to_children(store, web_children)
         if "smtp" in active:
             if "web" not in active:
                 signing = await DomainSigning.load(store, settings)

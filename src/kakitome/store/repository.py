@@ -544,6 +544,11 @@ class Store:
         or newly due work by this process."""
         self._wake_listeners.append(listener)
 
+    def work_committed(self) -> None:
+        """Another process of ours committed new work: wake this process's worker and
+        whatever listens here (a web child told its parent, see runtime)."""
+        self._work_committed()
+
     def _work_committed(self) -> None:
         self._wake.set()
         for listener in self._wake_listeners:
