@@ -366,6 +366,7 @@ EN: dict[str, str] = {
     "change it there.",
     "settings.error.route_url": "{where}: a forward route needs an http:// or https:// URL.",
     "settings.error.route_match": "{where}: give an address, @domain, domain or *.",
+    "settings.error.route_duplicate": "{where}: another route has the same match (the first wins).",
     "settings.error.other": "{where}: {detail}",
     "routes.intro": "Mail for our inbound domains follows the first route that matches its "
     "recipient. Changes apply to the next message within a few seconds, without a restart.",

@@ -362,6 +362,7 @@ JA: dict[str, str] = {
     "環境変数の側で変更してください。",
     "settings.error.route_url": "{where}: 転送 (forward) ルートには http:// または https:// の URL が必要です。",
     "settings.error.route_match": "{where}: アドレス、@ドメイン、ドメイン、または * を指定してください。",
+    "settings.error.route_duplicate": "{where}: 同じ match のルートが既にあります (先のルートが常に優先されます)。",
     "settings.error.other": "{where}: 値が正しくありません ({detail})",
     "routes.intro": "受信ドメイン宛てのメールは、宛先に最初に一致したルートに従います。"
     "変更は再起動なしで、数秒以内に次のメールから反映されます。",

@@ -60,6 +60,7 @@ KNOWN_PROBLEMS = frozenset(
         "set_by_environment",
         "route_url",
         "route_match",
+        "route_duplicate",
     }
 )
 
