@@ -181,6 +181,13 @@ class QueueSettings(_Section):
     poll_interval: float = Field(default=1.0, gt=0, le=60)
 
 
+def auto_count(value: Any) -> Any:
+    """A process count setting: "auto" is one per CPU; anything else is left to the field."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return value
+
+
 class HTTPSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=0, le=65535)
@@ -197,9 +204,7 @@ class HTTPSettings(_Section):
     @field_validator("processes", mode="before")
     @classmethod
     def _processes(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return os.cpu_count() or 1
-        return value
+        return auto_count(value)
 
 
 class LogSettings(_Section):
@@ -358,9 +363,7 @@ class InboundSettings(_Section):
     @field_validator("processes", mode="before")
     @classmethod
     def _processes(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return os.cpu_count() or 1
-        return value
+        return auto_count(value)
 
     @field_validator("domains", "return_path_domains", mode="before")
     @classmethod
@@ -486,9 +489,7 @@ class ScaleSettings(_Section):
     @field_validator("worker_processes", mode="before")
     @classmethod
     def _worker_processes(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return os.cpu_count() or 1
-        return value
+        return auto_count(value)
 
 
 class WebhookSettings(_Section):

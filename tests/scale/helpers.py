@@ -139,3 +139,21 @@ def worker_env(world_env: dict[str, str], url: str, **extra: str) -> dict[str, s
         "KAKITOME_SHAPING__SLOT_LEASE": "10",
         **extra,
     }
+
+
+def child_processes(pid: int, role: str) -> list[int]:
+    """The PIDs of ``pid``'s children started by ``serve`` for ``role`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                parent = int(handle.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if parent == pid and role.encode() in command and any(b"role_child" in c for c in command):
+            found.append(int(entry))
+    return sorted(found)

@@ -18,24 +18,7 @@ import pytest
 from kakitome.testing import LocalInternet, Peer
 
 from ..e2e.service import ServiceProcess
-from .helpers import wait_for, worker_env
-
-
-def _web_children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                parent = int(handle.read().rpartition(")")[2].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if parent == pid and b"web" in command and any(b"role_child" in c for c in command):
-            found.append(int(entry))
-    return found
+from .helpers import child_processes, wait_for, worker_env
 
 
 def _cpu(pid: int) -> float:
@@ -61,7 +44,7 @@ def test_two_web_processes_share_the_port_and_wake_the_worker(
         assert service.proc is not None
         headers = {"Authorization": f"Bearer {service.wait_for_key()}"}
         deadline = time.monotonic() + 30
-        while not (children := _web_children(service.proc.pid)):
+        while not (children := child_processes(service.proc.pid, "web")):
             assert time.monotonic() < deadline, service.log()
             time.sleep(0.2)
         [child] = children

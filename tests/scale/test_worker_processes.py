@@ -20,27 +20,13 @@ import pytest
 from kakitome.testing import LocalInternet, Peer
 
 from ..e2e.service import ServiceProcess
-from .helpers import inject, wait_for, worker_env
+from .helpers import child_processes, inject, wait_for, worker_env
 
 TOTAL = 800
 
 
 def _children(pid: int) -> list[int]:
-    """The PIDs of ``pid``'s worker children (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                parent = int(handle.read().rpartition(")")[2].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if parent == pid and b"worker" in command and any(b"role_child" in c for c in command):
-            found.append(int(entry))
-    return sorted(found)
+    return child_processes(pid, "worker")
 
 
 def _gone(pids: list[int], timeout: float) -> bool:
