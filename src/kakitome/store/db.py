@@ -9,6 +9,8 @@ file is created. Every connection gets these PRAGMAs:
   commit (about 1-10 ms on real disks); callers amortise it with group commits
   (``Store.inject_many``, ``Store.record_results``);
 - ``busy_timeout``: another process holding the write lock makes us wait, not fail;
+  writers also queue on a file lock first (``kakitome.store.write_lock``), which wakes
+  them the moment the lock is free instead of after SQLite's sleeps of up to 100 ms;
 - ``foreign_keys=ON``: deleting a message cascades to its deliveries.
 
 Transactions on SQLite are opened by us, not by the driver: ``BEGIN IMMEDIATE`` by default
@@ -32,8 +34,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from kakitome.errors import ConfigError
+from kakitome.store.write_lock import WriteLock, WriteLockFile
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -93,8 +97,19 @@ def _sqlite_engine(parsed: URL, *, pool_size: int, busy_timeout_ms: int) -> Asyn
         max_overflow=0,
     )
 
+    lock_file = WriteLockFile(path, timeout=busy_timeout_ms / 1000)
+
+    def _lock_of(connection: Any) -> WriteLock | None:
+        try:
+            info = connection.info  # a pooled connection's (ConnectionPoolEntry.info)
+        except (AttributeError, NotImplementedError):  # a raw or ad-hoc connection
+            return None
+        lock: WriteLock | None = info.get("write_lock")
+        return lock
+
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        record.info["write_lock"] = lock_file.open()
         # Autocommit at the driver level: we emit BEGIN ourselves (see _on_begin).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -113,6 +128,44 @@ def _sqlite_engine(parsed: URL, *, pool_size: int, busy_timeout_ms: int) -> Asyn
         # connection wrote in between (its snapshot is stale; busy_timeout cannot help).
         # Every part's store uses this engine, so every writer must take the lock at BEGIN.
         mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        connection.exec_driver_sql("BEGIN" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+        if mode == "DEFERRED":
+            connection.exec_driver_sql("BEGIN")
+            return
+        lock = _lock_of(connection.connection)
+        if lock is not None:
+            await_only(lock.acquire())
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    # The file lock is let go once COMMIT or ROLLBACK has run (SQLAlchemy's commit and
+    # rollback events come before them), whether they succeeded or not.
+    dialect = engine.sync_engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def _commit(dbapi_connection: Any) -> None:
+        try:
+            do_commit(dbapi_connection)
+        finally:
+            if (lock := _lock_of(dbapi_connection)) is not None:
+                lock.release()
+
+    def _rollback(dbapi_connection: Any) -> None:
+        try:
+            do_rollback(dbapi_connection)
+        finally:
+            if (lock := _lock_of(dbapi_connection)) is not None:
+                lock.release()
+
+    dialect.do_commit = _commit  # type: ignore[method-assign]
+    dialect.do_rollback = _rollback  # type: ignore[method-assign]
+
+    @event.listens_for(engine.sync_engine, "close")
+    def _on_close(_dbapi_connection: Any, record: Any) -> None:
+        if (lock := record.info.pop("write_lock", None)) is not None:
+            lock.close()
 
     return engine
