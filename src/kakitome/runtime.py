@@ -75,11 +75,20 @@ def _quiet_server_class() -> type[uvicorn.Server]:
     import uvicorn
 
     class QuietServer(uvicorn.Server):
-        """uvicorn without its own signal handling: ours stops every role, not just web."""
+        """uvicorn without its own signal handling: ours stops every role, not just web;
+        ``listening`` is set once its listener serves."""
+
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            self.listening = asyncio.Event()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            self.listening.set()
 
     return QuietServer
 
@@ -115,49 +124,86 @@ async def ensure_first_api_key(store: Store, out: TextIO) -> None:
         print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
 
 
-def _reuseport_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket that other processes may bind too (SO_REUSEPORT)."""
+def _reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket that other processes may bind too (SO_REUSEPORT); listening unless
+    ``listen`` is false (bound only: it takes no connections until ``listen()``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(False)
     return sock
 
 
-def _tell_parent_of_work(store: Store) -> None:
-    """In a web child on SQLite (stdout is a pipe to the parent): a byte on stdout after
-    each commit of new mail, so the parent wakes its worker(s) (see _listen_to_children)."""
-    if store.dialect == "postgresql":
-        return  # NOTIFY reaches every worker
+LISTEN_BACKLOG = 2048
+SWITCH_INTERVAL = 0.0005  # seconds (sys.setswitchinterval; Python's default is 0.005)
+# A web child's bytes on its stdout, the pipe to the parent.
+CHILD_READY = b"r"  # its listener is serving
+CHILD_COMMITTED = b"w"  # it committed new mail (SQLite: the parent wakes the workers)
+# How long the parent waits for its web children's listeners before it opens its own.
+WEB_CHILDREN_START_TIMEOUT = 60.0
+
+
+def _tell_parent(store: Store, server: uvicorn.Server) -> asyncio.Task[None]:
+    """In a web child (stdout is a pipe to the parent): a byte once the listener serves,
+    and on SQLite a byte after each commit of new mail, so the parent wakes its
+    worker(s) (see _listen_to_children)."""
     fd = sys.stdout.fileno()
     os.set_blocking(fd, False)
 
-    def committed() -> None:
+    def send(byte: bytes) -> None:
         with contextlib.suppress(OSError):  # a full pipe: the parent has wake-ups pending
-            os.write(fd, b"w")
+            os.write(fd, byte)
 
-    store.add_wake_listener(committed)
+    if store.dialect != "postgresql":  # PostgreSQL: NOTIFY reaches every worker
+        store.add_wake_listener(lambda: send(CHILD_COMMITTED))
+
+    async def ready() -> None:
+        await server.listening.wait()  # type: ignore[attr-defined]  # QuietServer
+        send(CHILD_READY)
+
+    return asyncio.create_task(ready(), name="web-child-ready")
 
 
-def _listen_to_children(store: Store, children: Sequence[subprocess.Popen[bytes]]) -> None:
+def _listen_to_children(
+    store: Store, children: Sequence[subprocess.Popen[bytes]]
+) -> asyncio.Future[None]:
     """Wake this process's worker (and its worker children) when a web child says it
-    committed new mail (a byte on its stdout)."""
+    committed new mail; the future resolves once every child's listener serves (or a
+    child has ended: its pipe closed)."""
     loop = asyncio.get_running_loop()
+    all_ready: asyncio.Future[None] = loop.create_future()
+    waiting = {child.pid for child in children if child.stdout is not None}
+
+    def ready(pid: int) -> None:
+        waiting.discard(pid)
+        if not waiting and not all_ready.done():
+            all_ready.set_result(None)
+
     for child in children:
         if child.stdout is None:
             continue
         fd = child.stdout.fileno()
 
-        def read(fd: int = fd) -> None:
-            with contextlib.suppress(OSError, ValueError):
-                while os.read(fd, 4096):
-                    with contextlib.suppress(RuntimeError):
+        def read(fd: int = fd, pid: int = child.pid) -> None:
+            told = False
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                while data := os.read(fd, 4096):
+                    if not told and CHILD_READY in data:
+                        told = True
+                        loop.call_soon_threadsafe(ready, pid)
+                    if CHILD_COMMITTED in data:
                         loop.call_soon_threadsafe(store.work_committed)
+            with contextlib.suppress(RuntimeError):  # the loop has already finished
+                loop.call_soon_threadsafe(ready, pid)
 
         threading.Thread(target=read, name="web-child-watch", daemon=True).start()
+    if not waiting:
+        all_ready.set_result(None)
+    return all_ready
 
 
 def _start_children(
@@ -352,6 +398,10 @@ async def serve_async(
     from kakitome.webhooks.dispatcher import webhook_task
     from kakitome.worker import Worker, default_owner
 
+    # The database driver and the write lock answer on threads of their own; with the
+    # default 5 ms GIL switch interval each answer waited for the busy event loop to
+    # let go of the GIL, and transactions held the write lock that much longer.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     active = tuple(roles) or ALL_ROLES
     unknown = set(active) - {"web", "worker", "smtp"}
     if unknown:
@@ -450,11 +500,20 @@ async def serve_async(
             server = quiet_server(config)
             # Several web processes share the port (SO_REUSEPORT), bound here and handed
             # to uvicorn; one process lets uvicorn bind as usual.
+            # The parent's socket is only bound until its web children serve: connections
+            # made before (kept alive by their clients) would all stay with the parent.
             reuse_port = settings.http.processes > 1 or child
             host, port = settings.http.host, settings.http.port
-            sockets = [_reuseport_socket(host, port)] if reuse_port else None
+            sockets = [_reuseport_socket(host, port, listen=child)] if reuse_port else None
+            children_ready: asyncio.Future[None] | None = None
 
             async def run_web() -> None:
+                if children_ready is not None and sockets:
+                    try:
+                        await asyncio.wait_for(children_ready, WEB_CHILDREN_START_TIMEOUT)
+                    except TimeoutError:
+                        log.warning("web children not serving yet; opening the listener")
+                    sockets[0].listen(LISTEN_BACKLOG)
                 web = asyncio.create_task(server.serve(sockets=sockets))
                 await stop.wait()
                 server.should_exit = True
@@ -467,8 +526,7 @@ async def serve_async(
                 await ensure_first_api_key(store, out)
                 await ensure_first_admin(store, out)
             else:
-                _tell_parent_of_work(store)
-            tasks.append(asyncio.create_task(run_web(), name="web"))
+                tasks.append(_tell_parent(store, server))
             if sockets and not child:
                 port = sockets[0].getsockname()[1]
                 http = base.http.model_copy(update={"processes": 1, "port": port})
@@ -476,10 +534,11 @@ async def serve_async(
                     base.model_copy(update={"http": http}),
                     "web",
                     settings.http.processes - 1,
-                    stdout=store.dialect != "postgresql",
+                    stdout=True,
                 )
                 children += web_children
-                _listen_to_children(store, web_children)
+                children_ready = _listen_to_children(store, web_children)
+            tasks.append(asyncio.create_task(run_web(), name="web"))
         if "smtp" in active:
             if "web" not in active:
                 signing = await DomainSigning.load(store, settings)
