@@ -39,10 +39,11 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import string
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
@@ -70,6 +71,7 @@ from kakitome.store.ids import new_message_id
 from kakitome.store.migrate import upgrade_to_head
 from kakitome.store.schema import api_keys, deliveries, events
 from kakitome.store.schema import messages as message_table
+from kakitome.store.sqlite_thread import in_connection_thread, write_transaction
 from kakitome.tls.receipt import TLSReceipt
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ _STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    sqlite3.OperationalError,  # raised by work run on the connection's thread
 )
 
 T = TypeVar("T")
@@ -226,7 +229,7 @@ _DUE_ARM = """
 """
 _RETURNING = "RETURNING id, message_id, recipient, domain, notify, orcpt"
 
-_CLAIM_SQLITE = text(
+_CLAIM_SQLITE = (
     f"""
     UPDATE deliveries SET lease_owner = :owner, lease_until = :until
     WHERE id IN (
@@ -260,6 +263,53 @@ _CLAIM_POSTGRESQL = text(
     {_RETURNING.replace("RETURNING ", "RETURNING deliveries.").replace(", ", ", deliveries.")}
     """
 )
+
+_LOAD_MESSAGES_SQLITE = (
+    "SELECT id, sender, content, eight_bit, smtputf8, requiretls, envid, ret"
+    " FROM messages WHERE id IN ({marks})"
+)
+_CURRENT_SQLITE = (
+    "SELECT d.id, d.message_id, d.recipient, d.status, d.attempts, d.next_attempt_at,"
+    " d.expires_at, d.notify, d.orcpt, m.sender, m.envid, m.ret"
+    " FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id"
+    " WHERE d.lease_owner = ? AND d.id IN ({marks})"
+)
+
+
+class _ClaimedRow(NamedTuple):  # _RETURNING's columns
+    id: int
+    message_id: str
+    recipient: str
+    domain: str
+    notify: str | None
+    orcpt: str | None
+
+
+class _MessageRow(NamedTuple):  # _LOAD_MESSAGES_SQLITE's columns
+    id: str
+    sender: str
+    content: bytes
+    eight_bit: int
+    smtputf8: int
+    requiretls: int
+    envid: str | None
+    ret: str | None
+
+
+class _CurrentRow(NamedTuple):  # _CURRENT_SQLITE's columns, as record_results' select
+    id: int
+    message_id: str
+    recipient: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    expires_at: float
+    notify: str | None
+    orcpt: str | None
+    sender: str
+    envid: str | None
+    ret: str | None
+
 
 _NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
@@ -375,6 +425,15 @@ class Store:
         except _STORAGE_ERRORS as exc:
             raise StorageError(f"database did not commit: {_describe(exc)}") from exc
 
+    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """SQLite: ``work`` as one write transaction on the connection's thread (the write
+        lock held only while SQLite works; kakitome.store.sqlite_thread)."""
+        try:
+            async with self._write_lock:
+                return await write_transaction(self._engine, work)
+        except _STORAGE_ERRORS as exc:
+            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         """One read transaction (a consistent snapshot on both engines)."""
@@ -401,6 +460,12 @@ class Store:
         ids, message_rows, delivery_rows, event_rows = injection_rows(
             messages, now=now, lifetime=lifetime
         )
+        if not self._is_pg:
+            # Parameters made before the write lock is taken; the inserts in one hop.
+            rows = _injection_tuples(message_rows, delivery_rows, event_rows)
+            await self._write_in_thread(lambda db_: _insert_injection_sqlite(db_, *rows))
+            self._work_committed()
+            return ids
         async with self._write() as conn:
             await conn.execute(insert(message_table), message_rows)
             await conn.execute(insert(deliveries), delivery_rows)
@@ -419,10 +484,11 @@ class Store:
         per domain with its recipients there, content loaded."""
         if limit <= 0:
             return []
-        statement = _CLAIM_POSTGRESQL if self._is_pg else _CLAIM_SQLITE
         params = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
+        if not self._is_pg:
+            return await self._claim_due_sqlite(params)
         async with self._write() as conn:
-            claimed = (await conn.execute(statement, params)).all()
+            claimed = (await conn.execute(_CLAIM_POSTGRESQL, params)).all()
             if not claimed:
                 return []
             message_ids = sorted({row.message_id for row in claimed})
@@ -441,6 +507,30 @@ class Store:
                 result = await conn.execute(select(*columns).where(message_table.c.id.in_(chunk)))
                 loaded.update((row.id, row) for row in result)
         return _group_claimed(claimed, loaded)
+
+    async def _claim_due_sqlite(self, params: dict[str, Any]) -> list[ClaimedBatch]:
+        """claim_due on SQLite: the lease in one hop to the connection's thread (the write
+        lock is held only for that), the contents read after the commit. A message deleted
+        in between is simply not there to deliver (its deliveries went with it)."""
+
+        def lease(db_: sqlite3.Connection) -> list[_ClaimedRow]:
+            return [_ClaimedRow(*row) for row in db_.execute(_CLAIM_SQLITE, params)]
+
+        def load(db_: sqlite3.Connection, ids: list[str]) -> dict[str, _MessageRow]:
+            loaded: dict[str, _MessageRow] = {}
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for row in db_.execute(_LOAD_MESSAGES_SQLITE.format(marks=marks), chunk):
+                    loaded[row[0]] = _MessageRow(*row)
+            return loaded
+
+        claimed = await self._write_in_thread(lease)
+        if not claimed:
+            return []
+        ids = sorted({row.message_id for row in claimed})
+        async with self._read() as conn:
+            messages = await in_connection_thread(conn, lambda db_: load(db_, ids))
+        return _group_claimed(claimed, messages)
 
     async def record_results(
         self,
@@ -482,26 +572,28 @@ class Store:
             .where(deliveries.c.lease_owner == owner)
         )
         bounces: list[Bounce] = []
+        if not self._is_pg:
+
+            def record(db_: sqlite3.Connection) -> None:
+                rows: list[Any] = []
+                for chunk in _chunks(wanted):
+                    marks = ",".join("?" * len(chunk))
+                    cursor = db_.execute(_CURRENT_SQLITE.format(marks=marks), [owner, *chunk])
+                    rows.extend(_CurrentRow(*row) for row in cursor)
+                updates, event_rows = _apply_all(rows, by_id, now, schedule, bounces)
+                if updates:
+                    _apply_results_sqlite(db_, updates, event_rows)
+
+            await self._write_in_thread(record)
+            return bounces
         async with self._write() as conn:
             rows: list[Any] = []
             for chunk in _chunks(wanted):
                 rows.extend(await conn.execute(current.where(deliveries.c.id.in_(chunk))))
-            updates: list[dict[str, Any]] = []
-            event_rows: list[dict[str, Any]] = []
-            # Recipients sent over one connection share a TLS receipt: convert it once.
-            tls_dicts: dict[TLSReceipt, dict[str, Any]] = {}
-            for row in rows:
-                result = by_id[row.id]
-                change, event, bounce = _apply(row, result, now, schedule, tls_dicts)
-                updates.append(change)
-                event_rows.append(event)
-                if bounce is not None:
-                    bounces.append(bounce)
-            if updates and self._is_pg:
+            updates, event_rows = _apply_all(rows, by_id, now, schedule, bounces)
+            if updates:
                 await conn.execute(_APPLY_RESULT, updates)
                 await conn.execute(insert(events), event_rows)
-            elif updates:
-                await _apply_results_sqlite(conn, updates, event_rows)
         return bounces
 
     async def release_leases(self, owner: str | None = None) -> int:
@@ -923,8 +1015,76 @@ _INSERT_EVENT_SQLITE = (
 )
 
 
-async def _apply_results_sqlite(
-    conn: AsyncConnection, updates: list[dict[str, Any]], event_rows: list[dict[str, Any]]
+_INSERT_MESSAGE_SQLITE = (
+    "INSERT INTO messages (id, created_at, source, sender, header_from, subject, size,"
+    " content, eight_bit, smtputf8, requiretls, envid, ret)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DELIVERY_SQLITE = (
+    "INSERT INTO deliveries (message_id, recipient, domain, status, attempts, created_at,"
+    " updated_at, next_attempt_at, expires_at, notify, orcpt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_MESSAGE_INSERT_COLUMNS = (
+    "id", "created_at", "source", "sender", "header_from", "subject", "size", "content",
+    "eight_bit", "smtputf8", "requiretls", "envid", "ret",
+)  # fmt: skip
+_DELIVERY_INSERT_COLUMNS = (
+    "message_id", "recipient", "domain", "status", "attempts", "created_at", "updated_at",
+    "next_attempt_at", "expires_at", "notify", "orcpt",
+)  # fmt: skip
+
+_Rows = list[tuple[Any, ...]]
+
+
+def _injection_tuples(
+    message_rows: list[dict[str, Any]],
+    delivery_rows: list[dict[str, Any]],
+    event_rows: list[dict[str, Any]],
+) -> tuple[_Rows, _Rows, _Rows]:
+    """injection_rows' dicts as the driver's parameter tuples (JSON as text, as
+    SQLAlchemy's JSON type stores it on SQLite)."""
+    return (
+        [tuple(row[c] for c in _MESSAGE_INSERT_COLUMNS) for row in message_rows],
+        [tuple(row[c] for c in _DELIVERY_INSERT_COLUMNS) for row in delivery_rows],
+        [
+            (e["at"], e["kind"], e["message_id"], e["delivery_id"], json.dumps(e["data"]))
+            for e in event_rows
+        ],
+    )
+
+
+def _insert_injection_sqlite(
+    db_: sqlite3.Connection, messages: _Rows, deliveries_: _Rows, events_: _Rows
+) -> None:
+    db_.executemany(_INSERT_MESSAGE_SQLITE, messages)
+    db_.executemany(_INSERT_DELIVERY_SQLITE, deliveries_)
+    db_.executemany(_INSERT_EVENT_SQLITE, events_)
+
+
+def _apply_all(
+    rows: Iterable[Any],
+    by_id: dict[int, RecipientResult],
+    now: float,
+    schedule: RetryPolicy,
+    bounces: list[Bounce],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """record_results' changes and events for the current rows; bounces appended."""
+    updates: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    # Recipients sent over one connection share a TLS receipt: convert it once.
+    tls_dicts: dict[TLSReceipt, dict[str, Any]] = {}
+    for row in rows:
+        change, event, bounce = _apply(row, by_id[row.id], now, schedule, tls_dicts)
+        updates.append(change)
+        event_rows.append(event)
+        if bounce is not None:
+            bounces.append(bounce)
+    return updates, event_rows
+
+
+def _apply_results_sqlite(
+    db_: sqlite3.Connection, updates: list[dict[str, Any]], event_rows: list[dict[str, Any]]
 ) -> None:
     """record_results' writes straight to the driver: SQLAlchemy's per-row parameter
     processing was half the CPU time of a 500-result call. Values are those the Core
@@ -939,7 +1099,7 @@ async def _apply_results_sqlite(
             text_ = tls_json[id(value)] = json.dumps(value)
         return text_
 
-    await conn.exec_driver_sql(
+    db_.executemany(
         _APPLY_RESULT_SQLITE,
         [
             (
@@ -958,7 +1118,7 @@ async def _apply_results_sqlite(
             for u in updates
         ],
     )
-    await conn.exec_driver_sql(
+    db_.executemany(
         _INSERT_EVENT_SQLITE,
         [
             (e["at"], e["kind"], e["message_id"], e["delivery_id"], json.dumps(e["data"]))
@@ -977,7 +1137,9 @@ def _group_claimed(claimed: Sequence[Any], loaded: dict[str, Any]) -> list[Claim
     for domain, per_message in by_domain.items():
         outbound = []
         for message_id, recipients in per_message.items():
-            m = loaded[message_id]
+            m = loaded.get(message_id)
+            if m is None:  # deleted since it was leased: nothing left to deliver
+                continue
             outbound.append(
                 OutboundMessage(
                     message_id=message_id,
@@ -991,7 +1153,8 @@ def _group_claimed(claimed: Sequence[Any], loaded: dict[str, Any]) -> list[Claim
                     ret=m.ret,
                 )
             )
-        batches.append(ClaimedBatch(domain=domain, messages=tuple(outbound)))
+        if outbound:
+            batches.append(ClaimedBatch(domain=domain, messages=tuple(outbound)))
     return batches
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -32,9 +33,26 @@ from kakitome.store.schema_tls import (
     tlsrpt_reports,
     tlsrpt_sessions,
 )
+from kakitome.store.sqlite_thread import write_transaction
 from kakitome.tls.history import HostHistory
 from kakitome.tls.mta_sts import CachedStsPolicy, MtaStsPolicy, StsMode
 from kakitome.tls.tlsrpt import ReportPolicy, SessionRecord
+
+_UPSERT_SESSION_SQLITE = (
+    "INSERT INTO tlsrpt_sessions (day, policy_domain, row_key, policy_type, policy_strings,"
+    " mx_patterns, mx_host, receiving_ip, sending_ip, result_type, reason_code, count)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (row_key) DO UPDATE SET count = count + excluded.count"
+)
+
+
+def _session_row(key: str, s: SessionRecord, count: int) -> tuple[object, ...]:
+    """_UPSERT_SESSION_SQLITE's parameters."""
+    return (
+        s.day, s.policy.domain, key, s.policy.type, json.dumps(list(s.policy.strings)),
+        json.dumps(list(s.policy.mx_patterns)), s.mx_host, s.receiving_ip, s.sending_ip,
+        s.result_type or "", s.reason_code, count,
+    )  # fmt: skip
 
 
 def _row_key(s: SessionRecord) -> str:
@@ -62,6 +80,7 @@ class TLSStore:
         when it expires). The worker reads one per MX host for every batch it plans."""
         self._engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._reader = engine.execution_options(sqlite_begin="DEFERRED")
         self._pg = engine.dialect.name == "postgresql"
         self._history_ttl = history_ttl
         self._histories: dict[str, tuple[float, HostHistory | None]] = {}
@@ -69,7 +88,7 @@ class TLSStore:
     @contextlib.asynccontextmanager
     async def _tx(self, write: bool) -> AsyncIterator[AsyncConnection]:
         try:
-            async with (self._writer if write else self._engine).begin() as conn:
+            async with (self._writer if write else self._reader).begin() as conn:
                 yield conn
         except (DBAPIError, OSError) as exc:
             raise StorageError(f"TLS store: {exc}") from exc
@@ -189,6 +208,17 @@ class TLSStore:
             old = merged.get(key)
             merged[key] = (s, s.count + (old[1] if old else 0))
         if not merged:
+            return
+        if not self._pg:
+            # One hop for the whole upsert (kakitome.store.sqlite_thread): the worker
+            # calls this after every destination's batch.
+            rows = [_session_row(key, s, count) for key, (s, count) in sorted(merged.items())]
+            try:
+                await write_transaction(
+                    self._engine, lambda db: db.executemany(_UPSERT_SESSION_SQLITE, rows)
+                )
+            except (sqlite3.Error, DBAPIError, OSError) as exc:
+                raise StorageError(f"TLS store: {exc}") from exc
             return
         async with self._tx(True) as conn:
             for key, (s, count) in sorted(merged.items()):
