@@ -111,7 +111,7 @@ class DomainRepository:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.begin() as conn:
+            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
                 yield conn
         except _ERRORS as exc:
             raise StorageError(f"database unavailable: {type(exc).__name__}") from exc

@@ -202,7 +202,7 @@ class InboundStore:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.begin() as conn:
+            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
                 yield conn
         except _STORAGE_ERRORS as exc:
             raise StorageError(f"database unavailable: {_describe(exc)}") from exc

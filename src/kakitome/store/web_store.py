@@ -250,7 +250,7 @@ class WebStore:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.connect() as conn:
+            async with self._engine.execution_options(sqlite_begin="DEFERRED").connect() as conn:
                 yield conn
         except Exception as exc:
             if _is_storage_error(exc):

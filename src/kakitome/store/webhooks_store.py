@@ -128,7 +128,7 @@ class WebhooksStore:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self._engine.begin() as conn:
+            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
                 yield conn
         except (DBAPIError, OSError) as exc:
             raise StorageError(f"database unavailable: {exc}") from exc
@@ -144,7 +144,7 @@ class WebhooksStore:
         """A new enabled endpoint with a fresh random secret (``whsec_…``)."""
         secret = "whsec_" + secrets.token_urlsafe(32)
         async with self._write() as conn:
-            await self._ensure_cursors(conn, now)
+            await self._history_ends_now(conn, now)
             new_id = (
                 await conn.execute(
                     insert(webhook_endpoints)
@@ -201,6 +201,8 @@ class WebhooksStore:
         if enabled is not None:
             values["enabled"] = enabled
         async with self._write() as conn:
+            if enabled:
+                await self._history_ends_now(conn, now)
             result = await conn.execute(
                 update(webhook_endpoints)
                 .where(webhook_endpoints.c.id == endpoint_id)
@@ -241,9 +243,33 @@ class WebhooksStore:
                 cursors[name] = newest
         return cursors
 
+    async def _history_ends_now(self, conn: AsyncConnection, now: float) -> None:
+        """Before an endpoint is created or enabled: when none was enabled, what happened
+        so far is history that nobody subscribed to, so the cursors move to the newest
+        rows. (While no endpoint is enabled, ``pump`` only reads: the cursors stand still
+        and the write lock stays free for the queue.)"""
+        enabled = await conn.scalar(
+            select(func.count()).select_from(webhook_endpoints).where(
+                webhook_endpoints.c.enabled.is_(True)
+            )
+        )
+        if enabled:
+            return
+        cursors = await self._ensure_cursors(conn, now)
+        for name in SOURCES:
+            newest = int(await conn.scalar(select(func.max(_source_table(name).c.id))) or 0)
+            if newest > cursors[name]:
+                await self._move(conn, name, cursors[name], newest, now)
+
     async def pump(self, *, now: float, limit: int = 500) -> tuple[int, bool]:
         """Enqueue deliveries for up to ``limit`` new rows of each source.
         Returns (deliveries enqueued, whether more rows are waiting)."""
+        async with self._read() as conn:
+            enabled = await conn.scalar(
+                select(webhook_endpoints.c.id).where(webhook_endpoints.c.enabled.is_(True)).limit(1)
+            )
+        if enabled is None:
+            return 0, False  # nothing to send to (see _history_ends_now)
         total, more = 0, False
         for name in SOURCES:
             try:
