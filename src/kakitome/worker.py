@@ -49,8 +49,10 @@ RECORD_DELAY = 0.005
 RECORD_MAX = 512
 # Results delivered but not yet committed, beyond which connections wait before their next
 # transaction: what a crash can make us send twice stays bounded when commits are slow
-# (a loaded machine, SQLite's write lock held by a campaign batch).
-RECORD_BACKLOG = 64
+# (a loaded machine, SQLite's write lock held by a campaign batch). Below the claim
+# window (queue.batch_size, 500): a commit that waits for the write lock behind a web
+# process's injection should not stop the connections at once.
+RECORD_BACKLOG = 256
 
 Progress = Callable[[Sequence[RecipientResult]], Awaitable[None] | None]
 Deliver = Callable[[Batch, Progress], Awaitable[list[RecipientResult]]]

@@ -60,6 +60,8 @@ def test_sigterm_mid_run_leaves_no_lease_and_nothing_unrecorded(
         while sum(p.stats().messages for p in peers) < total // 3:
             assert time.monotonic() < deadline, "no progress:\n" + workers[0].log()
             time.sleep(0.02)
+        for worker in workers:  # both at once: one alone would deliver what the other left
+            worker.terminate()
         codes = [worker.stop(timeout=60) for worker in workers]
     finally:
         for worker in workers:

@@ -98,24 +98,33 @@ class SMTPClientSession:
 
     async def read_reply(self, time_limit: float | None = None) -> Reply:
         """Read one complete (possibly multi-line) reply."""
-        lines: list[bytes] = []
-        total = 0
+        return (await self.read_replies(1, time_limit))[0]
+
+    async def read_replies(self, count: int, time_limit: float | None = None) -> list[Reply]:
+        """Read ``count`` replies in a row (a pipelined group), within one time limit."""
+        replies: list[Reply] = []
         try:
             async with asyncio.timeout(self.timeouts.command if time_limit is None else time_limit):
-                while True:
-                    line = await self.stream.readline(wire.MAX_REPLY_LINE)
-                    lines.append(line)
-                    total += len(line)
-                    if len(lines) > wire.MAX_REPLY_LINES or total > wire.MAX_REPLY_BYTES:
-                        raise SMTPProtocolError("reply longer than our limits")
-                    _, last, _ = parse_reply_line(line)
-                    if last:
-                        break
-            return parse_reply(lines)
+                for _ in range(count):
+                    replies.append(await self._reply())
         except TimeoutError as exc:
             raise SMTPTimeout("timed out waiting for the server's reply") from exc
         except ReplySyntaxError as exc:
             raise SMTPProtocolError(str(exc)) from exc
+        return replies
+
+    async def _reply(self) -> Reply:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            line = await self.stream.readline(wire.MAX_REPLY_LINE)
+            lines.append(line)
+            total += len(line)
+            if len(lines) > wire.MAX_REPLY_LINES or total > wire.MAX_REPLY_BYTES:
+                raise SMTPProtocolError("reply longer than our limits")
+            _, last, _ = parse_reply_line(line)
+            if last:
+                return parse_reply(lines)
 
     async def command(self, line: bytes, time_limit: float | None = None) -> Reply:
         self.stream.write(line)
@@ -250,9 +259,8 @@ class SMTPClientSession:
         group.extend(self.rcpt_command(r) for r in recipients)
         group.append(wire.command("DATA"))
         self.stream.write(b"".join(group))
-        mail_reply = await self.read_reply()
-        rcpt_replies = [await self.read_reply() for _ in recipients]
-        data_reply = await self.read_reply()
+        # One time limit for the group: the server answers each command in turn.
+        mail_reply, *rcpt_replies, data_reply = await self.read_replies(len(group))
         accepted = any(r.positive for r in rcpt_replies) and mail_reply.positive
         if data_reply.code == 354 and not accepted:
             # RFC 2920 §3.1: DATA went through although nobody was accepted; end it empty.

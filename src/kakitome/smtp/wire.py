@@ -22,6 +22,9 @@ END_OF_DATA = b".\r\n"
 
 def normalise_line_endings(content: bytes) -> bytes:
     """Every line ends with CRLF: bare LF and bare CR become CRLF, CRLF stays."""
+    lf = content.count(b"\n")
+    if content.count(b"\r\n") == lf and content.count(b"\r") == lf:
+        return content  # the usual case (queued mail is stored so): three scans, no copy
     if b"\r" not in content:
         return content.replace(b"\n", b"\r\n")
     return content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")

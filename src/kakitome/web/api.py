@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from kakitome.config import Settings
@@ -166,7 +167,7 @@ def api_router(
         return Accepted(id=message_id, recipients=len(message.recipients))
 
     @router.post("/messages/batch", status_code=202, response_model=BatchAccepted)
-    async def submit_batch(body: BatchIn, key: ApiKeyInfo = can_send) -> BatchAccepted:
+    async def submit_batch(body: BatchIn, key: ApiKeyInfo = can_send) -> JSONResponse:
         """Queue many messages in one request: all are checked first (an error names the
         message's index and nothing is queued), then committed together. 202 means every
         one is committed and will be delivered."""
@@ -179,12 +180,12 @@ def api_router(
             )
         messages = _prepare_batch(injector, body.messages)
         ids = await injector.submit_many(messages)
-        return BatchAccepted(
-            messages=[
-                Accepted(id=i, recipients=len(m.recipients))
-                for i, m in zip(ids, messages, strict=True)
-            ]
-        )
+        # The BatchAccepted shape, written directly: a model per message and the response
+        # model's validation cost more than the commit.
+        accepted = [
+            {"id": i, "recipients": len(m.recipients)} for i, m in zip(ids, messages, strict=True)
+        ]
+        return JSONResponse({"messages": accepted}, status_code=202)
 
     @router.get("/messages/{message_id}")
     async def get_receipt(message_id: str, key: ApiKeyInfo = can_read) -> Any:
