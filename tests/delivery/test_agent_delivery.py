@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from kakitome.delivery import agent as agent_module
 from kakitome.delivery.types import Outcome
 from kakitome.testing import Fault, LocalInternet, PeerBehaviour
 from tests.delivery.conftest import AgentFactory, batch
@@ -180,9 +183,11 @@ async def test_ehlo_after_starttls_and_capabilities_forgotten(
 
 
 async def test_connections_are_reused_across_batches(
-    make_agent: AgentFactory, make_domain: MakeDomain
+    make_agent: AgentFactory, make_domain: MakeDomain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pooling: batches to the same destination reuse one TLS connection (RSET first)."""
+    """Pooling: batches to the same destination reuse one TLS connection; one back from
+    the pool at once is used as it is, one that sat there longer than PROBE_AFTER_IDLE is
+    probed with RSET first."""
     domain, peer = make_domain()
     agent = make_agent()
     results = await agent.deliver(batch(domain.name, messages=2))
@@ -192,7 +197,14 @@ async def test_connections_are_reused_across_batches(
     assert all(r.outcome is Outcome.DELIVERED for r in results)
     assert peer.stats().connections == opened <= 2
     assert peer.stats().messages == 8
-    assert "RSET" in [c.upper() for c in peer.connections()[0].commands]
+    commands = [c.upper() for conn in peer.connections() for c in conn.commands]
+    assert "RSET" not in commands
+    monkeypatch.setattr(agent_module, "PROBE_AFTER_IDLE", 0.0)
+    results = await agent.deliver(batch(domain.name, messages=2))
+    assert all(r.outcome is Outcome.DELIVERED for r in results)
+    assert peer.stats().connections == opened
+    commands = [c.upper() for conn in peer.connections() for c in conn.commands]
+    assert "RSET" in commands
 
 
 async def test_messages_per_connection_is_bounded(

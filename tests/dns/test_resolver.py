@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -127,3 +128,30 @@ def test_nameserver_parsing() -> None:
     assert parse_nameserver("10.0.0.1") == ("10.0.0.1", 53)
     assert parse_nameserver("[::1]:5300") == ("::1", 5300)
     assert parse_nameserver("::1") == ("::1", 53)
+
+
+async def test_answers_are_reused_within_their_ttl(world: LocalInternet) -> None:
+    """The worker asks for the same MX and addresses for every batch: within the TTL the
+    answer comes from memory (no query reaches the server); after it, from the server."""
+    name = world.unique_domain("ttl")
+    world.dns.add_mx(name, 10, f"mx.{name}", ttl=1)
+    world.dns.add_address(f"mx.{name}", "127.0.0.5", ttl=1)
+    resolver = _resolver(world)
+
+    def asked() -> int:
+        return sum(1 for q in world.dns.queries() if q.name.rstrip(".").endswith(name))
+
+    try:
+        first = await resolver.resolve_mx(name)
+        sent = asked()
+        assert sent >= 2  # the MX and the host's addresses
+        again = await resolver.resolve_mx(name)
+        assert asked() == sent
+        assert [(h.name, h.addresses) for h in again.hosts] == [
+            (h.name, h.addresses) for h in first.hosts
+        ]
+        await asyncio.sleep(1.2)
+        await resolver.resolve_mx(name)
+        assert asked() > sent
+    finally:
+        world.remove_domain(name)

@@ -79,6 +79,7 @@ class Connection:
     secure: bool = False
     messages: int = 0
     idle_since: float = 0.0
+    idled: float = 0.0  # how long it sat in the pool before it was last taken
     from_pool: bool = False
     opened_at: float = field(default_factory=time.monotonic)
     # Its TLS session was looked at (saved or judged not worth saving): done once.
@@ -152,6 +153,7 @@ class ConnectionPool:
                 self._close_later(conn)
                 continue
             conn.from_pool = True
+            conn.idled = now - conn.idle_since
             self.stats.reused += 1
             return conn
         return None
