@@ -425,12 +425,16 @@ class Store:
         except _STORAGE_ERRORS as exc:
             raise StorageError(f"database did not commit: {_describe(exc)}") from exc
 
-    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """SQLite: ``work`` as one write transaction on the connection's thread (the write
-        lock held only while SQLite works; kakitome.store.sqlite_thread)."""
+    async def _write_sqlite(
+        self, work: Callable[[sqlite3.Connection], T], *, delivery: bool = False
+    ) -> T:
+        """SQLite: ``work`` as one write transaction run straight on the connection (the
+        write lock held only while SQLite works; kakitome.store.sqlite_thread);
+        ``delivery``: the worker's claims and results, which other writers let go first
+        (kakitome.store.write_lock)."""
         try:
             async with self._write_lock:
-                return await write_transaction(self._engine, work)
+                return await write_transaction(self._engine, work, priority=delivery)
         except _STORAGE_ERRORS as exc:
             raise StorageError(f"database did not commit: {_describe(exc)}") from exc
 
@@ -463,7 +467,7 @@ class Store:
         if not self._is_pg:
             # Parameters made before the write lock is taken; the inserts in one hop.
             rows = _injection_tuples(message_rows, delivery_rows, event_rows)
-            await self._write_in_thread(lambda db_: _insert_injection_sqlite(db_, *rows))
+            await self._write_sqlite(lambda db_: _insert_injection_sqlite(db_, *rows))
             self._work_committed()
             return ids
         async with self._write() as conn:
@@ -524,7 +528,7 @@ class Store:
                     loaded[row[0]] = _MessageRow(*row)
             return loaded
 
-        claimed = await self._write_in_thread(lease)
+        claimed = await self._write_sqlite(lease, delivery=True)
         if not claimed:
             return []
         ids = sorted({row.message_id for row in claimed})
@@ -584,7 +588,7 @@ class Store:
                 if updates:
                     _apply_results_sqlite(db_, updates, event_rows)
 
-            await self._write_in_thread(record)
+            await self._write_sqlite(record, delivery=True)
             return bounces
         async with self._write() as conn:
             rows: list[Any] = []

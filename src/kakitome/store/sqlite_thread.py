@@ -1,24 +1,29 @@
-"""Run a piece of a SQLite transaction on the connection's own thread, in one hop.
+"""SQLite transactions whose statements run in one piece, not one await each.
 
 aiosqlite gives every connection a thread; each statement awaited through SQLAlchemy is a
 round trip to it and back through the event loop. Inside a write transaction every such
 trip keeps SQLite's write lock (and ``kakitome.store.write_lock``) held while the loop
 runs other tasks: in a worker with hundreds of SMTP sessions that was several
 milliseconds per statement, and web processes waited for it. The queue's hot transactions
-(claim, record results) therefore hand the whole body to the thread as one function.
+therefore run their statements as one plain function.
 
 ``in_connection_thread`` runs a function inside a transaction the caller opened through
 the engine. ``write_transaction`` goes further for the hottest writers (inject, claim,
-record results): the file write lock is taken on the event loop, then ``BEGIN
-IMMEDIATE`` and the function run right there, without a trip to the thread, and only
-``COMMIT`` (its fsync) and letting go of the lock go to the thread. The statements of such
-a function take a few milliseconds; run on the driver's thread, each row of an
-``executemany`` waited for the busy event loop to hand over the GIL, and the lock was held
-several times as long. The function gets the ``sqlite3.Connection``; it must not commit,
-roll back or keep the connection. Both use aiosqlite's internal queue
-(``Connection._execute``), the one its public methods use, and its connection, which
-SQLAlchemy opens with ``check_same_thread=False``; nothing else uses the connection
-meanwhile (it is checked out of the pool and idle).
+record results, TLS-RPT counts): the file write lock is taken on the event loop (its
+waits happen on a thread), then ``BEGIN IMMEDIATE``, the function and ``COMMIT`` run right
+there, without a trip to the thread, and the lock is let go at once. Such a transaction
+takes a few milliseconds of SQLite's time plus one fsync (0.1-2 ms on SSDs, up to ~10 ms on
+spinning disks: the event loop pauses for it). Run on the driver's thread, each row of an
+``executemany`` and the return from COMMIT waited for the busy event loop to hand over the
+GIL (which C calls such as parsing a request body hold for milliseconds), and the lock
+was held several times as long while other processes waited for it.
+
+The function gets the ``sqlite3.Connection``; it must not commit, roll back or keep the
+connection. ``in_connection_thread`` uses aiosqlite's internal queue
+(``Connection._execute``), the one its public methods use; ``write_transaction`` uses its
+connection from the event loop's thread, which SQLAlchemy allows by opening it with
+``check_same_thread=False``, while nothing else uses it (it is checked out of the pool
+and idle).
 """
 
 from __future__ import annotations
@@ -46,43 +51,33 @@ async def in_connection_thread(
     return result
 
 
-async def write_transaction(engine: AsyncEngine, work: Callable[[sqlite3.Connection], T]) -> T:
+async def write_transaction(
+    engine: AsyncEngine, work: Callable[[sqlite3.Connection], T], *, priority: bool = False
+) -> T:
     """``work(sqlite3_connection)`` in a write transaction of its own, committed when it
-    returns and rolled back when it raises; see the module's docstring."""
+    returns and rolled back when it raises; see the module's docstring. ``priority``:
+    a delivery writer, which other writers let go first (kakitome.store.write_lock)."""
     async with engine.connect() as conn:  # the driver is in autocommit: nothing begun
         raw = await conn.get_raw_connection()
         lock: WriteLock | None = raw.info.get("write_lock")
         driver: Any = raw.driver_connection
         db: sqlite3.Connection = driver._conn
         if lock is not None:
-            await lock.acquire()
+            await lock.acquire(priority=priority)
         try:
             if not _begin_now(db):
                 # Someone outside our lock holds SQLite's (the sqlite3 shell, a migration):
                 # wait for it with the busy timeout, off the event loop.
                 await driver._execute(db.execute, "BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            result = work(db)
+            db.execute("COMMIT")
         except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
             if lock is not None:
                 lock.release()
-            raise
-
-        def commit() -> None:
-            try:
-                db.execute("COMMIT")  # the fsync: off the event loop
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                if lock is not None:
-                    lock.release()
-
-        await driver._execute(commit)
         return result
 
 

@@ -215,7 +215,9 @@ class TLSStore:
             rows = [_session_row(key, s, count) for key, (s, count) in sorted(merged.items())]
             try:
                 await write_transaction(
-                    self._engine, lambda db: db.executemany(_UPSERT_SESSION_SQLITE, rows)
+                    self._engine,
+                    lambda db: db.executemany(_UPSERT_SESSION_SQLITE, rows),
+                    priority=True,  # the delivery path: a batch ends after it
                 )
             except (sqlite3.Error, DBAPIError, OSError) as exc:
                 raise StorageError(f"TLS store: {exc}") from exc
