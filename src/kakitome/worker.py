@@ -43,6 +43,11 @@ log = structlog.get_logger("kakitome.worker")
 # chunk bounds the work of one agent call, not what a crash can duplicate.
 CHUNK = 64
 
+# After a wake-up from idle (new mail committed), the worker waits this long before it
+# claims, so that mail arriving one message at a time (an API call per message) is
+# claimed, delivered and recorded in groups: each claim is a write transaction.
+CLAIM_LINGER = 0.01
+
 # Results wait at most this long to share a transaction with others (a group commit):
 # what a crash can resend is what was in flight plus this much.
 RECORD_DELAY = 0.005
@@ -212,6 +217,8 @@ class Worker:
                 if claimed:
                     continue
                 await self._idle(stop)
+                if not stop.is_set():
+                    await asyncio.sleep(CLAIM_LINGER)
         finally:
             await self.drain()
             if renewing is not None:

@@ -30,8 +30,11 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["WriteLock", "WriteLockFile"]
@@ -77,6 +80,12 @@ class WriteLock:
         self._wait_fd = wait_fd
         self._timeout = timeout
         self.held = False
+        # Blocking waits run on one daemon thread per lock, started at the first wait.
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] | None = None
+        # A wait given up (timed out, cancelled) whose thread may still get the lock: the
+        # next acquire lets it finish (and give the lock back) first, so that the two never
+        # overlap on this file descriptor.
+        self._abandoned: asyncio.Event | None = None
 
     def _nobody_waits(self) -> bool:
         try:
@@ -90,6 +99,13 @@ class WriteLock:
         """Take the lock, waiting at most the busy timeout; ``priority`` for delivery."""
         if self.held:
             return
+        deadline = time.monotonic() + self._timeout
+        if self._abandoned is not None:
+            try:
+                await asyncio.wait_for(self._abandoned.wait(), self._timeout)
+            except TimeoutError:
+                raise locked_error() from None
+            self._abandoned = None
         if self._nobody_waits():
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,23 +114,29 @@ class WriteLock:
             else:
                 self.held = True
                 return
-        waiting = self._wait(priority)
+        waiting, settled = self._wait(priority)
         try:
-            # Timed out or cancelled, ``waiting`` is cancelled too: if its thread gets the
-            # lock later it gives it straight back.
-            await asyncio.wait_for(waiting, self._timeout)
-        except TimeoutError:
-            raise locked_error() from None
+            await asyncio.wait_for(waiting, max(0.0, deadline - time.monotonic()))
+        except BaseException as exc:
+            # Timed out or cancelled: ``waiting`` is cancelled too; if the thread gets the
+            # lock later it gives it straight back (see _wait).
+            self._abandoned = settled
+            if isinstance(exc, TimeoutError):
+                raise locked_error() from None
+            raise
         self.held = True
 
-    def _wait(self, priority: bool) -> asyncio.Future[None]:
-        """Resolves once this connection holds the lock. The blocked ``flock`` waits in a
-        daemon thread of its own (never on the event loop; never holding up exit)."""
+    def _wait(self, priority: bool) -> tuple[asyncio.Future[None], asyncio.Event]:
+        """A future resolved once this connection holds the lock, and an event set once
+        the blocking wait is over either way. The blocked ``flock`` waits on the lock's
+        daemon thread (never on the event loop; never holding up the process's exit)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        settled = asyncio.Event()
         fd, wait_fd = self._fd, self._wait_fd
 
         def settle(error: OSError | None) -> None:
+            settled.set()
             if done.cancelled():
                 if error is None:  # nobody waits any more: give the lock back
                     with contextlib.suppress(OSError):
@@ -141,8 +163,13 @@ class WriteLock:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(settle, error)
 
-        threading.Thread(target=block, name="sqlite-writelock", daemon=True).start()
-        return done
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(
+                target=_run_jobs, args=(self._jobs,), name="sqlite-writelock", daemon=True
+            ).start()
+        self._jobs.put(block)
+        return done, settled
 
     def release(self) -> None:
         if self.held:
@@ -151,9 +178,16 @@ class WriteLock:
 
     def close(self) -> None:
         self.held = False
+        if self._jobs is not None:
+            self._jobs.put(None)  # the thread ends after any wait under way
         for fd in (self._fd, self._wait_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _run_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+    while (job := jobs.get()) is not None:
+        job()
 
 
 def locked_error() -> sqlite3.OperationalError:
