@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kakitome.store import sqlite_thread
 from kakitome.store.db import create_engine
 from kakitome.store.sqlite_thread import write_transaction
 from kakitome.store.write_lock import WriteLock, WriteLockFile
@@ -117,5 +118,34 @@ async def test_write_transaction_commits_or_rolls_back_and_lets_go(tmp_path: Pat
         )
         assert rows == [(1,)]
         assert time.monotonic() - started < 0.4  # not the 0.5 s busy timeout
+    finally:
+        await engine.dispose()
+
+
+async def test_slow_commits_go_to_the_driver_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where COMMIT is slow (a spinning disk), it runs on the driver's thread; a caller
+    cancelled meanwhile does not undo it, and the lock is let go once it is done."""
+    monkeypatch.setattr(sqlite_thread, "SLOW_COMMIT", -1.0)  # every commit counts as slow
+    monkeypatch.setattr(sqlite_thread, "_COMMITS", sqlite_thread._CommitTimes())
+    engine = create_engine(f"sqlite:///{tmp_path / 'q.db'}", busy_timeout_ms=2000)
+    try:
+        await write_transaction(engine, lambda db: db.execute("CREATE TABLE t (v INTEGER)"))
+        assert sqlite_thread._COMMITS.slow
+        await write_transaction(engine, lambda db: db.execute("INSERT INTO t VALUES (1)"))
+        task = asyncio.create_task(
+            write_transaction(engine, lambda db: db.execute("INSERT INTO t VALUES (2)"))
+        )
+        for _ in range(3):  # a few turns of the loop: it is at its lock, BEGIN or COMMIT
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        started = time.monotonic()
+        rows = await write_transaction(
+            engine, lambda db: db.execute("SELECT v FROM t ORDER BY v").fetchall()
+        )
+        assert time.monotonic() - started < 1.5
+        assert rows in ([(1,)], [(1,), (2,)])  # cancelled before or after its commit began
     finally:
         await engine.dispose()

@@ -12,11 +12,13 @@ the engine. ``write_transaction`` goes further for the hottest writers (inject, 
 record results, TLS-RPT counts): the file write lock is taken on the event loop (its
 waits happen on a thread), then ``BEGIN IMMEDIATE``, the function and ``COMMIT`` run right
 there, without a trip to the thread, and the lock is let go at once. Such a transaction
-takes a few milliseconds of SQLite's time plus one fsync (0.1-2 ms on SSDs, up to ~10 ms on
-spinning disks: the event loop pauses for it). Run on the driver's thread, each row of an
-``executemany`` and the return from COMMIT waited for the busy event loop to hand over the
-GIL (which C calls such as parsing a request body hold for milliseconds), and the lock
-was held several times as long while other processes waited for it.
+takes a few milliseconds of SQLite's time plus one fsync: 0.1-2 ms on SSDs, when the
+event loop may as well wait for it; where COMMIT takes longer than ``SLOW_COMMIT`` on
+average (a spinning disk, a network volume), it goes to the driver's thread instead.
+Run on the driver's thread, each row of an ``executemany`` and the return from COMMIT
+waited for the busy event loop to hand over the GIL (which C calls such as parsing a
+request body hold for milliseconds), and the lock was held several times as long while
+other processes waited for it.
 
 The function gets the ``sqlite3.Connection``; it must not commit, roll back or keep the
 connection. ``in_connection_thread`` uses aiosqlite's internal queue
@@ -28,7 +30,9 @@ and idle).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -64,21 +68,61 @@ async def write_transaction(
         db: sqlite3.Connection = driver._conn
         if lock is not None:
             await lock.acquire(priority=priority)
+        committing: asyncio.Future[float] | None = None
         try:
             if not _begin_now(db):
                 # Someone outside our lock holds SQLite's (the sqlite3 shell, a migration):
                 # wait for it with the busy timeout, off the event loop.
-                await driver._execute(db.execute, "BEGIN IMMEDIATE")
+                await asyncio.shield(driver._execute(db.execute, "BEGIN IMMEDIATE"))
             result = work(db)
-            db.execute("COMMIT")
+            if _COMMITS.slow:
+                committing = asyncio.ensure_future(driver._execute(_timed_commit, db))
+                took = await asyncio.shield(committing)
+            else:
+                took = _timed_commit(db)
+            _COMMITS.observe(took)
         except BaseException:
-            if db.in_transaction:
+            if committing is not None and not committing.done():
+                # Cancelled while COMMIT runs on the thread: it finishes there; the lock
+                # is let go after it (the connection is not touched meanwhile).
+                if lock is not None:
+                    committing.add_done_callback(_release_after(lock))
+                lock = None
+            elif db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         finally:
             if lock is not None:
                 lock.release()
         return result
+
+
+def _release_after(lock: WriteLock) -> Callable[[asyncio.Future[float]], None]:
+    return lambda _: lock.release()
+
+
+class _CommitTimes:
+    """How long COMMIT (its fsync) takes here: on a fast disk it runs on the event loop;
+    once it takes longer than ``SLOW_COMMIT`` on average it runs on the driver's thread,
+    so that the loop goes on with other requests meanwhile (and back when it is fast)."""
+
+    def __init__(self) -> None:
+        self.average = 0.0
+        self.slow = False
+
+    def observe(self, seconds: float) -> None:
+        self.average = 0.8 * self.average + 0.2 * seconds
+        self.slow = self.average > SLOW_COMMIT
+
+
+SLOW_COMMIT = 0.01  # seconds
+_COMMITS = _CommitTimes()
+
+
+def _timed_commit(db: sqlite3.Connection) -> float:
+    started = time.perf_counter()
+    db.execute("COMMIT")
+    return time.perf_counter() - started
 
 
 def _begin_now(db: sqlite3.Connection) -> bool:
