@@ -31,7 +31,9 @@ the mean size Kakitome sent) to the same sink peers, once with its defaults and 
 
 Talks to nothing outside 127.0.0.0/8. Needs root for Postfix (``--systems kakitome`` runs
 without it). ``--py-spy FILE`` profiles the service with py-spy during the run (slows it:
-use a separate run for the figures) and prints the top functions.
+use a separate run for the figures) and prints the top functions; each child process
+goes to ``FILE.worker<n>``; ``BENCH_PY_SPY_IDLE=1`` samples waiting threads too (where a
+process waits, not only where it works), ``BENCH_PY_SPY_NATIVE=1`` native frames.
 
     python -m bench.delivery                     # full run, human table
     python -m bench.delivery --quick --json      # smoke check, one JSON document
@@ -598,6 +600,7 @@ def _run_kakitome(sink: Sink, args: argparse.Namespace, folder: Path, url: str) 
                 profilers.append(subprocess.Popen(
                     [_py_spy(), "record", "--pid", str(pid), "--rate", "200",
                      *(["--native"] if os.environ.get("BENCH_PY_SPY_NATIVE") else []),
+                     *(["--idle"] if os.environ.get("BENCH_PY_SPY_IDLE") else []),
                      "--format", "raw", "--output", f"{args.py_spy}{name}", "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
