@@ -28,6 +28,7 @@ database); SQLite allows one writer at a time across all processes sharing the f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,22 +147,20 @@ def _sqlite_engine(parsed: URL, *, pool_size: int, busy_timeout_ms: int) -> Asyn
     dialect = engine.sync_engine.dialect
     do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
 
-    def _commit(dbapi_connection: Any) -> None:
-        try:
-            do_commit(dbapi_connection)
-        finally:
-            if (lock := _lock_of(dbapi_connection)) is not None:
-                lock.release()
+    def _then_release(end: Callable[[Any], None]) -> Callable[[Any], None]:
+        def ended(dbapi_connection: Any) -> None:
+            try:
+                end(dbapi_connection)
+            finally:
+                if (lock := _lock_of(dbapi_connection)) is not None:
+                    lock.release()
 
-    def _rollback(dbapi_connection: Any) -> None:
-        try:
-            do_rollback(dbapi_connection)
-        finally:
-            if (lock := _lock_of(dbapi_connection)) is not None:
-                lock.release()
+        return ended
 
-    dialect.do_commit = _commit  # type: ignore[method-assign]
-    dialect.do_rollback = _rollback  # type: ignore[method-assign]
+    _commit, _rollback = _then_release(do_commit), _then_release(do_rollback)
+
+    dialect.do_commit = _commit  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = _rollback  # type: ignore[method-assign,assignment]
 
     @event.listens_for(engine.sync_engine, "close")
     def _on_close(_dbapi_connection: Any, record: Any) -> None:
