@@ -22,12 +22,15 @@ database in a temporary folder (or a fresh PostgreSQL database made on the serve
 
 The clock stops when the database holds a delivered receipt for every message (the sink's
 count is polled first, then the database). CPU seconds are the service process's own
-(utime + stime, children included, from /proc); peak memory is its VmHWM. The injecting
-clients' CPU is reported apart, like smtp-source's for Postfix.
+(utime + stime, children included, from /proc); peak memory is the sum of its processes'
+VmHWM. The injecting clients' CPU is reported apart, like smtp-source's for Postfix.
+"CPU ms/msg" is also CPU seconds per 1,000 messages.
 
 Postfix: ``bench.postfix_relay.run_postfix_relay`` relays the same number of messages (of
 the mean size Kakitome sent) to the same sink peers, once with its defaults and once with
-``smtp_tls_connection_reuse = yes``; the ratios Kakitome / Postfix are printed.
+``smtp_tls_connection_reuse = yes``; the ratios Kakitome / Postfix are printed. Postfix's
+peak memory is the largest sum of its processes' resident memory, sampled every 0.2 s
+(its delivery processes come and go).
 
 Talks to nothing outside 127.0.0.0/8. Needs root for Postfix (``--systems kakitome`` runs
 without it). ``--py-spy FILE`` profiles the service with py-spy during the run (slows it:
@@ -729,7 +732,7 @@ def run_postfix(sink: Sink, args: argparse.Namespace, *, reuse: bool, size: int)
         messages_per_second=relay.messages_per_second,
         cpu_seconds=relay.cpu_seconds,
         cpu_ms_per_message=relay.cpu_ms_per_message,
-        peak_memory_mb=None,
+        peak_memory_mb=relay.peak_memory_mb,
         sink_messages=delta["messages"],
         sink_connections=delta["connections"],
         sink_tls_handshakes=delta["tls_handshakes"],
@@ -816,11 +819,14 @@ def _short(frame: str) -> str:
 
 
 def ratios(kakitome: SystemResult, postfix: SystemResult) -> dict[str, float]:
-    return {
+    found = {
         "messages_per_second": round(kakitome.messages_per_second
                                      / postfix.messages_per_second, 2),
         "cpu_per_message": round(kakitome.cpu_ms_per_message / postfix.cpu_ms_per_message, 2),
     }
+    if kakitome.peak_memory_mb and postfix.peak_memory_mb:
+        found["peak_memory"] = round(kakitome.peak_memory_mb / postfix.peak_memory_mb, 2)
+    return found
 
 
 def print_table(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
@@ -836,7 +842,7 @@ def print_table(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
               f"handshakes, sink CPU {ceiling['sink_cpu_seconds']} s in "
               f"{ceiling['seconds']} s\n")
     write("\n")
-    head = ("system", "msgs/s", "seconds", "CPU s", "CPU ms/msg", "peak MB", "TLS sess",
+    head = ("system", "msgs/s", "seconds", "CPU s", "CPU s/1k msgs", "peak MB", "TLS sess",
             "msgs/conn", "sink CPU s", "load")
     rows = [head]
     for result in report["results"]:
@@ -867,8 +873,10 @@ def print_table(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
                   f"{extra['process_cpu_user_system']} s; injector CPU "
                   f"{extra['injector_cpu_seconds']} s; settings {extra['settings']}\n")
     for name, values in report["ratios"].items():
+        memory = (f", {values['peak_memory']}x peak memory" if "peak_memory" in values
+                  else "")
         write(f"Kakitome / {name}: {values['messages_per_second']}x messages/s, "
-              f"{values['cpu_per_message']}x CPU per message\n")
+              f"{values['cpu_per_message']}x CPU per message{memory}\n")
     if report.get("profile"):
         counts = dict(report["profile"].get("samples", []))
         write(f"\nProfile (py-spy, share of {counts.get('busy')} busy samples; "

@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +46,7 @@ from kakitome.testing.postfix import (
 )
 
 RELAY_LISTEN = ("127.0.0.9", 25)
+MEMORY_SAMPLE = 0.2  # seconds between samples of Postfix's resident memory
 SINK_FIRST_HOST = 20  # sinks started here listen on 127.0.0.20, .21, ...
 SENDER = "sender@bench.test"
 
@@ -70,6 +72,9 @@ class RelayResult:
     tls_reused: int
     delivered: int
     deferred_or_bounced: int
+    # The largest sum of the resident memory of Postfix's processes seen during the run
+    # (sampled every MEMORY_SAMPLE seconds: its processes come and go).
+    peak_memory_mb: float = 0.0
 
 
 def free_port(host: str) -> int:
@@ -126,6 +131,15 @@ def run_postfix_relay(
     per_domain = [quotient + (1 if i < remainder else 0) for i in range(domains)]
     sessions_each = max(1, sessions // domains)
     relay.start()
+    sampling = threading.Event()
+    peak = [relay.resident_mb()]
+
+    def sample() -> None:
+        while not sampling.wait(MEMORY_SAMPLE):
+            peak[0] = max(peak[0], relay.resident_mb())
+
+    sampler = threading.Thread(target=sample, name="postfix-memory", daemon=True)
+    sampler.start()
     try:
         cpu_before = relay.cpu_seconds()
         started = time.monotonic()
@@ -153,6 +167,8 @@ def run_postfix_relay(
         finished = relay.wait_queue_empty(timeout=timeout, fail_on_deferred=True)
         cpu = relay.cpu_seconds() - cpu_before
     finally:
+        sampling.set()
+        sampler.join()
         relay.stop()
     seconds = finished - started
     delivered = relay.count_log(r" status=sent ")
@@ -174,6 +190,7 @@ def run_postfix_relay(
         tls_reused=relay.count_log(r"/smtp\[\d+\]: \w+ TLS connection reused to "),
         delivered=delivered,
         deferred_or_bounced=relay.count_log(r" status=(deferred|bounced) "),
+        peak_memory_mb=round(peak[0], 1),
     )
     if own_root and not keep:
         shutil.rmtree(base, ignore_errors=True)

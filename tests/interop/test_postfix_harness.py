@@ -119,6 +119,8 @@ def test_receives_over_verified_starttls_and_logs_the_same_tls(
             client.starttls(context=context)
             client.noop()
     assert receiver.cpu_seconds() > 0
+    # Resident memory of the running instance (master, qmgr, pickup, ...): tens of MB.
+    assert 5 < receiver.resident_mb() < 2000
 
 
 def test_relay_counts_one_tls_session_per_message_without_reuse(

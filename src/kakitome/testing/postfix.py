@@ -429,6 +429,24 @@ class PostfixInstance:
             stack.extend(children.get(pid, ()))
         return total / ticks
 
+    def resident_mb(self) -> float:
+        """Resident memory (VmRSS) of the master and all its live processes, in MB: sample
+        it during a run for the peak (processes that come and go are seen while alive).
+        Returns 0.0 when the instance is not running."""
+        master = self.master_pid()
+        if master is None:
+            return 0.0
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in _proc_stats():
+            children.setdefault(ppid, []).append(pid)
+        total_kb = 0
+        stack = [master]
+        while stack:
+            pid = stack.pop()
+            total_kb += _resident_kb(pid)
+            stack.extend(children.get(pid, ()))
+        return total_kb / 1024
+
     # -- helpers -----------------------------------------------------------------------
 
     @staticmethod
@@ -459,6 +477,18 @@ def _files(directory: Path) -> Iterator[Path]:
     for _dirpath, _dirnames, filenames in os.walk(directory):
         for name in filenames:
             yield Path(name)
+
+
+def _resident_kb(pid: int) -> int:
+    """VmRSS of a process in kB (0 when it has exited or is a kernel thread)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _proc_stats() -> Iterator[tuple[int, tuple[int, int]]]:
