@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kakitome.errors import StorageError
 from kakitome.lists.model import ImportReport, RejectedRow
 from kakitome.store.schema_imports import list_import_jobs as jobs
 from kakitome.store.schema_lists import mailing_lists as lists
+from kakitome.store.transactions import reading, writing
 
 __all__ = [
     "INTERRUPTED",
@@ -80,24 +79,11 @@ class ImportJobStore:
 
     def __init__(self, engine: AsyncEngine, *, stale_after: float = STALE_AFTER) -> None:
         self._engine = engine
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
-        self._reader = engine.execution_options(sqlite_begin="DEFERRED")
         self._stale_after = stale_after
         self._lock = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        from kakitome.store.repository import _STORAGE_ERRORS, _describe
-
-        try:
-            if self._engine.dialect.name == "sqlite":
-                async with self._lock, self._writer.begin() as conn:
-                    yield conn
-            else:
-                async with self._engine.begin() as conn:
-                    yield conn
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return writing(self._engine, self._lock)
 
     async def create(
         self, job_id: str, list_id: int, *, size: int, started_by: str, owner: str, now: float
@@ -176,23 +162,18 @@ class ImportJobStore:
         return None if row is None else _record(row)
 
     async def _row(self, job_id: str) -> Any:
-        from kakitome.store.repository import _STORAGE_ERRORS, _describe
-
-        try:
-            async with self._reader.begin() as conn:
-                stmt = (
-                    select(
-                        jobs,
-                        func.coalesce(func.nullif(lists.c.title, ""), lists.c.name).label(
-                            "list_title"
-                        ),
-                    )
-                    .join(lists, lists.c.id == jobs.c.list_id)
-                    .where(jobs.c.id == job_id)
+        async with reading(self._engine) as conn:
+            stmt = (
+                select(
+                    jobs,
+                    func.coalesce(func.nullif(lists.c.title, ""), lists.c.name).label(
+                        "list_title"
+                    ),
                 )
-                return (await conn.execute(stmt)).first()
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database unavailable: {_describe(exc)}") from exc
+                .join(lists, lists.c.id == jobs.c.list_id)
+                .where(jobs.c.id == job_id)
+            )
+            return (await conn.execute(stmt)).first()
 
     async def forget_finished(self, *, before: float) -> int:
         """Delete jobs that ended before ``before``."""

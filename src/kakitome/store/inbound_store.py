@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kakitome.errors import StorageError
 from kakitome.store.ids import new_message_id
 from kakitome.store.schema import deliveries, events, messages
 from kakitome.store.schema_inbound import (
@@ -39,15 +35,9 @@ from kakitome.store.schema_inbound import (
     suppressions,
     tlsrpt_received,
 )
+from kakitome.store.transactions import reading, writing
 from kakitome.suppression import Thresholds, suppression_key
 
-_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    DBAPIError,
-    PoolTimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 _CHUNK = 5_000
 # A bounce may arrive for a delivery in any of these states (delivered is the usual one:
 # the remote MX accepted, then failed later); a bounced delivery stays as it is.
@@ -181,31 +171,16 @@ class InboundStore:
     def __init__(self, engine: AsyncEngine, thresholds: Thresholds | None = None) -> None:
         self._engine = engine
         self._is_pg = engine.dialect.name == "postgresql"
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self._lock = asyncio.Lock()
         self.thresholds = thresholds or Thresholds()
 
     # -- transactions -------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            if self._is_pg:
-                async with self._engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._lock, self._writer.begin() as conn:
-                    yield conn
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return writing(self._engine, self._lock)
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
-                yield conn
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database unavailable: {_describe(exc)}") from exc
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return reading(self._engine)
 
     def _insert(self, table: Any) -> Any:
         return postgresql.insert(table) if self._is_pg else sqlite.insert(table)
@@ -741,8 +716,3 @@ def _inbound_row(row: Any, *, content: bool = True) -> InboundRow:
         content=bytes(row.content) if content else b"",
     )
 
-
-def _describe(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else ''}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote_ascii
 from typing import Any
@@ -36,8 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.errors import InputError, StorageError
@@ -59,14 +58,13 @@ from kakitome.store.schema_lists import (
     subscriber_events,
     subscribers,
 )
+from kakitome.store.transactions import reading, writing
 
 __all__ = ["IMPORT_BATCH_MAX", "MAX_BATCH", "ImportCounts", "ImportRow", "ListsStore"]
 
 MAX_BATCH = 5_000
 # Rows per import transaction at most (no bound-parameter limit: a temporary table).
 IMPORT_BATCH_MAX = 100_000
-
-_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, PoolTimeoutError, OSError)
 
 
 @dataclass(slots=True)  # not frozen: one per imported row, frozen __init__ costs twice
@@ -92,34 +90,18 @@ class ListsStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self._lock = asyncio.Lock()
 
     @property
     def dialect(self) -> str:
         return self._dialect
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            if self._dialect == "sqlite":
-                async with self._lock, self._writer.begin() as conn:
-                    yield conn
-            else:
-                async with self._engine.begin() as conn:
-                    yield conn
-        except IntegrityError:
-            raise
-        except _ERRORS as exc:
-            raise StorageError(f"database did not commit: {type(exc).__name__}: {exc}") from exc
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        # IntegrityError passes: the callers turn it into "already exists" answers.
+        return writing(self._engine, self._lock, keep=(IntegrityError,))
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
-                yield conn
-        except _ERRORS as exc:
-            raise StorageError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return reading(self._engine)
 
     # -- lists ---------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ import logging
 import secrets
 import sqlite3
 import string
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -59,8 +59,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.delivery.types import OutboundMessage, Outcome, Recipient, RecipientResult
@@ -72,6 +71,7 @@ from kakitome.store.migrate import upgrade_to_head
 from kakitome.store.schema import api_keys, deliveries, events
 from kakitome.store.schema import messages as message_table
 from kakitome.store.sqlite_thread import in_connection_thread, write_transaction
+from kakitome.store.transactions import STORAGE_ERRORS, describe, reading, writing
 from kakitome.tls.receipt import TLSReceipt
 
 log = logging.getLogger(__name__)
@@ -98,17 +98,6 @@ _LAST_USED_RESOLUTION = 60.0
 
 # Bound parameters per statement, under SQLite's 32,766 and asyncpg's 32,767.
 _CHUNK = 5_000
-
-# Errors that mean "the database did not do it": connection refused or lost, disk full,
-# locked beyond busy_timeout, pool exhausted, PostgreSQL shutting down.
-_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
-    DBAPIError,
-    PoolTimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    sqlite3.OperationalError,  # raised by work run on the connection's thread
-)
 
 T = TypeVar("T")
 
@@ -347,10 +336,7 @@ class Store:
         self._dialect = engine.dialect.name
         self._is_pg = self._dialect == "postgresql"
         # On SQLite, writes take the write lock at BEGIN (see db.py) and queue here first,
-        # so tasks of this process wait on an asyncio lock instead of SQLite's busy loop.
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
-        # Reads never write, so they may share the database with a writer (WAL).
-        self._reader = engine.execution_options(sqlite_begin="DEFERRED")
+        # so tasks of this process wait on an asyncio lock (kakitome.store.transactions).
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         # Called when this process committed new work (SQLite: how serve tells its worker
@@ -412,18 +398,9 @@ class Store:
 
     # -- transactions -------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """One write transaction; DB failures become StorageError."""
-        try:
-            if self._is_pg:
-                async with self._engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._write_lock, self._writer.begin() as conn:
-                    yield conn
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+        return writing(self._engine, self._write_lock)
 
     async def _write_sqlite(
         self, work: Callable[[sqlite3.Connection], T], *, delivery: bool = False
@@ -435,17 +412,12 @@ class Store:
         try:
             async with self._write_lock:
                 return await write_transaction(self._engine, work, priority=delivery)
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database did not commit: {_describe(exc)}") from exc
+        except STORAGE_ERRORS as exc:
+            raise StorageError(f"database did not commit: {describe(exc)}") from exc
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """One read transaction (a consistent snapshot on both engines)."""
-        try:
-            async with self._reader.begin() as conn:
-                yield conn
-        except _STORAGE_ERRORS as exc:
-            raise StorageError(f"database unavailable: {_describe(exc)}") from exc
+        return reading(self._engine)
 
     # -- injection ----------------------------------------------------------------------
 
@@ -958,7 +930,7 @@ class Store:
             listener = await asyncpg.connect(dsn, timeout=5)
             await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             listener.add_termination_listener(self._on_listener_lost)
-        except _STORAGE_ERRORS:  # TimeoutError is an OSError
+        except STORAGE_ERRORS:  # TimeoutError is an OSError
             self._listener_failed_at = loop.time()
             return
         self._listener = listener
@@ -1255,12 +1227,6 @@ def _key_prefix(key: str) -> str | None:
     if any(c not in _PREFIX_ALPHABET for c in prefix):
         return None
     return prefix
-
-
-def _describe(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text_ = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {text_[0] if text_ else ''}"
 
 
 InjectionRows = tuple[

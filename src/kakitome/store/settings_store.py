@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kakitome.errors import StorageError
 from kakitome.store.schema_settings import settings_overlay
+from kakitome.store.transactions import reading, writing
 
 __all__ = ["OverlayEntry", "SettingsStore"]
 
@@ -38,29 +37,15 @@ class SettingsStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._is_pg = engine.dialect.name == "postgresql"
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
-        self._reader = engine.execution_options(sqlite_begin="DEFERRED")
         self._lock = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            if self._is_pg:
-                async with self._engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._lock, self._writer.begin() as conn:
-                    yield conn
-        except (DBAPIError, OSError) as exc:
-            raise StorageError(f"database did not commit: {exc}") from exc
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return writing(self._engine, self._lock)
 
     async def entries(self) -> dict[str, OverlayEntry]:
         """Every stored key with its value and who changed it when."""
-        try:
-            async with self._reader.begin() as conn:
-                rows = (await conn.execute(select(settings_overlay))).all()
-        except (DBAPIError, OSError) as exc:
-            raise StorageError(f"database unavailable: {exc}") from exc
+        async with reading(self._engine) as conn:
+            rows = (await conn.execute(select(settings_overlay))).all()
         return {
             row.key: OverlayEntry(row.key, row.value, row.updated_at, row.updated_by)
             for row in rows

@@ -48,6 +48,7 @@ from kakitome.store.schema_web import (
     web_stats_hourly,
     web_users,
 )
+from kakitome.store.transactions import STORAGE_ERRORS
 
 __all__ = [
     "ROLES",
@@ -974,6 +975,4 @@ def _normal_address(address: str) -> str:
 
 
 def _is_storage_error(exc: BaseException) -> bool:
-    from kakitome.store.repository import _STORAGE_ERRORS
-
-    return isinstance(exc, _STORAGE_ERRORS)
+    return isinstance(exc, STORAGE_ERRORS)

@@ -22,16 +22,15 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kakitome.errors import StorageError
 from kakitome.store.schema import deliveries, events
 from kakitome.store.schema_campaigns import tracking_events
 from kakitome.store.schema_lists import subscriber_events
@@ -41,6 +40,7 @@ from kakitome.store.schema_webhooks import (
     webhook_deliveries,
     webhook_endpoints,
 )
+from kakitome.store.transactions import reading, writing
 from kakitome.webhooks.events import (
     EVENT_KINDS,
     SUBSCRIBER_KINDS,
@@ -108,30 +108,14 @@ class WebhooksStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._is_pg = engine.dialect.name == "postgresql"
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
         self._lock = asyncio.Lock()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            if self._is_pg:
-                async with self._engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._lock, self._writer.begin() as conn:
-                    yield conn
-        except (DBAPIError, OSError) as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            raise StorageError(f"database did not commit: {exc}") from exc
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        # IntegrityError passes: the pump reads it as another process having got there.
+        return writing(self._engine, self._lock, keep=(IntegrityError,))
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.execution_options(sqlite_begin="DEFERRED").begin() as conn:
-                yield conn
-        except (DBAPIError, OSError) as exc:
-            raise StorageError(f"database unavailable: {exc}") from exc
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return reading(self._engine)
 
     def _insert(self, table: Any) -> Any:
         return postgresql.insert(table) if self._is_pg else sqlite.insert(table)
