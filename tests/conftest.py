@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_db",
     "tests.fixtures_world",
     "tests.fixtures_peers",
+    "tests.fixtures_inbound",
 ]

@@ -5,56 +5,19 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from kakitome.config import Settings
 from kakitome.inbound.forward import Forwarder
 from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore, NewInbound
+from kakitome.store.inbound_store import InboundStore
 from kakitome.store.repository import Store
 from kakitome.web import create_app
 from tests.api.conftest import BASE, api_settings, bearer
-
-
-class Receiver:
-    """A minimal HTTP/1.1 endpoint on loopback that answers 200 and keeps each body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[tuple[dict[str, str], bytes]] = []
-        self.server: asyncio.Server | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")[1:]
-        headers = {
-            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
-        }
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.bodies.append((headers, body))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/hook"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    made = Receiver()
-    yield made
-    if made.server is not None:
-        made.server.close()
-        await made.server.wait_closed()
+from tests.fixtures_inbound import Receiver, record_held
 
 
 def _settings(tmp_path: Path, url: str) -> Settings:
@@ -66,29 +29,14 @@ def _settings(tmp_path: Path, url: str) -> Settings:
     return Settings.model_validate(data)
 
 
-async def _held(inbound: InboundStore, recipient: str, subject: str) -> str:
-    content = f"From: a@b.test\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode()
-    return await inbound.record_inbound(
-        NewInbound(
-            received_at=time.time(),
-            listener="mx",
-            kind="route",
-            status="held",
-            content=content,
-            recipients=(recipient,),
-            mail_from="a@b.test",
-        )
-    )
-
-
 async def test_release_and_delete_held_mail(
-    store: Store, tmp_path: Path, receiver: Receiver
+    store: Store, tmp_path: Path, hook_receiver: Receiver
 ) -> None:
-    settings = _settings(tmp_path, await receiver.start())
+    settings = _settings(tmp_path, await hook_receiver.start())
     inbound = InboundStore(store.engine)
-    first = await _held(inbound, "info@in.example.jp", "one")
-    second = await _held(inbound, "info@in.example.jp", "two")
-    unrouted = await _held(inbound, "info@other.example.jp", "three")
+    first = await record_held(inbound, "info@in.example.jp", "one")
+    second = await record_held(inbound, "info@in.example.jp", "two")
+    unrouted = await record_held(inbound, "info@other.example.jp", "three")
     app = create_app(settings, store, Injector(store, settings))
     h = await bearer(store, "admin")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
@@ -129,8 +77,9 @@ async def test_release_and_delete_held_mail(
 
     # What the running service's forwarder does next: POST both released messages.
     assert await Forwarder(inbound, settings.inbound).run_once() == 2
-    subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0] for _, body in receiver.bodies)
+    posted = hook_receiver.bodies
+    subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0] for _, body in posted)
     assert subjects == [b"one", b"three"]
-    assert {headers["kakitome-inbound-id"] for headers, _ in receiver.bodies} == {first, unrouted}
+    assert {headers["kakitome-inbound-id"] for headers, _ in posted} == {first, unrouted}
     row = await inbound.get_inbound(first)
     assert row is not None and row.status == "forwarded"

@@ -21,27 +21,19 @@ from kakitome.store.schema_inbound import inbound_messages, tlsrpt_received
 from kakitome.store.schema_settings import settings_overlay
 from kakitome.store.web_store import WebStore
 from kakitome.web import create_app
-from tests.api.test_inbound_held import Receiver
+from tests.fixtures_inbound import Receiver, record_held
 
 from .conftest import PASSWORD, csrf_of, login_as
 
 XSS = "<script>alert('x')</script>"
+BODY = "<b>body</b>"  # shown escaped, never as markup
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    made = Receiver()
-    yield made
-    if made.server is not None:
-        made.server.close()
-        await made.server.wait_closed()
-
-
-@pytest.fixture
-async def settings(receiver: Receiver) -> Settings:
+async def settings(hook_receiver: Receiver) -> Settings:
     data: dict[str, Any] = Settings().model_dump(mode="json")
     data["inbound"]["routes"] = [
-        {"match": "@in.example.jp", "action": "forward", "url": await receiver.start()},
+        {"match": "@in.example.jp", "action": "forward", "url": await hook_receiver.start()},
         {"match": "@other.example.jp", "action": "hold"},
     ]
     return Settings.model_validate(data)
@@ -72,23 +64,6 @@ async def as_role(transport: httpx.ASGITransport, web: WebStore) -> AsyncIterato
         await c.aclose()
 
 
-async def _held(inbound: InboundStore, recipient: str, subject: str, sender: str) -> str:
-    content = (
-        f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\n<b>body</b>\r\n"
-    ).encode()
-    return await inbound.record_inbound(
-        NewInbound(
-            received_at=time.time(),
-            listener="mx",
-            kind="route",
-            status="held",
-            content=content,
-            recipients=(recipient,),
-            mail_from="a@b.test",
-        )
-    )
-
-
 async def _actions(client: httpx.AsyncClient, page: str, **data: Any) -> httpx.Response:
     token = csrf_of((await client.get(page)).text)
     return await client.post("/ui/inbound/actions", data={"csrf_token": token, **data})
@@ -96,7 +71,9 @@ async def _actions(client: httpx.AsyncClient, page: str, **data: Any) -> httpx.R
 
 async def test_viewer_sees_held_mail_escaped_and_cannot_act(as_role: Any, store: Store) -> None:
     inbound = InboundStore(store.engine)
-    hostile = await _held(inbound, "info@in.example.jp", XSS, f'"{XSS}" <x@evil.test>')
+    hostile = await record_held(
+        inbound, "info@in.example.jp", XSS, sender=f'"{XSS}" <x@evil.test>', body=BODY
+    )
     viewer = await as_role("viewer")
     listing = await viewer.get("/ui/inbound")
     assert listing.status_code == 200
@@ -116,13 +93,13 @@ async def test_viewer_sees_held_mail_escaped_and_cannot_act(as_role: Any, store:
 
 
 async def test_admin_deletes_and_releases_with_csrf(
-    as_role: Any, store: Store, settings: Settings, receiver: Receiver
+    as_role: Any, store: Store, settings: Settings, hook_receiver: Receiver
 ) -> None:
     inbound = InboundStore(store.engine)
-    first = await _held(inbound, "info@in.example.jp", "one", "a@b.test")
-    second = await _held(inbound, "info@in.example.jp", "two", "a@b.test")
-    third = await _held(inbound, "info@in.example.jp", "three", "a@b.test")
-    unrouted = await _held(inbound, "info@other.example.jp", "four", "a@b.test")
+    first = await record_held(inbound, "info@in.example.jp", "one", body=BODY)
+    second = await record_held(inbound, "info@in.example.jp", "two", body=BODY)
+    third = await record_held(inbound, "info@in.example.jp", "three", body=BODY)
+    unrouted = await record_held(inbound, "info@other.example.jp", "four", body=BODY)
     admin = await as_role("admin")
     page = await admin.get("/ui/inbound")
     assert page.status_code == 200 and 'action="/ui/inbound/actions"' in page.text
@@ -153,7 +130,8 @@ async def test_admin_deletes_and_releases_with_csrf(
 
     # The forwarder POSTs the released messages to the local receiver.
     assert await Forwarder(inbound, settings.inbound).run_once() == 2
-    subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0] for _, body in receiver.bodies)
+    posted = hook_receiver.bodies
+    subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0] for _, body in posted)
     assert subjects == [b"three", b"two"]
 
     # Bulk delete of the one left.
