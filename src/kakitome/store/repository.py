@@ -529,24 +529,6 @@ class Store:
             return []
         by_id = {result.delivery_id: result for result in results}  # the last one wins
         wanted = sorted(by_id)
-        current = (
-            select(
-                deliveries.c.id,
-                deliveries.c.message_id,
-                deliveries.c.recipient,
-                deliveries.c.status,
-                deliveries.c.attempts,
-                deliveries.c.next_attempt_at,
-                deliveries.c.expires_at,
-                deliveries.c.notify,
-                deliveries.c.orcpt,
-                message_table.c.sender,
-                message_table.c.envid,
-                message_table.c.ret,
-            )
-            .join(message_table, message_table.c.id == deliveries.c.message_id)
-            .where(deliveries.c.lease_owner == owner)
-        )
         bounces: list[Bounce] = []
         if not self._is_pg:
 
@@ -562,6 +544,7 @@ class Store:
 
             await self._write_sqlite(record, delivery=True)
             return bounces
+        current = _current_rows(owner)
         async with self._write() as conn:
             rows: list[Any] = []
             for chunk in _chunks(wanted):
@@ -1036,6 +1019,28 @@ def _insert_injection_sqlite(
     db_.executemany(_INSERT_MESSAGE_SQLITE, messages)
     db_.executemany(_INSERT_DELIVERY_SQLITE, deliveries_)
     db_.executemany(_INSERT_EVENT_SQLITE, events_)
+
+
+def _current_rows(owner: str) -> Any:
+    """record_results' select on PostgreSQL (_CURRENT_SQLITE is the same on SQLite)."""
+    return (
+        select(
+            deliveries.c.id,
+            deliveries.c.message_id,
+            deliveries.c.recipient,
+            deliveries.c.status,
+            deliveries.c.attempts,
+            deliveries.c.next_attempt_at,
+            deliveries.c.expires_at,
+            deliveries.c.notify,
+            deliveries.c.orcpt,
+            message_table.c.sender,
+            message_table.c.envid,
+            message_table.c.ret,
+        )
+        .join(message_table, message_table.c.id == deliveries.c.message_id)
+        .where(deliveries.c.lease_owner == owner)
+    )
 
 
 def _apply_all(

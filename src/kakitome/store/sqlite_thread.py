@@ -70,7 +70,7 @@ async def write_transaction(
             await lock.acquire(priority=priority)
         committing: asyncio.Future[float] | None = None
         try:
-            if not _begin_now(db):
+            if not _begin_now(db, lock.busy_timeout_ms if lock is not None else None):
                 # Someone outside our lock holds SQLite's (the sqlite3 shell, a migration):
                 # wait for it with the busy timeout, off the event loop.
                 await asyncio.shield(driver._execute(db.execute, "BEGIN IMMEDIATE"))
@@ -125,9 +125,11 @@ def _timed_commit(db: sqlite3.Connection) -> float:
     return time.perf_counter() - started
 
 
-def _begin_now(db: sqlite3.Connection) -> bool:
-    """BEGIN IMMEDIATE without waiting: False when SQLite's lock is taken."""
-    timeout = db.execute("PRAGMA busy_timeout").fetchone()[0]
+def _begin_now(db: sqlite3.Connection, busy_timeout_ms: int | None) -> bool:
+    """BEGIN IMMEDIATE without waiting: False when SQLite's lock is taken. The busy timeout
+    is set back to ``busy_timeout_ms`` (None: the connection's own, read first)."""
+    if busy_timeout_ms is None:
+        busy_timeout_ms = int(db.execute("PRAGMA busy_timeout").fetchone()[0])
     db.execute("PRAGMA busy_timeout=0")
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -136,5 +138,5 @@ def _begin_now(db: sqlite3.Connection) -> bool:
             raise
         return False
     finally:
-        db.execute(f"PRAGMA busy_timeout={int(timeout)}")
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return True

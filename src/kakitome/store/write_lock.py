@@ -79,6 +79,7 @@ class WriteLock:
         self._fd = fd
         self._wait_fd = wait_fd
         self._timeout = timeout
+        self.busy_timeout_ms = round(timeout * 1000)  # SQLite's, set on the same connection
         self.held = False
         # Blocking waits run on one daemon thread per lock, started at the first wait.
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] | None = None
