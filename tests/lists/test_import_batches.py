@@ -4,8 +4,10 @@ attributes merged, opt-in records kept, rejected rows with their line numbers.""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
+import psycopg
 import pytest
 
 from kakitome.config import Settings
@@ -96,3 +98,59 @@ async def test_many_batches_upsert(small_batches: ListService) -> None:
     third = await service.import_csv(lst.id, io.BytesIO(changed))
     assert (third.inserted, third.updated) == (0, 1)
     assert (await service.get_subscriber("u9@example.jp")).attributes == {"plan": "silver"}
+
+
+@pytest.mark.postgres
+async def test_parallel_batches_keep_file_order_for_ids(
+    pg_database: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL writes two batches at once; when the first is held up (a row it updates
+    is locked by another transaction) the second still draws its new ids after it."""
+    monkeypatch.setattr(service_module, "IMPORT_ROWS_PER_TRANSACTION", 100)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE segments, subscriber_events, list_members, subscribers, mailing_lists "
+            "RESTART IDENTITY CASCADE"
+        )
+    settings = Settings.model_validate(
+        {
+            "http": {"public_url": "https://news.example.jp"},
+            "paths": {"data_dir": str(tmp_path)},
+            "lists": {"import_batch_size": 100},
+        }
+    )
+    store = await Store.open(pg_database, pool_size=5)
+    try:
+        service = ListService(
+            store, settings, clock=Clock(), signer=TokenSigner(b"0123456789abcdef0123456789abcdef")
+        )
+        lst = await make_list(service)
+        # u50 exists with another name: the first batch's UPDATE waits for its row lock.
+        await service.add_subscriber(lst.id, "u50@example.jp", name="Old", optin=OptIn("form"))
+        lines = ["email,name,plan"] + [f"u{i}@example.jp,N{i},gold" for i in range(300)]
+        data = ("\n".join(lines) + "\n").encode()
+        with psycopg.connect(pg_database) as blocker:
+            blocker.execute(
+                "SELECT id FROM subscribers WHERE address = 'u50@example.jp' FOR UPDATE"
+            )
+            task = asyncio.create_task(service.import_csv(lst.id, io.BytesIO(data)))
+            # Without the ordering, the second batch (u100-u199) commits while the first
+            # waits; with it, the second waits too. Either way the lock goes after 3 s.
+            with psycopg.connect(pg_database, autocommit=True) as probe:
+                for _ in range(60):
+                    row = probe.execute(
+                        "SELECT 1 FROM subscribers WHERE address = 'u150@example.jp'"
+                    ).fetchone()
+                    if row is not None or task.done():
+                        break
+                    await asyncio.sleep(0.05)
+            blocker.rollback()
+        report = await task
+        assert report.inserted == 299 and report.updated == 1
+        members = await service.members(lst.id, limit=1000)
+        addresses = [m.subscriber.address for m in members]
+        assert addresses == ["u50@example.jp"] + [
+            f"u{i}@example.jp" for i in range(300) if i != 50
+        ]
+    finally:
+        await store.close()

@@ -682,7 +682,13 @@ class ListService:
             "detail": optin.detail,
         }
 
-        async def flush(chunk: list[ImportRow]) -> None:
+        # Each batch draws its new subscribers' ids after the batch before it in the file
+        # (batches may be written at once below): ids follow the file order.
+        previous: asyncio.Event | None = None
+
+        async def flush(
+            chunk: list[ImportRow], after: asyncio.Event | None, done: asyncio.Event
+        ) -> None:
             counts = await self._db.import_batch(
                 mailing_list.id,
                 chunk,
@@ -690,6 +696,8 @@ class ListService:
                 optin=record,
                 now=self._clock(),
                 update_existing=update_existing,
+                insert_after=after,
+                inserted=done,
             )
             report.inserted += counts.inserted
             report.updated += counts.updated
@@ -722,14 +730,16 @@ class ListService:
                 if len(batch) >= size:
                     while len(pending) >= parallel:
                         await pending.pop(0)
-                    pending.append(asyncio.create_task(flush(batch)))
+                    done = asyncio.Event()
+                    pending.append(asyncio.create_task(flush(batch, previous, done)))
+                    previous = done
                     batch = []
                 elif pending and report.rows % 1024 == 0:
                     await asyncio.sleep(0)
             while pending:
                 await pending.pop(0)
             if batch:
-                await flush(batch)
+                await flush(batch, previous, asyncio.Event())
         finally:
             for task in pending:
                 if not task.done():

@@ -451,8 +451,16 @@ class ListsStore:
         optin: Mapping[str, Any],
         now: float,
         update_existing: bool,
+        insert_after: asyncio.Event | None = None,
+        inserted: asyncio.Event | None = None,
     ) -> ImportCounts:
         """Upsert one batch (keys unique within it) in one transaction.
+
+        New subscribers get ids in the order of ``rows``. Batches written at once on
+        several connections keep that order between them too: a batch inserts its new
+        subscribers (the statement that draws ids from the sequence) only once
+        ``insert_after`` is set, and sets ``inserted`` when its ids are drawn (or when it
+        fails before), so the caller chains batches in file order.
 
         Set-based on both engines (see the module docstring): the rows go into a
         temporary table (SQLite: the driver's ``executemany`` with plain tuples;
@@ -481,10 +489,18 @@ class ListsStore:
             optin.get("ip"),
             optin.get("detail", "") or "",
         )
-        async with self._write() as conn:
-            if self._dialect == "postgresql":
-                return await _import_postgresql(conn, records, member, now, update_existing)
-            return await _import_sqlite(conn, records, member, now, update_existing)
+        try:
+            async with self._write() as conn:
+                if self._dialect == "postgresql":
+                    return await _import_postgresql(
+                        conn, records, member, now, update_existing, insert_after, inserted
+                    )
+                if insert_after is not None:
+                    await insert_after.wait()
+                return await _import_sqlite(conn, records, member, now, update_existing)
+        finally:
+            if inserted is not None:
+                inserted.set()
 
     # -- bounces and complaints ----------------------------------------------------------
 
@@ -740,7 +756,7 @@ WHERE s.address_key = i.key
 _PG_INSERT_SUBSCRIBERS = """
 INSERT INTO subscribers (address, address_key, name, attributes, created_at, updated_at)
 SELECT address, key, name, attributes::json, $1::float8, $1::float8
-FROM kakitome_import
+FROM kakitome_import ORDER BY ord
 ON CONFLICT (address_key) DO NOTHING
 """
 _PG_INSERT_MEMBERS = """
@@ -759,6 +775,8 @@ async def _import_postgresql(
     member: tuple[Any, ...],
     now: float,
     update_existing: bool,
+    insert_after: asyncio.Event | None,
+    inserted: asyncio.Event | None,
 ) -> ImportCounts:
     # The first statement through SQLAlchemy opens the transaction; the asyncpg
     # connection under it then works inside that same transaction.
@@ -766,8 +784,7 @@ async def _import_postgresql(
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     try:
-        # A freshly filled temporary table is read in the order it was written (file
-        # order, so new ids follow the file without a sort). The joins with subscribers
+        # The joins with subscribers
         # must probe its address_key index once per row of the batch: with a hash join
         # (the planner's choice on a fresh, unanalysed temporary table) every batch
         # would read the whole subscribers table, and a million-row import would read
@@ -785,11 +802,17 @@ async def _import_postgresql(
         updated = 0
         if update_existing:
             updated = _pg_count(await driver.execute(_PG_UPDATE, now))
-        inserted = _pg_count(await driver.execute(_PG_INSERT_SUBSCRIBERS, now))
+        # Ids come from the sequence as the INSERT runs: the batch before this one in
+        # the file draws its ids first (it runs at the same time on another connection).
+        if insert_after is not None:
+            await insert_after.wait()
+        new = _pg_count(await driver.execute(_PG_INSERT_SUBSCRIBERS, now))
+        if inserted is not None:
+            inserted.set()
         joined = _pg_count(await driver.execute(_PG_INSERT_MEMBERS, *member))
     except asyncpg.PostgresError as exc:
         raise StorageError(f"database did not commit: {type(exc).__name__}: {exc}") from exc
-    return ImportCounts(inserted, updated, joined)
+    return ImportCounts(new, updated, joined)
 
 
 def _pg_count(status: str) -> int:
