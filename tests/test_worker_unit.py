@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from kakitome.delivery.types import OutboundMessage, Outcome, Recipient, RecipientResult
+from kakitome.errors import StorageError
 from kakitome.smtp.replies import Reply
 from kakitome.store.repository import ClaimedBatch
 from kakitome.worker import ResultRecorder, _without_in_flight
@@ -30,7 +31,8 @@ def test_reclaimed_in_flight_deliveries_are_not_sent_again() -> None:
 
 
 async def test_recorder_groups_results_and_reports_failures() -> None:
-    """Results added together share one record call; a failing call fails its waiters."""
+    """Results added together share one record call; a call failing with a bug (not a
+    storage error) fails its waiters."""
     calls: list[list[int]] = []
     fail = False
 
@@ -87,3 +89,36 @@ async def test_recorder_backlog_holds_senders_until_results_are_committed() -> N
     await recorder.close()
     assert sorted(committed) == list(range(200))
     assert highest <= 16 + 4
+
+
+async def test_recorder_keeps_uncommitted_results_until_they_commit() -> None:
+    """A storage error (database down, disk full) loses nothing: the results are kept,
+    tried again with what arrives meanwhile, and their waiters resolve only once committed.
+    Giving up would let their leases lapse and send them all again."""
+    calls: list[list[int]] = []
+    failing = 4
+
+    async def record(results: list[RecipientResult], messages: dict[int, OutboundMessage]) -> None:
+        nonlocal failing
+        calls.append([r.delivery_id for r in results])
+        if failing:
+            failing -= 1
+            raise StorageError("database did not commit: disk I/O error")
+
+    messages = {i: _message(f"m{i}", i) for i in range(1, 4)}
+    ok = Reply(250, "2.0.0", "ok")
+    recorder = ResultRecorder(record, delay=0.0, retry_first=0.01, retry_max=0.02)
+    first = recorder.add([RecipientResult(1, Outcome.DELIVERED, ok)], messages)
+    while not calls:  # noqa: ASYNC110 - the record call
+        await asyncio.sleep(0.001)
+    second = recorder.add([RecipientResult(2, Outcome.DELIVERED, ok)], messages)
+    third = recorder.add([RecipientResult(3, Outcome.DELIVERED, ok)], messages)
+    assert recorder.backlog == 3
+    await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+    assert recorder.backlog == 0 and recorder.failures == 0
+    # Five calls: four failed, each with everything kept so far, the first result first.
+    assert len(calls) == 5
+    assert calls[0] == [1]
+    assert calls[-1] == [1, 2, 3]
+    assert all(call[0] == 1 for call in calls)
+    await recorder.close()

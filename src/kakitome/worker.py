@@ -58,6 +58,10 @@ RECORD_MAX = 512
 # window (queue.batch_size, 500): a commit that waits for the write lock behind a web
 # process's injection should not stop the connections at once.
 RECORD_BACKLOG = 256
+# Results that could not be committed are tried again after this pause, doubling up to
+# RECORD_RETRY_MAX, for as long as it takes (ResultRecorder).
+RECORD_RETRY_FIRST = 0.25
+RECORD_RETRY_MAX = 5.0
 
 Progress = Callable[[Sequence[RecipientResult]], Awaitable[None] | None]
 Deliver = Callable[[Batch, Progress], Awaitable[list[RecipientResult]]]
@@ -91,6 +95,14 @@ class ResultRecorder:
     ``add`` is synchronous (the agent's progress callback) and returns a future that
     resolves once those results are committed; one task writes everything that arrived
     meanwhile in one ``record`` call.
+
+    Results that cannot be committed (the database is down, the disk is full, SQLite's
+    lock stays taken past the busy timeout) are kept, in order, and tried again with a
+    growing pause (``retry_first`` doubling up to ``retry_max``) together with whatever
+    arrives meanwhile, until they are committed: their futures stay pending, so the
+    batches that delivered them keep their leases renewed and the connections wait
+    (``room``). Giving them up would let the leases lapse and send every one of them
+    again. Only an error that is not a storage error (a bug) fails the futures.
     """
 
     def __init__(
@@ -99,17 +111,23 @@ class ResultRecorder:
         *,
         delay: float = RECORD_DELAY,
         max_items: int = RECORD_MAX,
+        retry_first: float = RECORD_RETRY_FIRST,
+        retry_max: float = RECORD_RETRY_MAX,
     ) -> None:
         self._record = record
         self._delay = delay
         self._max = max_items
+        self._retry_first = retry_first
+        self._retry_max = retry_max
         self._results: list[RecipientResult] = []
         self._messages: dict[int, OutboundMessage] = {}
+        self._waiters: list[asyncio.Future[None]] = []
         self._done: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recording = 0  # results in the record call under way
         self._recorded = asyncio.Event()
+        self.failures = 0  # consecutive failed commits (0 once one succeeds)
 
     @property
     def backlog(self) -> int:
@@ -132,13 +150,14 @@ class ResultRecorder:
             self._task = loop.create_task(
                 self._run(), name="result-recorder", context=contextvars.Context()
             )
-        if self._done is None:
-            self._done = loop.create_future()
-        done = self._done
         if not results:
             fresh: asyncio.Future[None] = loop.create_future()
             fresh.set_result(None)
             return fresh
+        if self._done is None:
+            self._done = loop.create_future()
+            self._waiters.append(self._done)
+        done = self._done
         self._results.extend(results)
         for result in results:
             self._messages[result.delivery_id] = messages[result.delivery_id]
@@ -148,20 +167,46 @@ class ResultRecorder:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if len(self._results) < self._max:
+            if len(self._results) < self._max and not self.failures:
                 await asyncio.sleep(self._delay)
             self._wake.clear()
-            results, messages, done = self._results, self._messages, self._done
-            self._results, self._messages, self._done = [], {}, None
-            if done is None:
+            results, messages, waiters = self._results, self._messages, self._waiters
+            self._results, self._messages, self._waiters, self._done = [], {}, [], None
+            if not waiters:
                 continue
             self._recording = len(results)
             try:
                 await self._record(results, messages)
-            except Exception as exc:  # the waiters see it; the recorder goes on
-                done.set_exception(exc)
+            except StorageError as exc:
+                # Kept, ahead of what came meanwhile, and tried again after a pause.
+                self.failures += 1
+                self._results = results + self._results
+                self._messages = {**messages, **self._messages}
+                self._waiters = waiters + self._waiters
+                pause = min(self._retry_max, self._retry_first * 2 ** (self.failures - 1))
+                log.warning(
+                    "results not committed; kept and tried again",
+                    results=len(results),
+                    attempt=self.failures,
+                    retry_in=pause,
+                    error=str(exc),
+                )
+                self._recording = 0
+                await asyncio.sleep(pause)
+                self._wake.set()
+                continue
+            except Exception as exc:  # a bug: the waiters see it; the recorder goes on
+                log.exception("recording results failed", results=len(results))
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
             else:
-                done.set_result(None)
+                if self.failures:
+                    log.info("results committed again", attempts=self.failures + 1)
+                self.failures = 0
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
             finally:
                 self._recording = 0
                 self._recorded.set()
@@ -342,8 +387,9 @@ class Worker:
             outcomes = await asyncio.gather(*commits, return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
-                    # Unrecorded results stay leased: tried again when the lease runs out
-                    # (a possible duplicate, never a loss).
+                    # Only a bug gets here (storage errors are retried by the recorder
+                    # until they commit): the results stay leased and are tried again
+                    # when the lease runs out (a possible duplicate, never a loss).
                     log.error("results not recorded", error=repr(outcome))
             if self._metrics is not None:
                 site = self._metrics.site(results)
@@ -360,20 +406,10 @@ class Worker:
         self, results: list[RecipientResult], messages: dict[int, OutboundMessage]
     ) -> None:
         """Record one group of results (from any batches) and send DSNs for bounces."""
-        for attempt in range(5):
-            try:
-                bounces = await self._store.record_results(
-                    self.owner, results, now=self._clock(), schedule=self._schedule
-                )
-                break
-            except StorageError as exc:
-                # The lease still protects these deliveries; keep trying for a while, then
-                # leave them to be retried when the lease expires (a possible duplicate,
-                # never a loss).
-                log.warning("recording results failed", error=str(exc), attempt=attempt + 1)
-                await asyncio.sleep(0.5 * (attempt + 1))
-        else:
-            raise StorageError("results could not be recorded after 5 tries")
+        # A StorageError goes to the recorder, which keeps the results and tries again.
+        bounces = await self._store.record_results(
+            self.owner, results, now=self._clock(), schedule=self._schedule
+        )
         for result in results:
             # One line per result, with the message id and delivery id (deferrals and
             # bounces at info, deliveries at debug).

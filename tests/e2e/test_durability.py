@@ -9,12 +9,18 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from kakitome.testing import LocalInternet, PeerBehaviour
+from kakitome.worker import RECORD_BACKLOG
+from tests.fixtures_load import CPUHog
 
 from .service import ServiceProcess
 
+pytestmark = pytest.mark.heavy
+
 TOTAL = 1000
+CONNECTIONS = 8  # delivery.per_destination_concurrency (default): one destination here
 _SEQ = re.compile(rb"^X-Test-Seq: (\d+)\r?$", re.MULTILINE)
 
 
@@ -55,9 +61,10 @@ def _received_seqs(peer_messages: list[bytes]) -> Counter[int]:
 
 
 def test_sigkill_in_the_middle_loses_nothing(
-    world: LocalInternet, database_url: str, tmp_path: Path
+    world: LocalInternet, database_url: str, tmp_path: Path, cpu_hog: CPUHog
 ) -> None:
-    """Every acknowledged message is delivered after SIGKILL and restart; duplicates counted."""
+    """Every acknowledged message is delivered after SIGKILL and restart, with the machine
+    busy (two CPU hogs beside it); what is sent twice stays within what was in flight."""
     # A slow receiver, so the kill lands while deliveries are in flight.
     peer = world.add_peer(behaviour=PeerBehaviour(delay=0.01))
     domain = world.unique_domain("durable")
@@ -106,13 +113,15 @@ def test_sigkill_in_the_middle_loses_nothing(
         print(
             f"\n[durability:{database_url.split(':')[0]}] delivered before kill: "
             f"{delivered_before_kill}; after restart: all {len(counts)} of {TOTAL}; "
-            f"duplicates: {duplicates}"
+            f"duplicates: {duplicates} (bound {RECORD_BACKLOG + CONNECTIONS}; {cpu_hog})"
         )
         assert not missing, f"{len(missing)} acknowledged messages were lost:\n{service.log()}"
-        # Only what was in flight at the kill can be sent twice: results are recorded per
-        # transaction within milliseconds, so at most the transactions open on the 8
-        # connections, and those answered in the last group-commit window (3x for load).
-        assert duplicates <= 3 * 8
+        # Only what was in flight at the kill can be sent twice (worker.py): results are
+        # recorded per transaction, and once RECORD_BACKLOG of them wait to be committed
+        # the connections wait too, so at most RECORD_BACKLOG uncommitted results plus the
+        # one transaction each of the 8 connections has on the wire. On a quiet machine it
+        # is a handful; the hog makes commits slow, which is what the bound is about.
+        assert duplicates <= RECORD_BACKLOG + CONNECTIONS
         # And the receipts agree: every recipient is delivered.
         with httpx.Client(
             base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=10

@@ -17,6 +17,8 @@ from kakitome.testing import LocalInternet, Peer
 from ..e2e.service import ServiceProcess
 from .helpers import arrivals, inject, wait_for, worker_env
 
+pytestmark = pytest.mark.heavy
+
 TOTAL = int(os.environ.get("KAKITOME_TEST_SCALE_TOTAL", "10000"))
 WORKERS = 3
 BATCH = 200  # queue.batch_size: what one worker may have in flight
@@ -57,9 +59,12 @@ def test_three_workers_deliver_each_message_once(
     sink: Callable[[int], tuple[list[str], list[Peer]]],
     tmp_path: Path,
     kill: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     """T40: 3 workers deliver 10,000 messages once each; one SIGKILLed: its leased work
-    is taken over after the lease expires, nothing is lost, duplicates are counted."""
+    is taken over after the lease expires, nothing is lost, duplicates are counted.
+    The SIGKILL case runs with two CPU hogs beside it (the bound must hold on a busy machine)."""
+    hog = request.getfixturevalue("cpu_hog") if kill else None
     domains, peers = sink(20)
     asyncio.run(inject(pg_url, TOTAL, domains))
     env = worker_env(world.env(), pg_url, KAKITOME_QUEUE__BATCH_SIZE=str(BATCH))
@@ -82,6 +87,7 @@ def test_three_workers_deliver_each_message_once(
         print(
             f"\n[scale] {WORKERS} workers, {TOTAL} messages in {elapsed:.1f}s "
             f"({TOTAL / elapsed:.0f}/s); killed after {killed_at}; duplicates {duplicates}"
+            f"{'' if hog is None else f'; {hog}'}"
         )
         assert not missing, f"{len(missing)} messages lost:\n" + workers[-1].log()[-3000:]
         if kill:
