@@ -247,6 +247,9 @@ class Worker:
         self._metrics = metrics
         self._recorder = ResultRecorder(self._record)
         self._leased: set[int] = set()  # deliveries in flight, whose leases are renewed
+        # Deliveries that finished while a claim was under way (see _claim_round).
+        self._claims_under_way = 0
+        self._finished_during_claim: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish in-flight work and release leases."""
@@ -304,6 +307,7 @@ class Worker:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def _claim_round(self) -> int:
+        self._claims_under_way += 1
         try:
             batches = await self._store.claim_due(
                 self.owner,
@@ -315,10 +319,18 @@ class Worker:
             log.warning("claim failed; database unavailable", error=str(exc))
             await asyncio.sleep(self._settings.queue.poll_interval)
             return 0
+        finally:
+            self._claims_under_way -= 1
+            # Taken before the next await, so no batch can finish in between.
+            finished = self._finished_during_claim
+            if not self._claims_under_way:
+                self._finished_during_claim = set()
         # A delivery still in flight here whose lease ran out before it was renewed (a slow
         # machine) comes back in the claim with our own name on it: it is already being
-        # delivered, so it is not handed to the agent a second time.
-        batches = [_without_in_flight(claimed, self._leased) for claimed in batches]
+        # delivered, so it is not handed to the agent a second time. Nor is one that was in
+        # flight when the claim read it and finished while the claim's answer was on its
+        # way back (its result was committed after the claim): it is delivered already.
+        batches = [_without_in_flight(c, self._leased | finished) for c in batches]
         # Renewed from now on (the look-up below is a database round trip).
         self._leased.update(
             r.delivery_id for c in batches for m in c.messages for r in m.recipients
@@ -396,9 +408,10 @@ class Worker:
                 self._metrics.observe_attempt(site, time.monotonic() - started)
                 self._metrics.observe_results(site, results)
         finally:
-            self._leased.difference_update(
-                r.delivery_id for m in claimed.messages for r in m.recipients
-            )
+            ids = [r.delivery_id for m in claimed.messages for r in m.recipients]
+            self._leased.difference_update(ids)
+            if self._claims_under_way:
+                self._finished_during_claim.update(ids)
             self._in_flight -= size
             self._drained.set()
 
