@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import psycopg
 import pytest
 
 from kakitome.config import Settings
@@ -138,3 +139,59 @@ async def test_job_of_a_dead_process_is_interrupted(store: Store, web: WebStore)
     assert record is not None and record.status == "interrupted"
     assert record.finished_at == pytest.approx(now - 90)
     await client.aclose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # a row lock holds it
+async def test_import_ends_even_when_its_last_heartbeat_waits(
+    store: Store, database_url: str, web: WebStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's end is recorded although the heartbeat's write was still waiting when
+    the import ended. (A loaded CI run lost it: the heartbeat was cancelled inside its
+    write, the connection was invalidated, the rollback hook raised over the error, and
+    the job was later shown interrupted.) Here another session holds the job's row, so
+    the heartbeat is surely waiting in its UPDATE when the last batch commits."""
+    monkeypatch.setattr(lists_area, "PROGRESS_INTERVAL", 0.02)
+    monkeypatch.setattr(list_service_module, "IMPORT_ROWS_PER_TRANSACTION", 100)
+    await web.create_user("importer", PASSWORD, "sender", now=time.time())
+    list_id = await _list(store)
+    total = 8000
+    csv = ("email,name\n" + "".join(f"u{n}@example.com,名前{n}\n" for n in range(total))).encode()
+    clients = _client(store)
+    a = await anext(clients)
+    token = csrf_of((await a.get(f"/ui/lists/{list_id}/import")).text)
+    holder = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        started = await a.post(
+            f"/ui/lists/{list_id}/import",
+            data={"csrf_token": token},
+            files={"file": ("a.csv", csv, "text/csv")},
+        )
+        assert started.status_code == 303, started.text
+        progress = started.headers["location"]
+        job_id = progress.rpartition("/")[2]
+        await holder.execute("SELECT 1 FROM list_import_jobs WHERE id = %s FOR UPDATE", (job_id,))
+        counted = 0
+        deadline = time.monotonic() + 60
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as probe:
+            while counted < total:
+                assert time.monotonic() < deadline, f"{counted} of {total} imported"
+                await asyncio.sleep(0.05)
+                row = await (
+                    await probe.execute(
+                        "SELECT count(*) FROM list_members WHERE list_id = %s", (list_id,)
+                    )
+                ).fetchone()
+                counted = int(row[0]) if row else 0
+        await asyncio.sleep(0.5)  # the import ends; its heartbeat waits on the row
+        await holder.commit()
+        body = ""
+        for _ in range(400):
+            body = (await a.get(progress, headers={"HX-Request": "true"})).text
+            if "import-summary" in body:
+                break
+            await asyncio.sleep(0.05)
+        assert "import-summary" in body, body
+    finally:
+        await holder.close()
+        await clients.aclose()

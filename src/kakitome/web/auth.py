@@ -111,6 +111,10 @@ class ApiKeyCache:
             self.clear()
 
     def _after_rollback(self, conn: Any) -> None:
+        # An invalidated connection (cut, or its operation cancelled) has no info left to
+        # clear, and touching it would raise over the error that invalidated it.
+        if conn.invalidated:
+            return
         conn.info.pop(_CHANGED, None)
 
 

@@ -40,6 +40,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy import and_, func, or_, select, update
@@ -70,6 +71,8 @@ JOB_TTL = 7 * 86_400.0
 PROGRESS_INTERVAL = 1.0
 
 _SERVICES: weakref.WeakKeyDictionary[UI, ListService] = weakref.WeakKeyDictionary()
+
+log = structlog.get_logger("kakitome.web.ui.lists")
 
 
 def list_service(ui: UI) -> ListService:
@@ -138,9 +141,16 @@ async def _run_import(
     status: str,
     source: str,
 ) -> None:
+    stopped = asyncio.Event()
+
     async def beat() -> None:
-        while True:
-            await asyncio.sleep(PROGRESS_INTERVAL)
+        # Stopped between writes, never cancelled inside one: a write cancelled mid-way
+        # invalidates its connection, and on a loaded machine that happened often enough
+        # to lose the job's end (it then showed as interrupted).
+        while not stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), PROGRESS_INTERVAL)
+                return
             with contextlib.suppress(StorageError):
                 await jobs.progress(job_id, position=_position(data), now=time.time())
 
@@ -163,9 +173,11 @@ async def _run_import(
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        stopped.set()
+        try:
             await ticker
+        except Exception:  # a bug in the heartbeat must not lose the job's end
+            log.exception("import heartbeat failed", job_id=job_id)
         # If this cannot be recorded, the missing heartbeat marks the job interrupted.
         with contextlib.suppress(StorageError):
             await jobs.finish(job_id, report=report, error=error, now=time.time())
