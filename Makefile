@@ -28,6 +28,9 @@ PYTHON ?= $(shell \
 
 LINT_PATHS  := src tests bench scripts
 PYTEST_ARGS ?=
+# pytest-xdist workers (0: one process). Tests marked `heavy` run one at a time in one of
+# them (tests/conftest.py); docs/TESTING.md has the durations.
+PYTEST_WORKERS ?= 2
 BENCH_ARGS  ?=
 
 .PHONY: help run test lint typecheck pytest peers bench clean
@@ -73,7 +76,8 @@ typecheck: $(VENV)/.stamp-test
 # pytest's exit status 5 means "no tests collected": said out loud, not a failure.
 pytest: $(VENV)/.stamp-test
 	@mkdir -p test-artifacts
-	@set +e; $(PY) -m pytest --junitxml=test-artifacts/junit.xml $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 \
+	  --junitxml=test-artifacts/junit.xml $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; \
 	exit $$rc
 

@@ -23,6 +23,8 @@ from kakitome.delivery.types import Outcome
 from kakitome.dns.resolver import Resolver
 from tests.delivery.conftest import batch
 
+pytestmark = pytest.mark.heavy
+
 _WORLD = r"""
 import json, sys, time
 from kakitome.testing import LocalInternet, PeerBehaviour

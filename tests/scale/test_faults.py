@@ -16,6 +16,8 @@ from ..e2e.service import ServiceProcess
 from .helpers import PrivatePostgres, inject, wait_for, worker_env
 from .test_many_workers import _start_workers
 
+pytestmark = pytest.mark.heavy
+
 TOTAL = 3_000
 
 

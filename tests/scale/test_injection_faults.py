@@ -26,6 +26,8 @@ from kakitome.testing import LocalInternet
 from ..e2e.service import ServiceProcess, free_port
 from .helpers import PrivatePostgres, worker_env
 
+pytestmark = pytest.mark.heavy
+
 RETURN_PATH_DOMAIN = "bounce.kakitome.test"  # MX: accepted at RCPT without a lookup
 HOSTNAME = "mx.kakitome.test"
 

@@ -19,6 +19,8 @@ from kakitome.smtp.replies import Reply
 from kakitome.store.repository import Store
 from kakitome.store.shaping_store import ShapingStore
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.mark.parametrize(
     ("host", "site"),

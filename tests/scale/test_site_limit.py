@@ -14,6 +14,8 @@ from kakitome.testing import LocalInternet, Peer, PeerBehaviour
 from .helpers import inject, wait_for, worker_env
 from .test_many_workers import _start_workers
 
+pytestmark = pytest.mark.heavy
+
 TOTAL = 1_500
 LIMIT = 3
 

@@ -20,6 +20,8 @@ from kakitome.testing import LocalInternet, Peer
 from ..e2e.service import ServiceProcess
 from .helpers import child_processes, wait_for, worker_env
 
+pytestmark = pytest.mark.heavy
+
 
 def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as handle:

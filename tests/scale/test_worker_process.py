@@ -26,6 +26,8 @@ from ..e2e.service import free_port
 from .helpers import arrivals, inject, wait_for, worker_env
 from .test_many_workers import _leases, _start_workers
 
+pytestmark = pytest.mark.heavy
+
 _SEQ = re.compile(r"^user(\d+)@")
 
 

@@ -22,6 +22,8 @@ from kakitome.testing import LocalInternet, Peer
 from ..e2e.service import ServiceProcess
 from .helpers import child_processes, inject, wait_for, worker_env
 
+pytestmark = pytest.mark.heavy
+
 TOTAL = 800
 
 
