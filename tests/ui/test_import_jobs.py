@@ -46,6 +46,18 @@ async def _client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+async def _start_import(client: httpx.AsyncClient, list_id: int, csv: bytes) -> str:
+    """Upload ``csv`` on the list's import page; the job's progress URL."""
+    token = csrf_of((await client.get(f"/ui/lists/{list_id}/import")).text)
+    started = await client.post(
+        f"/ui/lists/{list_id}/import",
+        data={"csrf_token": token},
+        files={"file": ("a.csv", csv, "text/csv")},
+    )
+    assert started.status_code == 303, started.text
+    return started.headers["location"]
+
+
 @pytest.fixture
 async def second_store(database_url: str, store: Store) -> AsyncIterator[Store]:
     """Another Store on the same database: what a second web process would open."""
@@ -74,14 +86,7 @@ async def test_second_app_follows_progress_and_report_survives(
     second = _client(second_store)
     a = await anext(first)
     b = await anext(second)
-    token = csrf_of((await a.get(f"/ui/lists/{list_id}/import")).text)
-    started = await a.post(
-        f"/ui/lists/{list_id}/import",
-        data={"csrf_token": token},
-        files={"file": ("a.csv", csv, "text/csv")},
-    )
-    assert started.status_code == 303, started.text
-    progress = started.headers["location"]
+    progress = await _start_import(a, list_id, csv)
     seen: list[int] = []
     body = ""
     for _ in range(3000):
@@ -159,16 +164,9 @@ async def test_import_ends_even_when_its_last_heartbeat_waits(
     csv = ("email,name\n" + "".join(f"u{n}@example.com,名前{n}\n" for n in range(total))).encode()
     clients = _client(store)
     a = await anext(clients)
-    token = csrf_of((await a.get(f"/ui/lists/{list_id}/import")).text)
     holder = await psycopg.AsyncConnection.connect(database_url)
     try:
-        started = await a.post(
-            f"/ui/lists/{list_id}/import",
-            data={"csrf_token": token},
-            files={"file": ("a.csv", csv, "text/csv")},
-        )
-        assert started.status_code == 303, started.text
-        progress = started.headers["location"]
+        progress = await _start_import(a, list_id, csv)
         job_id = progress.rpartition("/")[2]
         await holder.execute("SELECT 1 FROM list_import_jobs WHERE id = %s FOR UPDATE", (job_id,))
         counted = 0
