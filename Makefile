@@ -30,7 +30,7 @@ LINT_PATHS  := src tests bench scripts
 PYTEST_ARGS ?=
 # pytest-xdist workers (0: one process). Tests marked `heavy` run one at a time in one of
 # them (tests/conftest.py); docs/TESTING.md has the durations.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 BENCH_ARGS  ?=
 
 .PHONY: help run test lint typecheck pytest peers bench clean

@@ -76,12 +76,17 @@ async def test_hold_released_after_quit_not_before() -> None:
 
 
 async def test_idle_connection_keeps_its_hold_until_the_idle_timeout() -> None:
-    pool = _pool(DELIVERY__IDLE_TIMEOUT="0.1")
+    idle_timeout = 0.3
+    pool = _pool(DELIVERY__IDLE_TIMEOUT=str(idle_timeout))
     conn, hold = _connection()
+    loop = asyncio.get_running_loop()
+    released_at = loop.time()
     pool.release(conn)
-    await asyncio.sleep(0.05)
     assert hold.released == 0 and pool.idle_count() == 1
-    await asyncio.sleep(0.4)
+    async with asyncio.timeout(10):  # a condition, not a pause: a busy machine is slow
+        while hold.released == 0:  # noqa: ASYNC110 - the pool has no event to wait on
+            await asyncio.sleep(0.02)
+    assert loop.time() - released_at >= idle_timeout  # held for the whole idle time
     assert hold.released == 1 and pool.idle_count() == 0
     await pool.aclose()
     assert hold.released == 1
