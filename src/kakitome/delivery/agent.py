@@ -7,14 +7,21 @@ the destination's mail exchangers over SMTP on ``settings.delivery.smtp_port``, 
 
 Trusts: the TLS policy resolved per MX host (``tls.resolution``: table, DANE, MTA-STS,
 history, default); certificates are judged by ``tls.contexts`` against the system store
-plus ``settings.tls.ca_file``, or by ``tls.dane`` against TLSA records. Under ``none``
-STARTTLS is never sent; under ``may`` TLS is used when offered and a failed handshake
-means plaintext on a *new* connection, recorded as a downgrade (T6) — unless the host
-offered STARTTLS within ``settings.stripping.window`` and does not now (or its verified
-certificate changed to one that does not verify): then the receipt marks suspected
-stripping, an event is recorded and, with ``settings.stripping.defer``, the host is
-skipped. Under ``encrypt`` and above plaintext is never sent: no STARTTLS or a failed
-handshake defers the mail with 4.7.x after trying the other MX hosts (T7); ``verify``
+plus ``settings.tls.ca_file``, or by ``tls.dane`` against TLSA records.
+
+Plaintext: every path that would send without TLS — level ``none``, STARTTLS not
+offered, refused (454, 502, 421), a handshake that failed after the 220 (a close,
+garbage), the plaintext retry after it, a pooled plaintext connection — goes through
+``_plaintext``, which asks ``tls.plaintext.plaintext_verdict`` (T43). Refused (usable
+DANE, ``dane-only``, ``encrypt`` and above, MTA-STS enforce, REQUIRETLS, a history of TLS
+for the host while ``settings.stripping`` is on, T44): nothing is sent, the host is
+skipped with a 4.7.x deferral naming the cause (for a failed handshake the real error,
+``handshake_cause``). Allowed (``none``; ``may`` with no history and no protection;
+``TLS-Required: No``): plaintext, the receipt's ``plaintext_reason`` naming the rule; a
+failed handshake means plaintext on a *new* connection, recorded as a downgrade (T6).
+A verified certificate that changed to one that does not verify is suspected
+interception (an event; with ``settings.stripping.defer`` the host is skipped). Under
+``encrypt`` and above the other MX hosts are tried before the 4.7.x deferral (T7); ``verify``
 requires the certificate to chain and match the MX host name (MTA-STS ``enforce`` uses
 it, T23), ``secure`` the next-hop domain or the policy's ``match_names``, ``dane`` a
 certificate matching the host's TLSA records with SNI the TLSA base domain (T13, T17) —
@@ -78,6 +85,7 @@ from kakitome.tls.contexts import (
 )
 from kakitome.tls.dane import match_tlsa
 from kakitome.tls.history import HostHistory, Observation, observe, stripping_suspected
+from kakitome.tls.plaintext import PlaintextVerdict, plaintext_verdict
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification, TLSReceipt
 from kakitome.tls.resolution import DestinationPolicy, HostPolicy, PolicyResolver
@@ -156,13 +164,20 @@ class _Attempt:
     mx: MXResult
     unreachable: set[str] = field(default_factory=set)  # IPs
     policy_failed: dict[str, _HostFailure] = field(default_factory=dict)  # MX host -> why
-    tls_broken: set[str] = field(default_factory=set)  # IPs whose handshake failed (may)
+    # IPs whose handshake failed where plaintext was allowed (T6): plaintext next time.
+    tls_broken: set[str] = field(default_factory=set)
     failures: list[_HostFailure] = field(default_factory=list)
     results: list[RecipientResult] = field(default_factory=list)
     sessions: list[SessionRecord] = field(default_factory=list)
     observations: dict[str, Observation] = field(default_factory=dict)
     site: str = ""  # the destination's site (delivery.shaping)
     progress: Progress | None = None  # told of each transaction's results as they come
+
+    @property
+    def requiretls(self) -> bool:
+        """Every message of this attempt carries REQUIRETLS: a plaintext connection could
+        serve none of them (mixed batches are guarded per message, T29)."""
+        return all(m.requiretls for m in self.batch.messages)
 
 
 class DeliveryAgent:
@@ -505,10 +520,13 @@ class DeliveryAgent:
                 key = self._key(attempt, host, ip)
                 hp = attempt.destination.host(host.name)
                 while (conn := self.pool.take(key)) is not None:
-                    if hp.history is not None and not conn.receipt.used:
-                        # Pooled in plaintext, but the host is now expected to offer TLS.
-                        self.pool.release(conn, reusable=False)
-                        continue
+                    if not conn.receipt.used:
+                        verdict = self._verdict(attempt, hp, "was pooled in plaintext")
+                        if not verdict.allowed or verdict.stripping is not None:
+                            # Pooled in plaintext, but the host is now expected to offer
+                            # TLS: open a new connection, which asks again.
+                            self.pool.release(conn, reusable=False)
+                            continue
                     if conn.idled < PROBE_AFTER_IDLE or await self._still_good(conn):
                         return conn
         return None
@@ -673,27 +691,34 @@ class DeliveryAgent:
     async def _suspect_stripping(
         self, attempt: _Attempt, hp: HostPolicy, ip: str, seen: Observation
     ) -> str | None:
-        """Stripping check for opportunistic hosts with a history; records the event."""
+        """After a completed handshake: does the certificate look intercepted (a verified
+        one replaced by one that does not verify)? Records the event. Missing TLS is the
+        decision point's business (``_plaintext``)."""
         if hp.history is None or not self.settings.stripping.enabled:
             return None
         now = self.clock()
         why = stripping_suspected(hp.history, seen, now=now, window=self.settings.stripping.window)
-        if why is None:
-            return None
+        if why is not None:
+            await self._stripping_event(attempt, hp, ip, why, seen.sha256)
+        return why
+
+    async def _stripping_event(
+        self, attempt: _Attempt, hp: HostPolicy, ip: str, why: str, sha256: str | None
+    ) -> None:
+        """Log and record a ``tls-stripping-suspected`` event; a storage problem only logs."""
         data = {
             "domain": attempt.destination.domain,
             "mx_host": hp.mx_host,
             "ip": ip,
             "reason": why,
             "deferred": self.settings.stripping.defer,
-            "certificate_sha256": seen.sha256,
+            "certificate_sha256": sha256,
         }
         log.warning("possible STARTTLS stripping: %s", why)
         try:
-            await self.state.add_tls_event("tls-stripping-suspected", data, now)
+            await self.state.add_tls_event("tls-stripping-suspected", data, self.clock())
         except Exception as exc:
             log.warning("could not record the stripping event: %s", exc)
-        return why
 
     def _observe(self, attempt: _Attempt, host: str, seen: Observation) -> None:
         attempt.observations[host] = seen
@@ -710,40 +735,31 @@ class DeliveryAgent:
             raise _HostFailure(_HostFailure.POLICY, hp.skip, mx, self._receipt(hp, tlsrpt=word))
         level = hp.level
 
-        plaintext_downgrade = level is TLSLevel.MAY and ip in attempt.tls_broken
-        session = await self._session(attempt, host, ip)
-        if level is TLSLevel.NONE or plaintext_downgrade:
-            return Connection(
-                key, session, mx, self._receipt(hp, downgraded=plaintext_downgrade), None
+        if level is TLSLevel.NONE:
+            return await self._plaintext(
+                attempt, hp, host, ip, None, failure="is not asked for STARTTLS (level none)"
             )
+        if ip in attempt.tls_broken:
+            # T6: the handshake failed earlier in this attempt, and plaintext was allowed.
+            return await self._plaintext(
+                attempt,
+                hp,
+                host,
+                ip,
+                None,
+                failure="failed the TLS handshake earlier",
+                downgraded=True,
+            )
+        session = await self._session(attempt, host, ip)
 
         if not session.supports("STARTTLS"):
-            seen = Observation(offered_starttls=False)
-            self._observe(attempt, host.name, seen)
+            self._observe(attempt, host.name, Observation(offered_starttls=False))
             word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
-            if level.mandatory:
-                await session.quit()
-                raise _HostFailure(
-                    _HostFailure.POLICY,
-                    Reply(
-                        451, "4.7.4", f"TLS is required, but {host.name} does not offer STARTTLS"
-                    ),
-                    mx,
-                    self._receipt(hp, tlsrpt=word),
-                )
-            why = await self._suspect_stripping(attempt, hp, ip, seen)
-            if why is not None and self.settings.stripping.defer:
-                await session.quit()
-                raise _HostFailure(
-                    _HostFailure.POLICY,
-                    Reply(451, "4.7.4", f"possible STARTTLS stripping, not sent: {why}"),
-                    mx,
-                    self._receipt(hp, tlsrpt=word, stripping=why, history=True),
-                )
-            receipt = self._receipt(hp, tlsrpt=word, stripping=why, history=why is not None)
-            return Connection(key, session, mx, receipt, None)
+            return await self._plaintext(
+                attempt, hp, host, ip, session, failure="does not offer STARTTLS", tlsrpt=word
+            )
 
-        if level is TLSLevel.DANE:
+        if level.dane and hp.tlsa:
             return await self._open_dane(attempt, hp, host, ip, session)
 
         wanted = hp.match_names if level is TLSLevel.SECURE and hp.match_names else (host.name,)
@@ -780,7 +796,7 @@ class DeliveryAgent:
                         tlsrpt=word,
                     ),
                 ) from exc
-            return await self._after_handshake_failure(attempt, hp, host, ip, exc)
+            return await self._after_handshake_failure(attempt, hp, host, ip, session, kind, exc)
         except SMTPError as exc:
             session.stream.abort()
             raise _HostFailure(
@@ -789,21 +805,7 @@ class DeliveryAgent:
                 mx,
             ) from exc
         if info is None:
-            # STARTTLS offered but refused (454 and the like).
-            word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
-            if level.mandatory:
-                await session.quit()
-                raise _HostFailure(
-                    _HostFailure.POLICY,
-                    Reply(
-                        451, "4.7.4", f"TLS is required, but {host.name} refused STARTTLS: {reply}"
-                    ),
-                    mx,
-                    self._receipt(hp, tlsrpt=word),
-                )
-            return Connection(
-                key, session, mx, self._receipt(hp, downgraded=True, tlsrpt=word), None
-            )
+            return await self._after_refusal(attempt, hp, host, ip, session, reply)
 
         if info.session_reused:
             self.pool.stats.sessions_resumed += 1
@@ -895,16 +897,10 @@ class DeliveryAgent:
         key = self._key(attempt, host, ip)
         kind = ContextKind.MANDATORY_NONVERIFYING
         try:
-            _, info = await session.starttls(self.contexts.get(kind), hp.sni or host.name)
+            reply, info = await session.starttls(self.contexts.get(kind), hp.sni or host.name)
         except TLSHandshakeError as exc:
             session.stream.abort()
-            word = self._session_result(attempt, hp, ip, VALIDATION_FAILURE, "tls-handshake")
-            raise _HostFailure(
-                _HostFailure.POLICY,
-                Reply(451, "4.7.5", f"TLS handshake with {host.name} failed (DANE): {exc}"),
-                mx,
-                self._receipt(hp, tlsrpt=word),
-            ) from exc
+            return await self._after_handshake_failure(attempt, hp, host, ip, session, kind, exc)
         except SMTPError as exc:
             session.stream.abort()
             raise _HostFailure(
@@ -913,14 +909,7 @@ class DeliveryAgent:
                 mx,
             ) from exc
         if info is None:
-            await session.quit()
-            word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
-            raise _HostFailure(
-                _HostFailure.POLICY,
-                Reply(451, "4.7.4", f"DANE requires TLS, but {host.name} refused STARTTLS"),
-                mx,
-                self._receipt(hp, tlsrpt=word),
-            )
+            return await self._after_refusal(attempt, hp, host, ip, session, reply)
         chain = session.stream.peer_chain()
         if not chain and info.peer_certificate:
             chain = [info.peer_certificate]
@@ -981,7 +970,7 @@ class DeliveryAgent:
             )
         except TLSHandshakeError as exc:
             session.stream.abort()
-            return await self._after_handshake_failure(attempt, hp, host, ip, exc)
+            return await self._after_handshake_failure(attempt, hp, host, ip, session, kind, exc)
         except SMTPError as exc:
             session.stream.abort()
             raise _HostFailure(
@@ -1019,25 +1008,140 @@ class DeliveryAgent:
         return await self._finish(attempt, hp, key, session, mx, ip, receipt, kind, seen)
 
     async def _after_handshake_failure(
-        self, attempt: _Attempt, hp: HostPolicy, host: MXHost, ip: str, exc: TLSHandshakeError
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        host: MXHost,
+        ip: str,
+        session: SMTPClientSession,
+        kind: ContextKind,
+        exc: TLSHandshakeError,
     ) -> Connection:
-        """A handshake that failed for a reason other than the certificate."""
-        mx = MXUsed(host.name, ip)
+        """A handshake that failed for a reason other than the certificate: plaintext on a
+        new connection when the decision point allows it (T6), else a 4.7.5 deferral."""
         word = self._session_result(attempt, hp, ip, VALIDATION_FAILURE, "tls-handshake")
-        if hp.level.mandatory:
-            raise _HostFailure(
-                _HostFailure.POLICY,
-                Reply(451, "4.7.5", f"TLS handshake with {host.name} failed: {exc}"),
-                mx,
-                self._receipt(hp, tlsrpt=word),
-            ) from exc
-        # T6: plaintext on a new connection, and say so in the receipt. Hosts under a
-        # DANE or MTA-STS policy are not remembered as TLS-broken (T40).
-        if hp.source not in PROTECTED_SOURCES:
+        cause = handshake_cause(exc, session.stream.discarded_before_tls, kind)
+        return await self._plaintext(
+            attempt,
+            hp,
+            host,
+            ip,
+            None,
+            failure=f"failed the TLS handshake: {cause}",
+            enhanced="4.7.5",
+            tlsrpt=word,
+            downgraded=True,
+            verify_error=exc.verify_error,
+            broken=True,
+        )
+
+    async def _after_refusal(
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        host: MXHost,
+        ip: str,
+        session: SMTPClientSession,
+        reply: Reply,
+    ) -> Connection:
+        """STARTTLS offered but answered with something else than 220 (454, 502, 421):
+        plaintext on this connection when the decision point allows it, else 4.7.4."""
+        word = self._session_result(attempt, hp, ip, STARTTLS_NOT_SUPPORTED)
+        failure = f"refused STARTTLS: {reply}"
+        if reply.code == 421:
+            # The server is closing this session: even where plaintext is allowed it
+            # cannot be this one; another MX (or a later attempt) may do.
+            verdict = self._verdict(attempt, hp, failure)
+            if verdict.allowed:
+                await session.quit()
+                raise _HostFailure(
+                    _HostFailure.UNREACHABLE,
+                    Reply(451, "4.4.2", f"{host.name} closed the session: {reply}"),
+                    MXUsed(host.name, ip),
+                )
+        return await self._plaintext(
+            attempt, hp, host, ip, session, failure=failure, tlsrpt=word, downgraded=True
+        )
+
+    # -- the one way to plaintext -----------------------------------------------------------
+
+    def _verdict(self, attempt: _Attempt, hp: HostPolicy, failure: str) -> PlaintextVerdict:
+        return plaintext_verdict(
+            hp,
+            failure=failure,
+            requiretls=attempt.requiretls,
+            stripping=self.settings.stripping,
+            now=self.clock(),
+        )
+
+    async def _plaintext(
+        self,
+        attempt: _Attempt,
+        hp: HostPolicy,
+        host: MXHost,
+        ip: str,
+        session: SMTPClientSession | None,
+        *,
+        failure: str,
+        enhanced: str = "4.7.4",
+        tlsrpt: str | None = None,
+        downgraded: bool = False,
+        verify_error: str | None = None,
+        broken: bool = False,
+    ) -> Connection:
+        """Every path that would end in plaintext comes here and asks ``tls.plaintext``
+        (T43). Refused: nothing is sent, the session is closed and the host is skipped
+        with a 4.7.x deferral. Allowed: ``session`` in plaintext (a new one when None), the
+        receipt naming the rule that allowed it. ``broken`` remembers the address as
+        TLS-broken for the rest of this attempt (never for DANE or MTA-STS hosts, T40)."""
+        mx = MXUsed(host.name, ip)
+        verdict = self._verdict(attempt, hp, failure)
+        if verdict.stripping is not None:
+            await self._stripping_event(attempt, hp, ip, verdict.stripping, None)
+        receipt = self._receipt(
+            hp,
+            downgraded=downgraded,
+            verify_error=verify_error,
+            tlsrpt=tlsrpt,
+            stripping=verdict.stripping,
+            history=verdict.stripping is not None,
+        )
+        if not verdict.allowed:
+            if session is not None:
+                await session.quit()
+            if verdict.stripping is not None:
+                text = f"possible STARTTLS stripping, not sent: {verdict.stripping}"
+            else:
+                text = f"TLS is required ({verdict.reason}), but {host.name} {failure}"
+            raise _HostFailure(_HostFailure.POLICY, Reply(451, enhanced, text), mx, receipt)
+        if broken and hp.source not in PROTECTED_SOURCES:
             attempt.tls_broken.add(ip)
-        session = await self._session(attempt, host, ip)
-        receipt = self._receipt(hp, downgraded=True, verify_error=exc.verify_error, tlsrpt=word)
+        if session is None:
+            session = await self._session(attempt, host, ip)
+        receipt = dataclasses.replace(receipt, plaintext_reason=verdict.reason)
         return Connection(self._key(attempt, host, ip), session, mx, receipt, None)
 
 
-__all__ = ["DeliveryAgent", "HostHistory", "outcome_for", "tls_required_no"]
+def handshake_cause(exc: TLSHandshakeError, discarded: int, kind: ContextKind) -> str:
+    """What made a handshake fail, in words, for the deferral and the receipt.
+
+    The stream's error alone often says only "connection closed during the TLS
+    handshake". Added here: the connection error beneath it (a reset); the bytes the
+    server sent behind its 220 that were thrown away (T3), which means it answered with
+    something that is not TLS; and, when the server simply hung up, what our ClientHello
+    offered (a server that accepts none of it closes without an alert)."""
+    text = str(exc)
+    cause = exc.__cause__
+    if isinstance(cause, SMTPError):
+        text += f" ({cause})"
+    if discarded:
+        text += f"; the server sent {discarded} bytes after its 220 that are not TLS (discarded)"
+    elif cause is None:
+        offered = "TLS 1.2 or later, forward-secret AEAD ciphers only"
+        if not kind.mandatory:
+            offered = "any TLS version OpenSSL allows"
+        text += f": the server hung up on our ClientHello ({offered}) without a TLS alert"
+    return text
+
+
+__all__ = ["DeliveryAgent", "HostHistory", "handshake_cause", "outcome_for", "tls_required_no"]

@@ -84,6 +84,8 @@ _connection_ids = itertools.count(1)
 
 class StartTLSFailure(StrEnum):
     REFUSE = "refuse"  # "454 4.7.0 TLS not available"
+    NOT_IMPLEMENTED = "not-implemented"  # advertised, then "502 5.5.1 Command not implemented"
+    SHUTDOWN = "shutdown"  # "421 4.3.2 Service shutting down", then the connection closes
     CLOSE = "close"  # "220 Ready to start TLS", then the connection closes
     GARBAGE = "garbage"  # "220 Ready to start TLS", then bytes that are not TLS, then close
 
@@ -822,6 +824,12 @@ class _Session(asyncio.Protocol):
         if b.starttls_failure is StartTLSFailure.REFUSE or ctx is None:
             self.code(454, "4.7.0", "TLS not available due to temporary reason")
             return True
+        if b.starttls_failure is StartTLSFailure.NOT_IMPLEMENTED:
+            self.code(502, "5.5.1", "Command not implemented")
+            return True
+        if b.starttls_failure is StartTLSFailure.SHUTDOWN:
+            self.code(421, "4.3.2", "Service shutting down")
+            return False
         self.reply("220 2.0.0 Ready to start TLS")
         assert self.conn is not None and self.transport is not None
         if self.buf:

@@ -11,6 +11,11 @@ verify, is suspected of being stripped (a man in the middle removing STARTTLS or
 presenting its own certificate): the receipt says so, an event is recorded, and with
 ``settings.stripping.defer`` the delivery defers instead of going in plaintext.
 
+Whether a missing TLS session (STARTTLS hidden, refused, or a handshake broken after
+the 220) is refused because of this memory is decided in ``tls.plaintext``, alike for
+every way TLS can fail (T44); ``stripping_suspected`` here judges completed handshakes
+(and keeps the text for a hidden STARTTLS).
+
 Only opportunistic deliveries (``may``) consult this memory; hosts under DANE or MTA-STS
 already refuse plaintext and are never remembered as "TLS-broken" (T40): the agent's
 downgrade memories (plaintext after a failed handshake, unverified certificates) skip

@@ -19,11 +19,21 @@ class TLSLevel(StrEnum):
     VERIFY = "verify"  # TLS required, certificate chain trusted and name matches the MX name
     SECURE = "secure"  # as verify, but the name must match the next-hop domain
     DANE = "dane"  # DANE when usable TLSA exists, else may (set by resolution)
-    DANE_ONLY = "dane-only"  # DANE required
+    DANE_ONLY = "dane-only"  # DANE required; stays dane-only when TLSA is found (T45)
 
     @property
     def mandatory(self) -> bool:
-        return self not in (TLSLevel.NONE, TLSLevel.MAY, TLSLevel.DANE)
+        """TLS required, never plaintext. As a host's level, ``dane`` means usable TLSA
+        records were found, which makes TLS mandatory (RFC 7672 §2.2): resolution turns a
+        table or default ``dane`` without them into ``may``. Whether plaintext is allowed
+        is decided in one place, ``tls.plaintext``, which also weighs MTA-STS, REQUIRETLS
+        and the host's history."""
+        return self not in (TLSLevel.NONE, TLSLevel.MAY)
+
+    @property
+    def dane(self) -> bool:
+        """DANE levels: with usable TLSA records the host is reached through ``tls.dane``."""
+        return self in (TLSLevel.DANE, TLSLevel.DANE_ONLY)
 
     @property
     def verifies(self) -> bool:

@@ -29,7 +29,7 @@ class TLSReceipt:
     policy_source: PolicySource
     peer_certificate_sha256: str | None
     # A handshake failed and the message went in plaintext on a new connection (T6), or
-    # the server stopped offering STARTTLS.
+    # the server refused STARTTLS.
     downgraded: bool = False
     # Why verification failed, in OpenSSL's words, when it did.
     verify_error: str | None = None
@@ -39,6 +39,9 @@ class TLSReceipt:
     # Why this host looks STARTTLS-stripped (it offered STARTTLS before, or showed a
     # verified certificate, and does not now); None when nothing looks wrong.
     stripping_suspected: str | None = None
+    # Why the message could go without TLS (the rule of ``tls.plaintext`` that allowed
+    # it), when this session is plaintext; None for TLS sessions (T43).
+    plaintext_reason: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -60,6 +63,7 @@ class TLSReceipt:
             "verify_error": self.verify_error,
             "tlsrpt_result": self.tlsrpt_result,
             "stripping_suspected": self.stripping_suspected,
+            "plaintext_reason": self.plaintext_reason,
         }
 
     @classmethod
@@ -76,4 +80,5 @@ class TLSReceipt:
             verify_error=data.get("verify_error"),
             tlsrpt_result=data.get("tlsrpt_result"),
             stripping_suspected=data.get("stripping_suspected"),
+            plaintext_reason=data.get("plaintext_reason"),
         )

@@ -9,7 +9,8 @@ Trusts, in this order (first that applies wins, per MX host):
    ``dane-only`` is final — no DANE, no MTA-STS, no history;
 2. DANE (T12-T18), when the table or default says ``dane``/``dane-only``, or when
    ``settings.dane.enabled`` and the resolver is trusted (``settings.dns.trust_ad``):
-   usable TLSA → level ``dane`` (must match; found securely); TLSA present but unusable
+   usable TLSA → level ``dane`` (``dane-only`` stays ``dane-only``, T45; must match;
+   found securely; TLS mandatory, RFC 7672 §2.2); TLSA present but unusable
    → ``encrypt``; TLSA lookup failed → the host is skipped (defer, T15); securely no TLSA
    or insecure → next source. DANE wins over MTA-STS for that MX (T25);
 3. MTA-STS (T19-T24) when ``settings.mta_sts.enabled``: ``enforce`` → hosts not matching
@@ -77,7 +78,7 @@ class HostPolicy:
     source: PolicySource
     report: ReportPolicy
     match_names: tuple[str, ...] = ()
-    tlsa: tuple[TLSARecord, ...] = ()  # usable records, when level is dane
+    tlsa: tuple[TLSARecord, ...] = ()  # usable records, when level is dane / dane-only
     sni: str | None = None  # the TLSA base domain, when level is dane
     skip: Reply | None = None  # do not use this host: the reason (a 4.7.x deferral)
     skip_result: str | None = None  # its RFC 8460 result type
@@ -267,9 +268,10 @@ class PolicyResolver:
                 domain, POLICY_TLSA, tuple(r.to_text() for r in lookup.all_records), (name,)
             )
             if lookup.status is DaneStatus.USABLE:
+                # dane-only stays dane-only (T45): the receipt and the pool say so.
                 return HostPolicy(
                     name,
-                    TLSLevel.DANE,
+                    TLSLevel.DANE_ONLY if base.level is TLSLevel.DANE_ONLY else TLSLevel.DANE,
                     PolicySource.DANE,
                     tlsa_report,
                     tlsa=lookup.records,
@@ -277,7 +279,8 @@ class PolicyResolver:
                     secure=True,
                     explanation=tuple(parts),
                 )
-            if lookup.status is DaneStatus.UNUSABLE:
+            if lookup.status is DaneStatus.UNUSABLE and base.level is not TLSLevel.DANE_ONLY:
+                # (dane-only with unusable records is skipped below: T45.)
                 return HostPolicy(
                     name,
                     TLSLevel.ENCRYPT,
