@@ -317,6 +317,9 @@ class InboundSettings(_Section):
     # start (with a warning). Both files are checked for changes and reloaded.
     cert_file: str | None = None
     key_file: str | None = None
+    # With no cert_file: make a self-signed pair (true) or run without TLS (false: no
+    # STARTTLS offered on 25/587, 454 4.7.0 when asked, no 465 listener; T4).
+    self_signed_certificate: bool = True
     # Seconds between checks of the certificate files' modification times.
     cert_check_interval: float = Field(default=5.0, ge=0)
     # Domains (besides the return-path domains) whose mail we take on the MX.

@@ -58,10 +58,12 @@ StartInbound = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 async def start_inbound(tmp_path: Path, world: LocalInternet) -> AsyncIterator[StartInbound]:
-    """``await start_inbound(database_url=None, **env)``: listeners on free loopback ports
-    with a test-CA certificate, on SQLite in ``tmp_path`` or on ``database_url`` (pass the
-    ``database_url`` fixture to run on both engines); ``env`` adds ``KAKITOME_*`` overrides
-    (e.g. ``INBOUND__MAX_RECIPIENTS``)."""
+    """``await start_inbound(database_url=None, **env)``: listeners on
+    free loopback ports with a test-CA certificate, on SQLite in ``tmp_path`` or on
+    ``database_url`` (pass the ``database_url`` fixture to run on both engines); ``env``
+    adds ``KAKITOME_*`` overrides (e.g. ``INBOUND__MAX_RECIPIENTS``; empty
+    ``INBOUND__CERT_FILE`` and ``INBOUND__KEY_FILE`` for no certificate, and
+    ``INBOUND__SELF_SIGNED_CERTIFICATE="false"`` to make none either: no TLS at all)."""
     started: list[Running] = []
     issued = world.ca.issue([HOSTNAME])
 

@@ -18,23 +18,33 @@ from kakitome.inbound.server import InboundService
 from kakitome.injection import Injector
 from kakitome.store.repository import Store
 from kakitome.testing import LocalInternet
-from tests.inbound.conftest import INBOUND_DOMAIN, RawClient, StartInbound, free_port
+from tests.inbound.conftest import (
+    HOSTNAME,
+    INBOUND_DOMAIN,
+    RawClient,
+    StartInbound,
+    free_port,
+)
 
 
 async def test_plaintext_pipelined_with_starttls_is_not_executed(
     start_inbound: StartInbound,
 ) -> None:
-    """`STARTTLS\\r\\nRSET\\r\\n` in one write: RSET is never answered inside TLS (T2)."""
+    """`STARTTLS\\r\\nHELP\\r\\n` in one write: HELP is never answered inside TLS (T2).
+
+    HELP's reply (the command list) is unlike NOOP's, so the first reply inside TLS tells
+    which command it answers; the EHLO after it checks that no reply is left over."""
     running = await start_inbound(INBOUND__CHECK_AUTHENTICATION="false")
     client = await RawClient.connect(running.mx)
     await client.cmd("EHLO client.test")
-    await client.send(b"STARTTLS\r\nRSET\r\n")
+    await client.send(b"STARTTLS\r\nHELP\r\n")
     assert (await client.reply()).startswith("220 2.0.0")
     await client.starttls()
-    # The first reply inside TLS must answer our NOOP, not the injected RSET.
-    assert (await client.cmd("NOOP")).startswith("250 OK") or True
+    # The first reply inside TLS must answer our NOOP, not the injected HELP.
+    first = await client.cmd("NOOP")
+    assert first == "250 2.0.0 OK\r\n", first
     reply = await client.cmd("EHLO client.test")
-    assert reply.startswith("250-"), reply
+    assert reply.startswith(f"250-{HOSTNAME}\r\n"), reply
     assert "STARTTLS" not in reply  # T4: not advertised inside TLS
     assert "AUTH" not in reply  # the MX takes no AUTH
     assert (await client.cmd("STARTTLS")).startswith("503 5.5.1")  # T4: refused inside TLS
@@ -42,16 +52,22 @@ async def test_plaintext_pipelined_with_starttls_is_not_executed(
 
 
 async def test_injected_command_answer_count(start_inbound: StartInbound) -> None:
-    """After the injection, exactly one reply per command sent inside TLS (T2)."""
+    """After the injection, exactly one reply per command sent inside TLS, and each the
+    reply to that command (T2)."""
     running = await start_inbound(INBOUND__CHECK_AUTHENTICATION="false")
     client = await RawClient.connect(running.mx)
     await client.cmd("EHLO client.test")
     await client.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
-    await client.reply()
+    assert (await client.reply()).startswith("220 2.0.0")
     await client.starttls()
-    await client.cmd("EHLO client.test")
-    # Had the injected MAIL run inside TLS, this MAIL would be a nested one (503).
-    assert (await client.cmd("MAIL FROM:<a@b.test>")).startswith("250")
+    # Had the injected MAIL run inside TLS (a new session, no EHLO yet), its 503 5.5.1
+    # "send HELO first" would be the first reply here, and every reply after it one late.
+    ehlo = await client.cmd("EHLO client.test")
+    assert ehlo.startswith(f"250-{HOSTNAME}\r\n"), ehlo
+    mail = await client.cmd("MAIL FROM:<a@b.test>")
+    assert mail.startswith("250 2.1.0"), mail
+    noop = await client.cmd("NOOP")
+    assert noop == "250 2.0.0 OK\r\n", noop
     await client.close()
 
 

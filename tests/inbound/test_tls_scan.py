@@ -318,7 +318,9 @@ async def test_t41_context_policy(scanned: tuple[Running, ssl.SSLContext]) -> No
     allows TLS 1.2 and 1.3 only, ECDHE+AEAD only on TLS 1.2, no compression, and sets
     ``OP_NO_RENEGOTIATION``."""
     running, _ = scanned
-    contexts = [running.service.certificates.front, running.service.certificates.context()]
+    certificates = running.service.certificates
+    assert certificates is not None
+    contexts = [certificates.front, certificates.context()]
     settings = running.settings.inbound
     assert settings.cert_file and settings.key_file
     contexts.append(server_context(settings.cert_file, settings.key_file))
@@ -359,6 +361,7 @@ async def test_t41_weak_tls12_ciphers_are_refused(
         return {c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3"}
 
     offered = tls12(ctx) if ctx is not None else set()
+    assert running.service.certificates is not None
     server = tls12(running.service.certificates.context())
     assert not offered & server, (label, offered & server)
     pytest.skip(f"{label}: this OpenSSL/certificate cannot negotiate it; policy checked only")

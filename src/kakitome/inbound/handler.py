@@ -234,7 +234,7 @@ class MXHandler(_BaseHandler):
             return "451 4.3.0 Temporary lookup failure; try again later"
         if decision.verdict.code >= 300:
             return decision.verdict.reply
-        envelope.rcpt_tos.append(address)
+        envelope.rcpt_tos.append(decision.address or address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.decisions.append(decision)
         return decision.verdict.reply

@@ -19,6 +19,10 @@ Domains and routes are read per recipient from ``current()`` when the service pa
 (``LiveSettings``: settings changed in the UI or the API apply to the next RCPT, without a
 restart); otherwise from the settings given at start.
 
+Bare ``postmaster`` (no domain, RFC 5321 §4.5.1) is this server's postmaster: taken as
+``postmaster@<host name>`` when the host name is an inbound domain, else as ``postmaster@``
+the first inbound domain, and routed as that address is (held with no inbound domain).
+
 Anything else gets 550 5.7.1 (relaying denied). Submission (587/465) takes any recipient
 from an authenticated client, and nothing from anyone else (aiosmtpd's ``auth_required``).
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from kakitome.config import InboundRoute, InboundSettings
@@ -78,11 +82,15 @@ class RecipientDecision:
     verdict: Verdict
     kind: RecipientClass | None = None
     route: InboundRoute | None = None
+    # The recipient as the envelope should record it, when the policy qualified it (bare
+    # ``postmaster``); None: as the client sent it.
+    address: str | None = None
 
 
 RELAY_DENIED = Verdict.reject(550, "5.7.1", "relaying denied: not a domain of this server")
 NO_SUCH_USER = Verdict.reject(550, "5.1.1", "no such recipient here")
 HOLD_ROUTE = InboundRoute(match="*", action="hold")
+POSTMASTER = "postmaster"
 LIST_CACHE_SECONDS = 5.0
 LIST_CACHE_SIZE = 10_000
 
@@ -112,8 +120,12 @@ class InboundPolicy:
         is_list_address: Callable[[str, str], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         current: Callable[[], InboundSettings] | None = None,
+        hostname: str | None = None,
     ) -> None:
         self._settings = settings
+        # Our host name (greeting, Received): the domain of bare ``postmaster`` when it is
+        # one of the inbound domains.
+        self._hostname = (hostname or settings.hostname or "").lower().rstrip(".")
         self._current = current
         self._is_return_path = is_return_path
         # (local part, domain) -> is it a list's address? (ListService.is_list_address)
@@ -137,6 +149,8 @@ class InboundPolicy:
 
     async def check_recipient(self, address: str) -> RecipientDecision:
         settings = self._refresh()
+        if address.lower() == POSTMASTER:
+            return await self._postmaster(settings)
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if not domain:
             return RecipientDecision(NO_SUCH_USER)
@@ -157,6 +171,24 @@ class InboundPolicy:
         if await self._is_return_path(address):
             return RecipientDecision(Verdict.accept(), RecipientClass.RETURN_PATH)
         return RecipientDecision(RELAY_DENIED)
+
+    async def _postmaster(self, settings: InboundSettings) -> RecipientDecision:
+        """Bare ``postmaster`` (RFC 5321 §4.5.1: MUST be accepted, case-insensitive, without
+        a domain): this server's postmaster, i.e. ``postmaster@`` the host name when it is
+        an inbound domain, else the first inbound domain, and then wherever mail for that
+        address goes (its route, held by default). With no inbound domain it is held."""
+        if self._hostname and self._hostname in self._domains:
+            domain = self._hostname
+        elif settings.domains:
+            domain = settings.domains[0]
+        else:
+            qualified = f"{POSTMASTER}@{self._hostname}" if self._hostname else POSTMASTER
+            return RecipientDecision(
+                Verdict.accept(), RecipientClass.ROUTE, HOLD_ROUTE, address=qualified
+            )
+        qualified = f"{POSTMASTER}@{domain}"
+        decision = await self.check_recipient(qualified)
+        return replace(decision, address=qualified)
 
     async def _list_address(self, local: str, domain: str) -> bool:
         assert self._is_list_address is not None

@@ -17,8 +17,13 @@ subclass adds what it leaves out:
   (``InboundEnvelope.requiretls``); the handler advertises the keyword only inside TLS.
   Elsewhere (the MX, which relays nothing over SMTP) aiosmtpd refuses it as an unknown
   parameter (555 5.5.4).
-- Replies: aiosmtpd's bare texts get enhanced status codes (RFC 2034), so clients and logs
-  see 530 5.7.0, 552 5.3.4, 500 5.5.2 rather than free text.
+- Replies: aiosmtpd's bare texts get enhanced status codes (RFC 2034, RFC 3463), so
+  clients and logs see 530 5.7.0, 552 5.3.4, 500 5.5.2 rather than free text
+  (``enhanced_reply``). Without one by design: the 220 greeting and the replies to
+  HELO/EHLO (RFC 2034 §3), and the intermediate 334 and 354 (RFC 3463 has no class 3).
+- T4, TLS unavailable: a listener built without a TLS context (no certificate, and
+  self-signed generation off: ``inbound.self_signed_certificate = false``) does not advertise
+  STARTTLS and answers it 454 4.7.0, as Postfix does when it has no certificate.
 
 Talks to: one client socket. Trusts: nothing the client sends. The decisions (which
 recipients, what to do with the data) are the handler's (``kakitome.inbound.handler``).
@@ -72,14 +77,71 @@ _REWRITES: dict[bytes, bytes] = {
     b"503 Error: send HELO first": b"503 5.5.1 Error: send HELO first",
     b"503 Error: send EHLO first": b"503 5.5.1 Error: send EHLO first",
     b"501 Syntax: STARTTLS": b"501 5.5.4 Syntax: STARTTLS takes no argument",
-    b"454 TLS not available": b"454 4.7.0 TLS not available",
+    b"454 TLS not available": b"454 4.7.0 TLS not available due to local problem",
     b"220 Ready to start TLS": b"220 2.0.0 Ready to start TLS",
     b"221 Bye": b"221 2.0.0 Bye",
     b"250 OK": b"250 2.0.0 OK",
     b"555 MAIL FROM parameters not recognized or not implemented": (
         b"555 5.5.4 MAIL FROM parameters not recognized or not implemented"
     ),
+    b"555 RCPT TO parameters not recognized or not implemented": (
+        b"555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    ),
+    # RFC 3463: X.5.2 a line that cannot be interpreted, X.5.4 a known command with bad or
+    # unexpected arguments, X.5.1 a command out of sequence or not offered.
+    b"500 Error: bad syntax": b"500 5.5.2 Error: bad syntax",
+    b"500 Error: strict ASCII mode": b"500 5.5.2 Error: strict ASCII mode",
+    b"554 Command refused due to lack of security": (
+        b"554 5.7.0 Command refused due to lack of security"
+    ),
+    b"501 Syntax: QUIT": b"501 5.5.4 Syntax: QUIT takes no argument",
+    b"501 Syntax: RSET": b"501 5.5.4 Syntax: RSET takes no argument",
+    b"501 Syntax: DATA": b"501 5.5.4 Syntax: DATA takes no argument",
+    b"501 Syntax: VRFY <address>": b"501 5.5.4 Syntax: VRFY <address>",
+    b"252 Cannot VRFY user, but will accept message and attempt delivery": (
+        b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"
+    ),
+    b"502 EXPN not implemented": b"502 5.5.1 EXPN not implemented",
+    b"503 Already authenticated": b"503 5.5.1 Already authenticated",
+    b"501 Not enough value": b"501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    b"501 Too many values": b"501 5.5.4 Syntax: AUTH mechanism [initial-response]",
+    b"500 Error: command 'AUTH' not recognized": b"500 5.5.1 Error: AUTH needs EHLO, not HELO",
+    b"501 Syntax: MAIL FROM: <address>": b"501 5.5.2 Syntax: MAIL FROM:<address>",
+    b"501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": (
+        b"501 5.5.2 Syntax: MAIL FROM:<address> [SP <mail-parameters>]"
+    ),
+    b"501 Syntax: RCPT TO: <address>": b"501 5.5.2 Syntax: RCPT TO:<address>",
+    b"501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": (
+        b"501 5.5.2 Syntax: RCPT TO:<address> [SP <mail-parameters>]"
+    ),
+    b"501 Error: BODY can only be one of 7BIT, 8BITMIME": (
+        b"501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME"
+    ),
+    b"501 Error: SMTPUTF8 takes no arguments": b"501 5.5.4 Error: SMTPUTF8 takes no arguments",
+    b"501 Error: SMTPUTF8 disabled": b"501 5.5.4 Error: SMTPUTF8 disabled",
 }
+
+# aiosmtpd's replies with variable text (a command name, an address, a command list):
+# the prefix, and the enhanced code to put after the reply code.
+_PREFIX_REWRITES: tuple[tuple[bytes, bytes], ...] = (
+    (b'500 Error: command "', b"5.5.2"),  # "... not recognized" (RFC 3463 X.5.2)
+    (b"502 Could not VRFY ", b"5.1.3"),  # the address did not parse
+    (b"250 Syntax: ", b"2.0.0"),  # HELP <command>
+    (b"250 Supported commands: ", b"2.0.0"),  # HELP
+    (b"501 Supported commands: ", b"5.5.4"),  # HELP <unknown command>
+)
+
+
+def enhanced_reply(line: bytes) -> bytes:
+    """``line`` (one reply line, no CRLF) with aiosmtpd's bare text given its enhanced code."""
+    found = _REWRITES.get(line)
+    if found is not None:
+        return found
+    for prefix, code in _PREFIX_REWRITES:
+        if line.startswith(prefix):
+            return line[:4] + code + b" " + line[4:]
+    return line
+
 
 # T28, RFC 8689 §4.1: REQUIRETLS is used only in a session that negotiated TLS. In
 # plaintext we answer as RFC 3207 §4 does for a command that needs TLS first (530, "must
@@ -356,6 +418,8 @@ class KakitomeSMTP(SMTP):
         """REQUIRETLS is offered in EHLO and taken in MAIL FROM: never before TLS (T28)."""
         return self.requiretls and self.is_tls
 
+    # (The decorator keeps MAIL in HELP: aiosmtpd lists only commands that carry it.)
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         """aiosmtpd's MAIL, plus the REQUIRETLS parameter (T28) on listeners that take it.
 
@@ -400,7 +464,7 @@ class KakitomeSMTP(SMTP):
 
     async def push(self, status: Any) -> None:
         data = status.encode("ascii", "replace") if isinstance(status, str) else status
-        data = _REWRITES.get(data, data) + b"\r\n"
+        data = enhanced_reply(data) + b"\r\n"
         corked = self._corked
         if (
             self._more_waiting()
@@ -438,7 +502,7 @@ class KakitomeSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: STARTTLS takes no argument")
             return
         if not self.tls_context or self.transport is None:
-            await self.push("454 4.7.0 TLS not available")
+            await self.push("454 4.7.0 TLS not available due to local problem")
             return
         transport = self.transport
         corked, self._corked = self._corked, None

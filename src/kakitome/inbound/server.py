@@ -93,7 +93,9 @@ class InboundService:
     injector: Injector
     clock: Callable[[], float] = time.time
     inbound_store: InboundStore = field(init=False)
-    certificates: CertificateSource = field(init=False)
+    # None: no certificate configured and ``inbound.self_signed_certificate`` off, so no
+    # TLS (T4: no STARTTLS offered, 454 4.7.0 when asked; 465 is not started).
+    certificates: CertificateSource | None = field(init=False)
     tracker: ConnectionTracker = field(init=False)
     guard: AuthGuard = field(init=False)
     ports: dict[str, int] = field(default_factory=dict)
@@ -112,10 +114,18 @@ class InboundService:
         inbound = self.settings.inbound
         self.hostname = inbound.hostname or self.settings.delivery.helo_hostname
         self.inbound_store = InboundStore(self.store.engine, Thresholds.from_settings(inbound))
-        cert, key = ensure_certificate(
-            inbound.cert_file, inbound.key_file, self.settings.data_dir, self.hostname
+        pair = ensure_certificate(
+            inbound.cert_file,
+            inbound.key_file,
+            self.settings.data_dir,
+            self.hostname,
+            generate=inbound.self_signed_certificate,
         )
-        self.certificates = CertificateSource(cert, key, check_interval=inbound.cert_check_interval)
+        self.certificates = (
+            None
+            if pair is None
+            else CertificateSource(*pair, check_interval=inbound.cert_check_interval)
+        )
         self.tracker = ConnectionTracker(inbound.max_connections, inbound.max_connections_per_ip)
         self.guard = AuthGuard.from_settings(inbound)
         self.limits = ConnectionLimits(
@@ -142,6 +152,7 @@ class InboundService:
                 self.inbound_store.is_return_path,
                 self.lists.is_list_address,
                 current=self._current_inbound,
+                hostname=self.hostname,
             ),
             processor=MXProcessor(self.inbound_store, inbound, self.lists.handle_list_mail),
             commit=self.commit,
@@ -166,6 +177,7 @@ class InboundService:
 
     def _factory(self, kind: str) -> Callable[[], KakitomeSMTP]:
         inbound = self.settings.inbound
+        tls_context = None if self.certificates is None else self.certificates.front
         common = {
             "limits": self.limits,
             "tracker": self.tracker,
@@ -181,14 +193,14 @@ class InboundService:
             # honour the requirement on a next hop; aiosmtpd answers the parameter 555.
             return KakitomeSMTP(
                 self.mx_handler,
-                tls_context=self.certificates.front,
+                tls_context=tls_context,
                 **common,  # type: ignore[arg-type]
             )
 
         def submission() -> KakitomeSMTP:
             return KakitomeSMTP(
                 self.submission_handler,
-                tls_context=self.certificates.front,
+                tls_context=tls_context,
                 require_starttls=True,
                 auth_required=True,
                 auth_require_tls=True,
@@ -225,11 +237,14 @@ class InboundService:
             for name, port, implicit in wanted:
                 if port == 0:
                     continue
+                if implicit and self.certificates is None:
+                    log.warning("no TLS certificate: implicit-TLS listener not started", port=port)
+                    continue
                 server = await loop.create_server(
                     self._factory(name),
                     host=inbound.bind_host,
                     port=port,
-                    ssl=self.certificates.front if implicit else None,
+                    ssl=self.certificates.front if implicit and self.certificates else None,
                     reuse_address=True,
                     # Several `serve --role smtp` processes may share the ports (Linux
                     # spreads connections among them): one process uses one core.

@@ -14,7 +14,8 @@ context and tries again at the next check.
 
 With no certificate configured, ``ensure_certificate`` makes a self-signed one (EC P-256)
 in ``<data_dir>/inbound-tls/`` and says so loudly: senders using opportunistic TLS accept
-it, verifying senders will not.
+it, verifying senders will not. With generation off it returns None and the listeners run
+without TLS (T4: STARTTLS not offered, 454 4.7.0 when asked).
 """
 
 from __future__ import annotations
@@ -110,13 +111,25 @@ class CertificateSource:
 
 
 def ensure_certificate(
-    cert_file: str | None, key_file: str | None, data_dir: Path, hostname: str
-) -> tuple[Path, Path]:
-    """The configured pair, or a self-signed one made (once) under ``data_dir``."""
+    cert_file: str | None,
+    key_file: str | None,
+    data_dir: Path,
+    hostname: str,
+    *,
+    generate: bool = True,
+) -> tuple[Path, Path] | None:
+    """The configured pair, or a self-signed one made (once) under ``data_dir``; None when
+    none is configured and ``generate`` is off (the listeners then run without TLS)."""
     if cert_file and key_file:
         return Path(cert_file), Path(key_file)
     if cert_file or key_file:
         raise ValueError("inbound.cert_file and inbound.key_file go together")
+    if not generate:
+        log.warning(
+            "no inbound TLS certificate configured and self-signed generation off: "
+            "STARTTLS is not offered (454 if asked) and implicit TLS (465) does not start"
+        )
+        return None
     directory = data_dir / "inbound-tls"
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if cert_path.exists() and key_path.exists():
