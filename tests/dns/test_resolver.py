@@ -155,3 +155,39 @@ async def test_answers_are_reused_within_their_ttl(world: LocalInternet) -> None
         assert asked() > sent
     finally:
         world.remove_domain(name)
+
+
+async def test_truncated_udp_answer_is_asked_again_over_tcp(world: LocalInternet) -> None:
+    """T12: an answer that comes back over UDP with TC=1 (here forced for a small MX
+    set) is asked for again over TCP, and the TCP answer is the one used."""
+    name = world.unique_domain("tc")
+    world.dns.add_mx(name, 10, f"mx.{name}")
+    world.dns.add_address(f"mx.{name}", "127.0.0.7")
+    world.dns.set_truncate(name)
+    world.dns.clear_queries()
+    try:
+        result = await _resolver(world).resolve_mx(name)
+        assert [(h.name, h.addresses) for h in result.hosts] == [(f"mx.{name}", ("127.0.0.7",))]
+        transports = [q.transport for q in world.dns.queries() if q.name == name]
+        assert transports == ["udp", "tcp"]
+    finally:
+        world.remove_domain(name)
+
+
+async def test_truncated_answer_without_tcp_is_a_temporary_failure(
+    world: LocalInternet,
+) -> None:
+    """T12: a truncated answer never passes for an empty one: with TCP unanswered the
+    MX lookup fails temporarily (4.4.3) instead of falling back to an implicit MX."""
+    name = world.unique_domain("tcx")
+    world.dns.add_mx(name, 10, f"mx.{name}")
+    world.dns.add_address(name, "127.0.0.8")
+    world.dns.set_truncate(name)
+    world.dns.set_hang(name, transport="tcp")
+    settings = DNSSettings(nameservers=(world.nameserver,), timeout=1.0)
+    try:
+        with pytest.raises(TemporaryFailure) as info:
+            await Resolver(settings).resolve_mx(name)
+        assert info.value.reply.enhanced == "4.4.3"
+    finally:
+        world.remove_domain(name)

@@ -3,7 +3,8 @@ TXT, and answers with their AD flag for DANE.
 
 Talks to: the nameservers in ``settings.dns.nameservers`` ("host:port"), or the system's
 (/etc/resolv.conf) when the list is empty, over UDP with TCP fallback for truncated
-answers (dnspython's asyncio resolver).
+answers (dnspython's asyncio resolver; T12). An answer that still has the TC bit is a
+failed lookup, never an empty one.
 
 Trusts: the answers' content as routing data only. The AD flag is reported raw and as
 ``authenticated`` — which is true only when ``settings.dns.trust_ad`` says the resolver is a
@@ -33,6 +34,7 @@ from typing import Any
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -135,6 +137,12 @@ class Resolver:
         answer = await self._resolver.resolve(
             name, rdtype, search=False, raise_on_no_answer=raise_on_no_answer
         )
+        if answer.response.flags & dns.flags.TC:
+            # dnspython retries truncated UDP answers over TCP; should one ever come back
+            # anyway, its empty answer section must not pass for "no such records" (a
+            # TLSA set that vanishes would downgrade DANE, an MX set an implicit MX).
+            message = f"answer for {name} {rdtype} still truncated (TC)"
+            raise dns.message.Truncated(message)  # type: ignore[no-untyped-call]
         if len(self._answers) >= CACHE_ENTRIES:
             self._answers.clear()
         self._answers[(name, rdtype, raise_on_no_answer)] = answer

@@ -15,7 +15,8 @@ What it does, as a real server on the internet would:
 - on UDP, an answer larger than 512 bytes (no EDNS) or the client's EDNS buffer size
   comes back empty with the TC bit set, so the client retries over TCP;
 - per name: a forced rcode (SERVFAIL, NXDOMAIN, REFUSED, ...) or "hang" (no reply at all,
-  so the client times out); and the AD bit, for all answers or per name, to play a
+  so the client times out; on both transports or on one of them); truncation of every UDP
+  answer, however small (``set_truncate``); and the AD bit, for all answers or per name, to play a
   validating resolver (it never signs anything: the AD bit is the whole simulation).
 
 It talks only to whoever sends it queries on the bound loopback address, answers only
@@ -107,7 +108,8 @@ class DNSServer:
         self._lock = threading.RLock()
         self._names: dict[str, list[_Record]] = {}
         self._rcodes: dict[str, int] = {}
-        self._hang: set[str] = set()
+        self._hang: dict[str, frozenset[str]] = {}  # name -> transports not answered
+        self._truncate: set[str] = set()
         self._ad_names: dict[str, bool] = {}
         self._log: deque[Query] = deque(maxlen=QUERY_LOG_SIZE)
         self._loop_thread: LoopThread | None = None
@@ -285,10 +287,10 @@ class DNSServer:
         key = _norm(name)
         suffix = "." + key
         with self._lock:
-            for table in (self._names, self._rcodes, self._ad_names):
+            for table in (self._names, self._rcodes, self._ad_names, self._hang):
                 for existing in [n for n in table if n == key or n.endswith(suffix)]:
                     del table[existing]
-            self._hang = {n for n in self._hang if not (n == key or n.endswith(suffix))}
+            self._truncate = {n for n in self._truncate if not (n == key or n.endswith(suffix))}
 
     def set_rcode(self, name: str, rcode: str | int | None) -> None:
         """Answer every query for ``name`` with this rcode (None: answer normally)."""
@@ -298,13 +300,25 @@ class DNSServer:
             else:
                 self._rcodes[_norm(name)] = _rcode(rcode)
 
-    def set_hang(self, name: str, hang: bool = True) -> None:
-        """Never answer queries for ``name`` (the client times out)."""
+    def set_hang(self, name: str, hang: bool = True, *, transport: str | None = None) -> None:
+        """Never answer queries for ``name`` (the client times out): over both transports,
+        or only over ``transport`` ("udp" or "tcp")."""
+        if transport not in (None, "udp", "tcp"):
+            raise ValueError(f"transport must be udp or tcp, not {transport!r}")
         with self._lock:
             if hang:
-                self._hang.add(_norm(name))
+                self._hang[_norm(name)] = frozenset((transport,) if transport else ("udp", "tcp"))
             else:
-                self._hang.discard(_norm(name))
+                self._hang.pop(_norm(name), None)
+
+    def set_truncate(self, name: str, truncate: bool = True) -> None:
+        """Answer UDP queries for ``name`` with an empty, truncated (TC) reply whatever the
+        answer's size, so the client must ask again over TCP."""
+        with self._lock:
+            if truncate:
+                self._truncate.add(_norm(name))
+            else:
+                self._truncate.discard(_norm(name))
 
     def set_ad(self, name: str, ad: bool | None) -> None:
         """Set (True) or clear (False) the AD bit on answers for ``name``; None: global."""
@@ -352,12 +366,13 @@ class DNSServer:
         qtype = request.q.qtype
         with self._lock:
             self._log.append(Query(qname, QTYPE.get(qtype, str(qtype)), transport, opt is not None))
-            if not self._fill(reply, qname, qtype):
+            if not self._fill(reply, qname, qtype, transport):
                 return None
+            truncate = qname in self._truncate
         data: bytes = reply.pack()
         if transport == "udp":
             limit = CLASSIC_UDP_LIMIT if opt is None else max(CLASSIC_UDP_LIMIT, opt.rclass)
-            if len(data) > limit:
+            if len(data) > limit or truncate:
                 short = request.reply()
                 short.header.ra = 0
                 short.header.tc = 1
@@ -367,13 +382,13 @@ class DNSServer:
                 data = short.pack()
         return data
 
-    def _fill(self, reply: DNSRecord, qname: str, qtype: int) -> bool:
+    def _fill(self, reply: DNSRecord, qname: str, qtype: int, transport: str) -> bool:
         """Fill ``reply`` from the zone (lock held); False means "do not answer"."""
         name = qname
         chain: list[str] = []
         for _ in range(MAX_CNAME_CHAIN + 1):
             chain.append(name)
-            if name in self._hang:
+            if transport in self._hang.get(name, ()):
                 return False
             if name in self._rcodes:
                 reply.header.rcode = self._rcodes[name]

@@ -1,7 +1,8 @@
 """DANE for SMTP (RFC 7672, with RFC 6698 and RFC 7671): TLSA lookup and matching.
 
 Talks to: the DNS resolver only (A/AAAA of the MX host for its DNSSEC status and CNAME
-expansion, TLSA at ``_25._tcp.<host>``). The certificates judged here come from a
+expansion, the host's own CNAME when a chain was not validated as a whole, TLSA at
+``_25._tcp.<expanded name>`` and ``_25._tcp.<host>``). The certificates judged here come from a
 handshake the delivery agent made.
 
 Trusts: a TLSA RRset only when the answer carried the AD bit from a resolver that
@@ -101,23 +102,59 @@ def _from_rdata(rdata: Any) -> TLSARecord:
     return TLSARecord(int(rdata.usage), int(rdata.selector), int(rdata.mtype), bytes(rdata.cert))
 
 
-async def _address_status(resolver: Resolver, host: str) -> tuple[bool, str]:
-    """(whether the host's address records were validated, its CNAME-expanded name)."""
+@dataclass(frozen=True, slots=True)
+class _HostNames:
+    """What the address lookup of an MX host says about its TLSA base domains."""
+
+    secure: bool  # the host's own record (address or first CNAME) and the final addresses
+    expanded: str  # the CNAME-expanded name (the host itself when it is no alias)
+    expansion_secure: bool  # every CNAME of the chain validated too
+
+
+def _validated(resolver: Resolver, answer: dns.resolver.Answer) -> bool:
+    return bool(answer.response.flags & dns.flags.AD) and resolver.settings.trust_ad
+
+
+async def _addresses_validated(resolver: Resolver, host: str) -> tuple[bool, str]:
+    """(whether the A or AAAA answer for ``host`` was validated, its CNAME-expanded name).
+
+    The AD bit of an answer that followed a CNAME chain covers every link of it."""
     authenticated = False
     canonical = host
     for rdtype in ("A", "AAAA"):
         try:
             answer = await resolver.query(host, rdtype)
-        except dns.resolver.NXDOMAIN:
-            continue
         except dns.exception.DNSException:
             continue
         if answer.rrset is None:
             continue
         canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()
-        if bool(answer.response.flags & dns.flags.AD) and resolver.settings.trust_ad:
+        if _validated(resolver, answer):
             authenticated = True
     return authenticated, canonical
+
+
+async def _address_status(resolver: Resolver, host: str) -> _HostNames:
+    """The DNSSEC status of an MX host's names (RFC 7672 §2.2.2, T12, T18).
+
+    An answer validated as a whole means the host, every CNAME and the final address
+    records are secure. When an alias chain was not validated as a whole, the links are
+    asked one by one: if the host's own CNAME and the final address records are secure
+    but a CNAME between them is not, the expanded name cannot be trusted as a TLSA base
+    domain and only the original name may be; if the host's own CNAME is insecure,
+    DANE does not apply to the host at all.
+    """
+    authenticated, canonical = await _addresses_validated(resolver, host)
+    if authenticated or canonical == host:
+        return _HostNames(authenticated, canonical, authenticated)
+    try:
+        first_link = await resolver.query(host, "CNAME")
+    except dns.exception.DNSException:
+        return _HostNames(False, canonical, False)
+    if first_link.rrset is None or not _validated(resolver, first_link):
+        return _HostNames(False, canonical, False)
+    final_secure, _ = await _addresses_validated(resolver, canonical)
+    return _HostNames(final_secure, canonical, False)
 
 
 async def _tlsa_at(resolver: Resolver, base: str) -> tuple[DaneStatus, tuple[TLSARecord, ...], str]:
@@ -137,24 +174,34 @@ async def _tlsa_at(resolver: Resolver, base: str) -> tuple[DaneStatus, tuple[TLS
 
 
 async def lookup_tlsa(resolver: Resolver, mx_host: str) -> DaneLookup:
-    """The DANE status of one MX host (T12, T14-T16, T18)."""
+    """The DANE status of one MX host (T12, T14-T16, T18).
+
+    RFC 7672 §2.2.2: the host's address records must be validated. For an alias whose
+    whole CNAME chain is validated, TLSA is looked up first at ``_25._tcp.<expanded
+    name>`` and, only when that is securely empty (or insecure), at ``_25._tcp.<host>``;
+    the name where it was found is the TLSA base domain (SNI, reference identifier). For
+    an alias whose chain is not validated beyond the host's own CNAME, only the original
+    name is tried.
+    """
     host = to_alabel(mx_host)
-    secure, canonical = await _address_status(resolver, host)
-    if not secure:
+    names = await _address_status(resolver, host)
+    if not names.secure:
         return DaneLookup(
             host, DaneStatus.INSECURE, host, reason=f"address records of {host} not validated"
         )
     base = host
     status, reason = DaneStatus.NONE, ""
     records: tuple[TLSARecord, ...] = ()
-    if canonical != host:
-        # RFC 7672 §2.2.2: a secure CNAME chain makes the expanded name the first base
-        # domain to try; securely nothing there means trying the original name.
-        status, records, reason = await _tlsa_at(resolver, canonical)
+    if names.expanded != host and names.expansion_secure:
+        # A secure CNAME chain makes the expanded name the first base domain to try;
+        # securely nothing there means trying the original name.
+        status, records, reason = await _tlsa_at(resolver, names.expanded)
         if status in (DaneStatus.USABLE, DaneStatus.UNUSABLE, DaneStatus.FAILED):
-            base = canonical
+            base = names.expanded
     if base == host:
         status, records, reason = await _tlsa_at(resolver, host)
+        if names.expanded != host and not names.expansion_secure:
+            reason += f" (CNAME chain to {names.expanded} not validated: not used)"
     usable = tuple(r for r in records if r.usable)
     return DaneLookup(host, status, base, usable, records, reason)
 
