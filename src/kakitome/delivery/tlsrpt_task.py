@@ -2,11 +2,17 @@
 
 Talks to: the database (TLS-RPT counts, through ``TLSStore``), DNS (``_smtp._tls``
 records), report destinations by HTTPS, and Kakitome's own injection path for mail
-reports (DKIM-signed with the sending domains' keys when there are any, like every
-message; the report's ``TLS-Required: No`` lets it travel even when TLS is what broke).
+reports: an ``Injector`` with ``DomainSigning``'s ``sign`` and ``return_path``, the
+signer every outgoing message gets, so a report is DKIM-signed with its From domain's
+keys (T27) or refused as any mail from an unconfigured domain is; the report's
+``TLS-Required: No`` lets it travel even when TLS is what broke.
 
 Runs ``TLSRPTReporter.run`` until ``stop``: once per ``settings.tlsrpt.interval`` it
-reports every finished UTC day not yet reported; a failure is logged, never fatal.
+reports every finished UTC day not yet reported; a failure is logged, never fatal. The
+keys are reloaded every ``domains.signer_refresh`` seconds (``run_refresh``, as the
+campaign task does): without it, a sending domain added after start went unseen until a
+restart (its reports were refused round after round), and after a rotation the reports
+kept the keys of the start.
 """
 
 from __future__ import annotations
@@ -39,7 +45,12 @@ async def tlsrpt_task(
         )
 
     reporter = TLSRPTReporter(settings, tls_store, resolver, submit, clock=time.time)
-    await reporter.run(stop)
+    refresh = asyncio.create_task(signing.run_refresh(store, stop), name="tlsrpt-dkim-keys")
+    try:
+        await reporter.run(stop)
+    finally:
+        refresh.cancel()  # not stop.set(): that would stop the whole service
+        await asyncio.gather(refresh, return_exceptions=True)
 
 
 __all__ = ["tlsrpt_task"]
