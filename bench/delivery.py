@@ -987,6 +987,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print_table(report)
     complete = all(r["delivered"] >= r["messages"] for r in report["results"])
+    # T42: a throughput claim holds only with TLS on every connection, for both systems.
+    plaintext = [
+        f"{r['system']}: {r['sink_connections'] - r['sink_tls_handshakes']} of "
+        f"{r['sink_connections']} connections without TLS"
+        for r in report["results"]
+        if r["sink_tls_handshakes"] < r["sink_connections"]
+    ]
+    for line in plaintext:
+        print(f"T42 not met, this run proves nothing: {line}", file=sys.stderr)
+    if plaintext:
+        return 2
     return 0 if complete else 1
 
 
