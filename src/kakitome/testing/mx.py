@@ -16,7 +16,9 @@ versions limited (for example TLS 1.0 only), a chosen reply (4xx/5xx) at the gre
 MAIL, RCPT or end of DATA - always, for the first N times, or for some recipients - a
 dropped connection in the middle of DATA, slow replies, any set of the PIPELINING,
 8BITMIME, SIZE, SMTPUTF8, ENHANCEDSTATUSCODES, DSN, REQUIRETLS extensions, and "down"
-(nothing listening: connections are refused).
+(nothing listening: connections are refused). For the downgrade matrix (attacks.py): a
+TLS alert or a forged reply right after the 220 to STARTTLS, a chosen cipher string (weak
+TLS 1.2 suites), and a certificate from a CA nobody trusts.
 
 It records every accepted message (``ReceivedMessage``: envelope, data, TLS version and
 cipher, SNI, connection id) and counts connections, TLS handshakes and failures,
@@ -88,6 +90,10 @@ class StartTLSFailure(StrEnum):
     SHUTDOWN = "shutdown"  # "421 4.3.2 Service shutting down", then the connection closes
     CLOSE = "close"  # "220 Ready to start TLS", then the connection closes
     GARBAGE = "garbage"  # "220 Ready to start TLS", then bytes that are not TLS, then close
+    ALERT = "alert"  # "220 Ready to start TLS", then a fatal TLS alert record, then close
+    # "220 Ready to start TLS" and a forged "250" in the same write (a man in the middle
+    # injecting a reply, T3), then a normal handshake.
+    INJECT = "inject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,11 @@ class PeerBehaviour:
     strict: bool = True  # refuse messages with bare LF or bare CR
     keep_data: bool = True  # keep message bodies (turn off for long benchmarks)
     transcript: bool = True  # keep each connection's command lines
+    # OpenSSL cipher string for TLS 1.2 and below (for example weak CBC suites only);
+    # None: the CA's default. Combine with tls_max_version=TLSv1_2 to rule out TLS 1.3.
+    tls_ciphers: str | None = None
+    # Present a certificate from a different CA than the world's (a chain nobody trusts).
+    foreign_ca: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +289,11 @@ class Peer:
         b = self._behaviour
         with self._lock:
             names = list(self._names)
-        cert = self.ca.issue(names, b.cert, key=self._key)
+        ca = _foreign_ca() if b.foreign_ca else self.ca
+        cert = ca.issue(names, b.cert, key=self._key)
         ctx = cert.server_context(b.tls_min_version, b.tls_max_version)
+        if b.tls_ciphers is not None:
+            ctx.set_ciphers(b.tls_ciphers)
         ctx.sni_callback = self._on_sni
         self.cert, self._ssl = cert, ctx
 
@@ -347,10 +361,18 @@ class Peer:
             self._fault_uses.clear()
         if (old.cert is CertKind.WEAK_KEY) != (behaviour.cert is CertKind.WEAK_KEY):
             self._key = self.ca.new_key(behaviour.cert)
-        if (old.cert, old.tls_min_version, old.tls_max_version) != (
+        if (
+            old.cert,
+            old.tls_min_version,
+            old.tls_max_version,
+            old.tls_ciphers,
+            old.foreign_ca,
+        ) != (
             behaviour.cert,
             behaviour.tls_min_version,
             behaviour.tls_max_version,
+            behaviour.tls_ciphers,
+            behaviour.foreign_ca,
         ):
             self._issue()
         if self._loop_thread is not None and old.down != behaviour.down:
@@ -436,6 +458,18 @@ class Peer:
             self._stats["messages"] += 1
             conn.messages += 1
             self._changed.notify_all()
+
+
+_FOREIGN: list[TestCA] = []
+_FOREIGN_LOCK = threading.Lock()
+
+
+def _foreign_ca() -> TestCA:
+    """A second CA, made once per process, that no client trusts."""
+    with _FOREIGN_LOCK:
+        if not _FOREIGN:
+            _FOREIGN.append(TestCA())
+        return _FOREIGN[0]
 
 
 class _Close(Exception):
@@ -831,6 +865,8 @@ class _Session(asyncio.Protocol):
             self.code(421, "4.3.2", "Service shutting down")
             return False
         self.reply("220 2.0.0 Ready to start TLS")
+        if b.starttls_failure is StartTLSFailure.INJECT:
+            self.reply("250 2.0.0 injected in plaintext after the 220")
         assert self.conn is not None and self.transport is not None
         if self.buf:
             # T2: plaintext sent behind STARTTLS is thrown away, never read inside TLS.
@@ -842,6 +878,11 @@ class _Session(asyncio.Protocol):
             return False
         if b.starttls_failure is StartTLSFailure.GARBAGE:
             self.transport.write(b"this is not TLS\r\n\x00\xff\x00\xff")
+            self.peer._count("tls_failures")
+            return False
+        if b.starttls_failure is StartTLSFailure.ALERT:
+            # A TLS 1.2 record: alert, fatal (2), handshake_failure (40).
+            self.transport.write(b"\x15\x03\x03\x00\x02\x02\x28")
             self.peer._count("tls_failures")
             return False
         loop = asyncio.get_running_loop()
