@@ -872,6 +872,13 @@ class DeliveryAgent:
                 receipt, stripping_suspected=why, policy_source=PolicySource.HISTORY
             )
             if self.settings.stripping.defer:
+                # Refused: the session failed on its certificate, whatever the host's
+                # (missing) RFC 8460 policy counted it as a moment ago.
+                result = classify_certificate(receipt.verification, receipt.verify_error)
+                last = attempt.sessions[-1] if attempt.sessions else None
+                if last is not None and last.mx_host == hp.mx_host and last.result_type is None:
+                    attempt.sessions[-1] = dataclasses.replace(last, result_type=result)
+                receipt = dataclasses.replace(receipt, tlsrpt_result=result)
                 await session.quit()
                 raise _HostFailure(
                     _HostFailure.POLICY,

@@ -472,28 +472,4 @@ ATTACKS: tuple[Attack, ...] = (
 )
 
 # (attack, policy) -> what the agent does instead (the test marks these xfail, strict).
-_PER_HOST = (
-    "history is kept per MX host: after verified TLS to mx1, mx2 (never contacted) has "
-    "no history, so when mx1 is stripped the message goes to mx2 in plaintext "
-    "(plaintext_reason: no history of TLS for mx2); the domain's TLS history does not "
-    "protect its other MX hosts"
-)
-_SUCCESS = (
-    "the receipt's tlsrpt_result is 'success' for a session refused 4.7.5 as possible TLS "
-    "interception (a certificate that does not verify after a verified one); under "
-    "sts-testing the same refusal carries the certificate's result type"
-)
-FINDINGS: dict[tuple[str, Policy], str] = {
-    **{
-        (name, Policy.MAY_HISTORY): _SUCCESS
-        for name in (
-            "cert-expired",
-            "cert-not-yet-valid",
-            "cert-self-signed",
-            "cert-wrong-name",
-            "cert-wrong-ca",
-        )
-    },
-    ("second-mx-plaintext", Policy.MAY_HISTORY): _PER_HOST,
-    ("second-mx-hidden-both", Policy.MAY_HISTORY): _PER_HOST,
-}
+FINDINGS: dict[tuple[str, Policy], str] = {}

@@ -27,7 +27,9 @@ Rules, the first that applies wins:
 7. the levels ``encrypt``, ``verify`` and ``secure`` (T7);
 8. level ``none``: plaintext allowed (the operator's choice);
 9. a history of TLS for the host within ``stripping.window`` (it offered STARTTLS and
-   showed a certificate, or a verified certificate), while ``stripping.enabled``:
+   showed a certificate, or a verified certificate) — or, for a host with none of its
+   own, for another MX host of the destination (``sibling_history``: a backup MX is no
+   way around it) — while ``stripping.enabled``:
    possible stripping — refused when ``stripping.defer``, else allowed and flagged (T44);
 10. ``may`` with none of the above: plaintext allowed.
 
@@ -116,7 +118,17 @@ def plaintext_verdict(
         return PlaintextVerdict(
             True, f"level none from the {hp.source.value}: STARTTLS is never used"
         )
-    seen = tls_history(hp.history, now=now, window=stripping.window) if stripping.enabled else None
+    seen = None
+    if stripping.enabled:
+        seen = tls_history(hp.history, now=now, window=stripping.window)
+        other = hp.sibling_history
+        if seen is None and other is not None:
+            theirs = tls_history(other, now=now, window=stripping.window)
+            if theirs is not None:
+                seen = (
+                    f"has no TLS history, but {other.mx_host}, another MX host of the same "
+                    f"destination, {theirs}"
+                )
     if seen is not None:
         why = f"{host} {seen}; now it {failure}"
         if stripping.defer:

@@ -88,6 +88,9 @@ class HostPolicy:
     sts_mismatch: bool = False  # (testing) the host is not in the policy's mx list
     sts_failure: str | None = None  # discovery failed: the result type to report
     history: HostHistory | None = None  # expectations for stripping detection
+    # When this host has no history of its own: the history of another MX host of the
+    # same destination (a backup MX must not be the way around stripping detection).
+    sibling_history: HostHistory | None = None
     explanation: tuple[Part, ...] = ()
 
     @property
@@ -123,6 +126,23 @@ class HostPolicy:
             "tlsrpt_policy_type": self.report.type,
             "explanation": [p.to_dict() for p in self.explanation],
         }
+
+
+def _with_siblings(hosts: dict[str, HostPolicy]) -> dict[str, HostPolicy]:
+    """Give each opportunistic host without a history of its own the most recent one of
+    the destination's other hosts (``HostPolicy.sibling_history``): after verified TLS to
+    the first MX, stripping both it and the backup MX must not get plaintext through the
+    backup (T44 per destination, not per host only)."""
+    known = [hp.history for hp in hosts.values() if hp.history is not None]
+    if not known:
+        return hosts
+    latest = max(known, key=lambda h: max(h.starttls_seen_at or 0.0, h.verified_seen_at or 0.0))
+    return {
+        name: replace(hp, sibling_history=latest)
+        if hp.history is None and hp.level is TLSLevel.MAY
+        else hp
+        for name, hp in hosts.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +249,7 @@ class PolicyResolver:
             )
             for h in mx.hosts
         }
-        return DestinationPolicy(domain, base, sts, hosts, tuple(notes))
+        return DestinationPolicy(domain, base, sts, _with_siblings(hosts), tuple(notes))
 
     def _host(
         self,
