@@ -36,6 +36,8 @@ TLS to the host, the history read from the store), `encrypt`, `verify`, `secure`
 and `dane-only` (table entries; for the DANE columns signed TLSA 3 1 1 of the real key is
 published), `sts-enforce` and `sts-testing` (an MTA-STS policy listing the MX),
 `requiretls` (a REQUIRETLS message over a DANE-secured hop that advertises REQUIRETLS).
+Every cell is run on SQLite and on PostgreSQL (the TLS state, MTA-STS cache and host
+history in the store).
 """
 
 

@@ -4,8 +4,9 @@ Every attack of ``kakitome.testing.attacks`` runs against the real DeliveryAgent
 loopback peers and the world's DNS and HTTPS server, under every policy where it matters,
 and must give the expected outcome: nothing in plaintext where TLS is required, a 4.x.x
 deferral (never a bounce; REQUIRETLS bounces 5.7.x), the receipt and its TLS-RPT result
-type. Cases in ``FINDINGS`` are known to differ and are ``xfail(strict=True)``. The
-``may+history`` cases read the history from the store (SQLite and PostgreSQL).
+type. Cases in ``FINDINGS`` are known to differ and are ``xfail(strict=True)``. Every
+case runs on SQLite and PostgreSQL (the TLS state in the store); the ``may+history``
+cases read the history back through a fresh store, as a new process would. The table in
 docs/DOWNGRADE.md is generated from the same data and must be up to date.
 """
 
@@ -269,12 +270,16 @@ async def test_attack(
     world: LocalInternet,
     scene: list[Case],
     tls_agent: TLSAgentFactory,
+    store: Store,
     attack: Attack,
     policy: Policy,
     expect: Expect,
 ) -> None:
-    """Each attack under each policy where it matters gives the expected outcome."""
-    result, case = await run_case(world, scene, tls_agent, attack, policy)
+    """Each attack under each policy where it matters gives the expected outcome, with the
+    TLS state (MTA-STS cache, host history) in the store (SQLite and PostgreSQL)."""
+    result, case = await run_case(
+        world, scene, tls_agent, attack, policy, state=TLSStore(store.engine)
+    )
     check(result, case, expect)
     if attack.after_first_delivery and policy is Policy.STS_ENFORCE:
         # The cached (or newly fetched) policy decided, not a history of the host.
