@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kakitome.cli.main import app
 from kakitome.store.repository import Store
+from tests.receipts import PLAINTEXT_REASON, deliver_due_in_plaintext
 
 
 @pytest.fixture
@@ -154,6 +155,24 @@ def test_human_output_is_a_table(runner: CliRunner) -> None:
     result = runner.invoke(app, ["receipt", doc["id"]])
     assert result.exit_code == 0
     assert "a@one.test" in result.stdout and "queued" in result.stdout
+
+
+def test_receipt_says_why_a_delivery_went_in_plaintext(runner: CliRunner, db_url: str) -> None:
+    """The human receipt names the rule that allowed plaintext (T43)."""
+    doc = _json(runner, "send", "--from", "i@example.jp", "--to", "a@one.test", "--text", "x")
+
+    async def deliver() -> None:
+        store = await Store.open(db_url)
+        try:
+            await deliver_due_in_plaintext(store)
+        finally:
+            await store.close()
+
+    asyncio.run(deliver())
+    result = runner.invoke(app, ["receipt", doc["id"]])
+    assert result.exit_code == 0
+    flat = " ".join(result.stdout.split())
+    assert f"plaintext allowed: {PLAINTEXT_REASON}" in flat, result.stdout
 
 
 def test_bad_settings_exit_2(runner: CliRunner, tmp_path: Path) -> None:

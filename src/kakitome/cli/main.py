@@ -195,7 +195,11 @@ def _parse_header(value: str) -> tuple[str, str]:
 
 
 def _receipt_table(receipt: dict[str, Any]) -> Table:
-    table = Table(title=f"Message {receipt['id']}  ·  {receipt['subject'] or '(no subject)'}")
+    table = Table(
+        title=f"Message {receipt['id']}  ·  {receipt['subject'] or '(no subject)'}",
+        caption=_tls_notes(receipt),
+        caption_justify="left",
+    )
     for column in ("Recipient", "Status", "Tries", "MX", "Reply", "TLS", "Updated"):
         table.add_column(column)
     for row in receipt["recipients"]:
@@ -232,6 +236,21 @@ def _tls_text(tls: dict[str, Any] | None) -> str:
     if tls.get("downgraded"):
         text += " downgraded"
     return text
+
+
+def _tls_notes(receipt: dict[str, Any]) -> str | None:
+    """Below the table, in full: why a recipient's mail went in plaintext (T43) and any
+    suspected STARTTLS stripping."""
+    notes = []
+    for row in receipt["recipients"]:
+        tls = row["tls"] or {}
+        if tls.get("stripping_suspected"):
+            notes.append(
+                f"{row['address']}: possible STARTTLS stripping: {tls['stripping_suspected']}"
+            )
+        if not tls.get("used") and tls.get("plaintext_reason"):
+            notes.append(f"{row['address']}: plaintext allowed: {tls['plaintext_reason']}")
+    return "\n".join(notes) or None
 
 
 # -- commands -------------------------------------------------------------------------

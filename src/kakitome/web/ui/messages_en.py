@@ -127,6 +127,8 @@ EN: dict[str, str] = {
     "tls.policy": "TLS policy level",
     "tls.source": "from",
     "tls.downgraded": "Downgraded",
+    "tls.stripping": "Possible STARTTLS stripping",
+    "tls.plaintext_reason": "Why plaintext was allowed",
     "tls.none_yet": "No attempt yet.",
     "verification.verified": "verified",
     "verification.trusted": "trusted, name does not match",

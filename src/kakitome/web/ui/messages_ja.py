@@ -126,6 +126,8 @@ JA: dict[str, str] = {
     "tls.policy": "TLS ポリシーレベル",
     "tls.source": "適用元",
     "tls.downgraded": "ダウングレード",
+    "tls.stripping": "STARTTLS ストリッピングの疑い",
+    "tls.plaintext_reason": "平文での送信を許可した理由",
     "tls.none_yet": "まだ試行していません。",
     "verification.verified": "検証済み",
     "verification.trusted": "信頼済み (名前不一致)",
