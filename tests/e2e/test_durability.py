@@ -19,7 +19,7 @@ from .service import ServiceProcess
 
 pytestmark = pytest.mark.heavy
 
-TOTAL = 1000
+TOTAL = 600  # 1,000 before: the kill at a quarter proves the same with fewer
 CONNECTIONS = 8  # delivery.per_destination_concurrency (default): one destination here
 _SEQ = re.compile(rb"^X-Test-Seq: (\d+)\r?$", re.MULTILINE)
 
@@ -81,7 +81,7 @@ def test_sigkill_in_the_middle_loses_nothing(
         # domain is allowed here.
         "KAKITOME_DOMAINS__ALLOW_UNCONFIGURED_FROM": "true",
     }
-    # First only the web role: 1,000 messages acknowledged, none delivered yet.
+    # First only the web role: TOTAL messages acknowledged, none delivered yet.
     web = ServiceProcess(env, tmp_path, roles=("web",)).start()
     try:
         key = web.wait_for_key()

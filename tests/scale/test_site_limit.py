@@ -16,7 +16,7 @@ from .test_many_workers import _start_workers
 
 pytestmark = pytest.mark.heavy
 
-TOTAL = 1_500
+TOTAL = 1_000
 LIMIT = 3
 
 
