@@ -68,3 +68,23 @@ def make_domain(world: LocalInternet) -> Iterator[MakeDomain]:
     for domain, peer in made:
         world.remove_domain(domain.name)
         world.remove_peer(peer)
+
+
+def dkimpy_dns(world: LocalInternet) -> Callable[..., bytes | None]:
+    """dkimpy's TXT look-up (``dnsfunc``), answered by the world's DNS server."""
+    import dns.exception
+    import dns.resolver
+
+    host, _, port = world.nameserver.rpartition(":")
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [host.strip("[]")]
+    resolver.port = int(port)
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        try:
+            answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
+        except dns.exception.DNSException:
+            return None
+        return b"".join(answer[0].strings)
+
+    return lookup

@@ -42,11 +42,8 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import dkim
-import dns.exception
-import dns.resolver
 import httpx
 import pytest
 import sqlalchemy
@@ -62,6 +59,7 @@ from kakitome.testing import LocalInternet, Peer, PeerBehaviour
 from kakitome.worker import RECORD_BACKLOG
 from tests.e2e.service import ServiceProcess
 from tests.fixtures_load import CPUHog
+from tests.fixtures_world import dkimpy_dns
 
 pytestmark = pytest.mark.heavy
 
@@ -210,23 +208,6 @@ def _arrived(peers: list[Peer]) -> int:
     return sum(len(p.messages()) for p in peers)
 
 
-def _dnsfunc(world: LocalInternet) -> Any:
-    """dkimpy's DNS lookup, answered by the world's DNS server."""
-    host, _, port = world.nameserver.rpartition(":")
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [host.strip("[]")]
-    resolver.port = int(port)
-
-    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
-        try:
-            answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
-        except dns.exception.DNSException:
-            return None
-        return b"".join(answer[0].strings)
-
-    return lookup
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_campaign_to_thousands_of_subscribers_survives_sigkill(
@@ -360,7 +341,7 @@ def test_campaign_to_thousands_of_subscribers_survives_sigkill(
             assert f"利用者{index:05d}様\n\n会員番号 K{index:05d}\n" in text, text
 
         # -- DKIM over the RFC 8058 headers --------------------------------------------
-        dnsfunc = _dnsfunc(world)
+        dnsfunc = dkimpy_dns(world)
         sample = random.Random(7).sample(sorted(by_recipient), DKIM_SAMPLE)
         for rcpt in sample:
             data = by_recipient[rcpt]

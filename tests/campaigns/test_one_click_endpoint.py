@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
 import dkim.util
-import dns.resolver
 import httpx
 import pytest
 from sqlalchemy import select
@@ -35,6 +34,7 @@ from kakitome.store.repository import Store
 from kakitome.store.schema import messages
 from kakitome.testing import LocalInternet
 from tests.e2e.service import ServiceProcess
+from tests.fixtures_world import dkimpy_dns
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 # What a mail provider's one-click POST looks like (RFC 8058 §3.2): form body, no cookie,
@@ -57,23 +57,6 @@ class OneClickWorld:
         """The List-Unsubscribe URL (on the public https name) at the service's own port."""
         assert https_url.startswith(f"https://{self.sender}/unsubscribe/"), https_url
         return self.service.url + https_url.removeprefix(f"https://{self.sender}")
-
-
-def _dnsfunc(world: LocalInternet) -> Callable[..., bytes | None]:
-    """dkimpy's TXT look-up, answered by the world's DNS server."""
-    host, _, port = world.nameserver.rpartition(":")
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [host.strip("[]")]
-    resolver.port = int(port)
-
-    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
-        try:
-            answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
-        except dns.resolver.NXDOMAIN:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    return lookup
 
 
 async def _send_campaign(settings: Settings, world: LocalInternet, sender: str) -> dict[str, bytes]:
@@ -166,7 +149,7 @@ def test_both_rfc8058_headers_are_signed(one_click: OneClickWorld) -> None:
     """T38: on a real campaign message, every DKIM signature (RSA and Ed25519) verifies
     with the keys in DNS, its h= lists List-Unsubscribe and List-Unsubscribe-Post, and a
     second copy of either field, added above the signed ones, fails it."""
-    dnsfunc = _dnsfunc(one_click.world)
+    dnsfunc = dkimpy_dns(one_click.world)
     for rcpt, content in one_click.by_recipient.items():
         _https_link(content)
         head = email.message_from_bytes(content, policy=email.policy.compat32)
