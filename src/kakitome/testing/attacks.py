@@ -170,6 +170,14 @@ def _bad_cert(tlsrpt: str) -> dict[Policy, Expect]:
     }
 
 
+def _tlsa_failed(tlsrpt: str) -> dict[Policy, Expect]:
+    """A signed MX whose TLSA cannot be used: no delivery to it under the policies that
+    look TLSA up (4.7.5), REQUIRETLS bounces (5.7.30); the receipt says ``tlsrpt``."""
+    return {
+        p: Expect(Kind.DEFER, "4.7.5", tlsrpt) for p in (Policy.MAY, Policy.DANE, Policy.DANE_ONLY)
+    } | {Policy.REQUIRETLS: Expect(Kind.BOUNCE, "5.7.30", tlsrpt)}
+
+
 def _sts(enforce: Expect, testing: Expect) -> dict[Policy, Expect]:
     return {Policy.STS_ENFORCE: enforce, Policy.STS_TESTING: testing}
 
@@ -309,42 +317,26 @@ ATTACKS: tuple[Attack, ...] = (
     Attack(
         "tlsa-mismatch",
         "signed TLSA 3 1 1 that matches another key (a certificate swapped in the middle)",
-        {
-            p: Expect(Kind.DEFER, "4.7.5", "validation-failure")
-            for p in (Policy.MAY, Policy.DANE, Policy.DANE_ONLY)
-        }
-        | {Policy.REQUIRETLS: Expect(Kind.BOUNCE, "5.7.30", "validation-failure")},
+        _tlsa_failed("validation-failure"),
         dns=DNSAttack.TLSA_MISMATCH,
     ),
     Attack(
         "tlsa-servfail",
         "signed zone, the TLSA lookup answers SERVFAIL (RFC 7672 §2.1.1)",
-        {
-            p: Expect(Kind.DEFER, "4.7.5", "dnssec-invalid")
-            for p in (Policy.MAY, Policy.DANE, Policy.DANE_ONLY)
-        }
-        | {Policy.REQUIRETLS: Expect(Kind.BOUNCE, "5.7.30", "dnssec-invalid")},
+        _tlsa_failed("dnssec-invalid"),
         dns=DNSAttack.TLSA_SERVFAIL,
     ),
     Attack(
         "tlsa-servfail-starttls-hidden",
         "TLSA SERVFAIL and STARTTLS hidden: no plaintext on a signed MX",
-        {
-            p: Expect(Kind.DEFER, "4.7.5", "dnssec-invalid")
-            for p in (Policy.MAY, Policy.DANE, Policy.DANE_ONLY)
-        }
-        | {Policy.REQUIRETLS: Expect(Kind.BOUNCE, "5.7.30", "dnssec-invalid")},
+        _tlsa_failed("dnssec-invalid"),
         PeerBehaviour(starttls=False),
         dns=DNSAttack.TLSA_SERVFAIL,
     ),
     Attack(
         "tlsa-timeout-starttls-hidden",
         "signed zone, the TLSA query times out, and STARTTLS hidden",
-        {
-            p: Expect(Kind.DEFER, "4.7.5", "dnssec-invalid")
-            for p in (Policy.MAY, Policy.DANE, Policy.DANE_ONLY)
-        }
-        | {Policy.REQUIRETLS: Expect(Kind.BOUNCE, "5.7.30", "dnssec-invalid")},
+        _tlsa_failed("dnssec-invalid"),
         PeerBehaviour(starttls=False),
         dns=DNSAttack.TLSA_TIMEOUT,
     ),
