@@ -68,6 +68,7 @@ peers:
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.stamp-test
 	$(VENV)/bin/mypy --strict

@@ -17,7 +17,7 @@ database in a temporary folder (or a fresh PostgreSQL database made on the serve
 
 - ``--inject http`` (default, comparable with Postfix's SMTP injection): ``--clients``
   concurrent HTTP clients ``POST /api/v1/messages`` (202 once committed);
-- ``--inject direct``: ``Store.inject_many`` straight into the database before the service
+- ``--inject direct``: ``QueueStore.inject_many`` straight into the database before the service
   starts (pure delivery rate; the clock starts when the worker says it started).
 
 The clock stops when the database holds a delivered receipt for every message (the sink's
@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.sink import bench_domain, cpu_seconds
+from kakitome.queue.store import QueueStore
 
 DOMAINS = 20
 FULL = 20_000
@@ -411,11 +412,11 @@ def fresh_database(url: str | None, folder: Path) -> Iterator[str]:
 async def _inject_direct(url: str, count: int, domains: int) -> None:
     from kakitome.config import load_settings
     from kakitome.injection import Injector
-    from kakitome.store.repository import Store
+    from kakitome.store.database import Database
 
-    store = await Store.open(url)
+    store = await Database.open(url)
     try:
-        injector = Injector(store, load_settings(environ={}))
+        injector = Injector(QueueStore(store), load_settings(environ={}))
         chunk = []
         for number in range(count):
             fields = message_fields(number, domains, signed=False)
@@ -480,17 +481,17 @@ async def _wait_delivered(url: str, sink: Sink, sink_base: int, count: int,
                           limit_seconds: float) -> dict[str, int]:
     """Poll the sink until it has ``count`` new messages, then the database until every
     delivery is final; return the status counts."""
-    from kakitome.store.repository import Store
+    from kakitome.store.database import Database
 
     deadline = time.monotonic() + limit_seconds
     while sink.stats()["messages"] - sink_base < count:
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
-    store = await Store.open(url, migrate=False)
+    store = await Database.open(url, migrate=False)
     try:
         while True:
-            counts = await store.status_counts()
+            counts = await QueueStore(store).status_counts()
             if counts.get("delivered", 0) + counts.get("bounced", 0) >= count:
                 return counts
             if time.monotonic() > deadline:
@@ -503,9 +504,9 @@ async def _wait_delivered(url: str, sink: Sink, sink_base: int, count: int,
 async def _message_sizes(url: str) -> dict[str, float]:
     from sqlalchemy import text
 
-    from kakitome.store.repository import Store
+    from kakitome.store.database import Database
 
-    store = await Store.open(url, migrate=False)
+    store = await Database.open(url, migrate=False)
     try:
         async with store.engine.connect() as conn:
             row = (await conn.execute(text(

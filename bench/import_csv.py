@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kakitome.config import Settings
 from kakitome.lists import ListService, NewList, TokenSigner
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 
 def write_csv(path: Path, rows: int, encoding: str) -> None:
@@ -38,7 +38,7 @@ async def run(rows: int, url: str, encoding: str, folder: Path) -> dict[str, obj
     started = time.perf_counter()
     write_csv(csv_path, rows, encoding)
     written = time.perf_counter() - started
-    store = await Store.open(url, pool_size=4)
+    store = await Database.open(url, pool_size=4)
     try:
         settings = Settings.model_validate({"paths": {"data_dir": str(folder)}})
         service = ListService(store, settings, signer=TokenSigner(b"bench-secret-0123456789"))

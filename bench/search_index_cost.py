@@ -1,5 +1,5 @@
 """What the subject search index costs the injection path: µs per message of
-``Store.inject_many``, with and without the index, in the same minutes.
+``QueueStore.inject_many``, with and without the index, in the same minutes.
 
 Two fresh databases of one engine: one at the newest schema, one the same but without the
 search objects of migrations 0011 and 0013 (SQLite: FTS5 table, its id map, batch state
@@ -28,7 +28,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kakitome.store.repository import NewMessage, NewRecipient, Store
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage, NewRecipient
+from kakitome.store.database import Database
 
 SUBJECTS = [
     "【重要】{n}月のお知らせ：サービスメンテナンスのご案内",
@@ -83,7 +85,7 @@ async def run(batches: int, size: int, warmup: int, database_url: str | None) ->
                 urls[variant] = f"{base}/{name}"
     else:
         urls = {v: f"sqlite:///{folder / v / 'kakitome.db'}" for v in ("with", "without")}
-    stores = {v: await Store.open(u) for v, u in urls.items()}
+    stores = {v: await Database.open(u) for v, u in urls.items()}
     try:
         async with stores["without"].engine.begin() as conn:
             for statement in _DROP[stores["without"].dialect]:
@@ -96,7 +98,8 @@ async def run(batches: int, size: int, warmup: int, database_url: str | None) ->
                 messages = _batch(size, n)
                 n += size
                 started = time.perf_counter()
-                await stores[variant].inject_many(messages, now=time.time(), lifetime=3600)
+                queue = QueueStore(stores[variant])
+                await queue.inject_many(messages, now=time.time(), lifetime=3600)
                 elapsed = time.perf_counter() - started
                 if round_ >= warmup:
                     times[variant].append(elapsed / size * 1e6)

@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.ids import encode
-from kakitome.store.repository import Store
-from kakitome.store.web_store import WebStore
 from kakitome.web import create_app
 
 PASSWORD = "benchmark password"
@@ -53,7 +53,7 @@ _TLS_UNVERIFIED = _TLS_OK.replace('"verified": true', '"verified": false').repla
 )
 
 
-async def fill(store: Store, count: int, *, now: float, seed: int = 1) -> dict[str, str]:
+async def fill(store: Database, count: int, *, now: float, seed: int = 1) -> dict[str, str]:
     """Insert the history straight through the driver; returns sample search terms."""
     rng = random.Random(seed)
     domains = [f"d{n}.example" for n in range(1000)]
@@ -158,7 +158,7 @@ async def fill(store: Store, count: int, *, now: float, seed: int = 1) -> dict[s
 async def run(count: int, repeat: int, database_url: str | None) -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix="kakitome-ui-bench-")
     url = database_url or f"sqlite:///{Path(folder) / 'kakitome.db'}"
-    store = await Store.open(url)
+    store = await Database.open(url)
     now = time.time()
     started = time.perf_counter()
     sample = await fill(store, count, now=now)
@@ -169,7 +169,7 @@ async def run(count: int, repeat: int, database_url: str | None) -> dict[str, An
     rollup_seconds = time.perf_counter() - started
     await web.create_user("bench", PASSWORD, "admin", now=now)
     settings = Settings.model_validate({"database": {"url": url}})
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     pages = {
         "dashboard 24h": "/ui/",
         "dashboard 30d": "/ui/?range=30d",

@@ -1,8 +1,11 @@
 """Fixtures: databases for storage tests, on SQLite and on PostgreSQL.
 
-``database_url`` and ``store`` are parametrized over ``sqlite`` and ``postgres``:
+``database_url`` and ``store`` (the open ``Database``) are parametrized over ``sqlite`` and
+``postgres``; ``queue`` and ``api_keys`` are the queue store and the API key store over
+that ``store`` (``queue_store(db)`` and ``api_key_store(db)`` build them for any other
+``Database``, e.g. a second one opened on the same URL):
 
-- sqlite: a fresh file in the test's ``tmp_path`` (migrated by ``Store.open``);
+- sqlite: a fresh file in the test's ``tmp_path`` (migrated by ``Database.open``);
 - postgres: the server at 127.0.0.1:5432 (user postgres, trust auth; override with
   ``KAKITOME_TEST_PG_URL``). One database ``kakitome_test_<pid>_<random>`` is created and
   migrated per test session and dropped at its end; each test starts with empty tables.
@@ -23,7 +26,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from kakitome.store.repository import Store
+from kakitome.accounts.api_keys import ApiKeyStore
+from kakitome.queue.store import QueueStore
+from kakitome.store.database import Database
 from kakitome.store.schema import metadata
 
 PG_SERVER = os.environ.get("KAKITOME_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -70,7 +75,7 @@ def pg_database() -> Iterator[str]:
 
 
 async def _migrate(url: str) -> None:
-    store = await Store.open(url, migrate=True)
+    store = await Database.open(url, migrate=True)
     await store.close()
 
 
@@ -90,10 +95,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """An open Store on an empty database, closed after the test."""
-    opened = await Store.open(database_url, pool_size=5)
+async def store(database_url: str) -> AsyncIterator[Database]:
+    """An open Database on an empty database, closed after the test."""
+    opened = await Database.open(database_url, pool_size=5)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+def queue_store(database: Database) -> QueueStore:
+    """The queue store over ``database`` (cheap: it shares the database's lock and
+    wake-ups with every other one)."""
+    return QueueStore(database)
+
+
+def api_key_store(database: Database) -> ApiKeyStore:
+    """An API key store over ``database``."""
+    return ApiKeyStore(database)
+
+
+@pytest.fixture
+def queue(store: Database) -> QueueStore:
+    """The queue store over ``store``."""
+    return QueueStore(store)
+
+
+@pytest.fixture
+def api_keys(store: Database) -> ApiKeyStore:
+    """The API key store over ``store``."""
+    return ApiKeyStore(store)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kakitome.store.inbound_store import InboundStore, NewInbound
+from kakitome.inbound.store import InboundStore, NewInbound
 
 
 class Receiver:

@@ -9,9 +9,10 @@ import time
 from kakitome.delivery.types import MXUsed, Outcome, RecipientResult
 from kakitome.queue.schedule import RetrySchedule
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification, TLSReceipt
+from tests.fixtures_db import queue_store
 
 PLAINTEXT_REASON = (
     "level may from the default: no history of TLS for mx.example.net, and no DANE, "
@@ -20,7 +21,7 @@ PLAINTEXT_REASON = (
 
 
 async def deliver_due_in_plaintext(
-    store: Store, reason: str = PLAINTEXT_REASON, stripping: str | None = None
+    store: Database, reason: str = PLAINTEXT_REASON, stripping: str | None = None
 ) -> None:
     """Every due delivery: delivered without TLS, the receipt naming ``reason`` (and
     ``stripping``, as with ``stripping.defer`` off)."""
@@ -43,8 +44,10 @@ async def deliver_due_in_plaintext(
             MXUsed("mx.example.net", "192.0.2.1"),
             receipt,
         )
-        for batch in await store.claim_due("w", now=time.time() + 1, limit=10, lease_seconds=60)
+        for batch in await queue_store(store).claim_due(
+            "w", now=time.time() + 1, limit=10, lease_seconds=60
+        )
         for m in batch.messages
         for r in m.recipients
     ]
-    await store.record_results("w", results, now=time.time(), schedule=RetrySchedule())
+    await queue_store(store).record_results("w", results, now=time.time(), schedule=RetrySchedule())

@@ -19,9 +19,12 @@ import pytest
 
 from kakitome.config import load_settings
 from kakitome.delivery.types import Batch, Outcome, RecipientResult
+from kakitome.injection import Injector
+from kakitome.queue.scheduler import Progress, Worker
+from kakitome.queue.types import ClaimedBatch
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import ClaimedBatch, Store
-from kakitome.worker import Progress, Worker
+from kakitome.store.database import Database
+from tests.fixtures_db import queue_store
 from tests.scale.helpers import message
 
 LEASE = 1.0
@@ -38,7 +41,8 @@ async def test_delivery_finished_during_a_claim_is_not_sent_again(database_url: 
             "KAKITOME_SCALE__RENEW_LEASES": "false",
         }
     )
-    store = await Store.open(database_url, pool_size=5)
+    store = await Database.open(database_url, pool_size=5)
+    queue = queue_store(store)
     sent: Counter[int] = Counter()
     release = asyncio.Event()
     worker: Worker | None = None
@@ -52,7 +56,7 @@ async def test_delivery_finished_during_a_claim_is_not_sent_again(database_url: 
             await release.wait()  # in flight until the lapsed lease is claimed again
         return [RecipientResult(i, Outcome.DELIVERED, Reply(250, "2.0.0", "ok")) for i in ids]
 
-    claim_due = store.claim_due
+    claim_due = queue.claim_due
 
     async def slow_answer(
         owner: str, *, now: float, limit: int, lease_seconds: float
@@ -72,13 +76,13 @@ async def test_delivery_finished_during_a_claim_is_not_sent_again(database_url: 
                 await asyncio.sleep(0.01)
         return batches
 
-    store.claim_due = slow_answer  # type: ignore[method-assign]
+    queue.claim_due = slow_answer  # type: ignore[method-assign]
     stop = asyncio.Event()
     try:
-        [message_id] = await store.inject_many(
+        [message_id] = await queue.inject_many(
             [message(1, "d.test")], now=time.time(), lifetime=86_400
         )
-        worker = Worker(settings, store, deliver)
+        worker = Worker(settings, queue, deliver, injector=Injector(queue, settings))
         running = asyncio.create_task(worker.run(stop))
         try:
             await asyncio.wait_for(claimed_again.wait(), 30)
@@ -87,7 +91,7 @@ async def test_delivery_finished_during_a_claim_is_not_sent_again(database_url: 
         await asyncio.sleep(LEASE * 2)  # a second hand-over would have happened by now
         stop.set()
         await asyncio.wait_for(running, 30)
-        assert (await store.receipt(message_id)).recipients[0].status == "delivered"
+        assert (await queue.receipt(message_id)).recipients[0].status == "delivered"
         assert dict(sent) == {trapped[0]: 1}, f"sent again: {dict(sent)}"
     finally:
         stop.set()

@@ -8,9 +8,9 @@ import pytest
 
 from kakitome.delivery.types import OutboundMessage, Outcome, Recipient, RecipientResult
 from kakitome.errors import StorageError
+from kakitome.queue.scheduler import ResultRecorder, _without_in_flight
+from kakitome.queue.types import ClaimedBatch
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import ClaimedBatch
-from kakitome.worker import ResultRecorder, _without_in_flight
 
 
 def _message(message_id: str, *ids: int) -> OutboundMessage:

@@ -3,7 +3,7 @@
 Requests (the HTTP API, SMTP submission, the CLI, campaigns) hand their prepared messages
 to ``GroupCommitter.submit`` and wait. One committer task per event loop takes everything
 that is waiting - up to ``max_batch`` messages - and stores it with one call of the commit
-function (``Store.inject_many``: one transaction, one fsync), then resolves each waiter with
+function (``QueueStore.inject_many``: one transaction, one fsync), then resolves each waiter with
 its own ids, in order. While that commit runs, new submissions queue up and go in the next
 one, so under load the number of transactions falls with the concurrency, and a lone
 submission is committed at once (``linger`` seconds of waiting for company, 0 by default).
@@ -23,7 +23,7 @@ Guarantees:
 
 The committer task exists only while there is work: it ends when the queue is empty and
 is started again by the next submission, so there is nothing to start or stop, and an
-idle process holds no task. Use from one event loop at a time (like ``Store``); a new loop
+idle process holds no task. Use from one event loop at a time (like ``Database``); a new loop
 (a second ``asyncio.run``) starts afresh.
 """
 
@@ -59,7 +59,7 @@ class GroupCommitter(Generic[T]):
     """Batches submissions from concurrent tasks into single commits.
 
     ``commit(items) -> ids`` must store all items in one transaction and return one id
-    per item, in order (``Store.inject_many``), or raise (``StorageError``).
+    per item, in order (``QueueStore.inject_many``), or raise (``StorageError``).
     """
 
     def __init__(

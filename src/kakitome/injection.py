@@ -30,7 +30,8 @@ from kakitome.message import (
     build_message,
     parse_raw,
 )
-from kakitome.store.repository import NewMessage, NewRecipient, Store
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage, NewRecipient
 
 Signer: TypeAlias = Callable[[bytes, str], bytes]
 """``signer(content, header_from_domain) -> signed content``: adds DKIM-Signature fields
@@ -52,7 +53,7 @@ class Injector:
 
     def __init__(
         self,
-        store: Store,
+        queue: QueueStore,
         settings: Settings,
         clock: Clock = time.time,
         signer: Signer | None = None,
@@ -60,12 +61,14 @@ class Injector:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         linger: float = 0.0,
+        notice_signer: Signer | None = None,
     ) -> None:
-        self._store = store
+        self._queue = queue
         self._settings = settings
         self._clock = clock
         self._signer = signer
         self._return_path = return_path
+        self._notice_signer = notice_signer
         self.committer: GroupCommitter[NewMessage] = GroupCommitter(
             self._inject_many, max_batch=max_batch, linger=linger
         )
@@ -210,6 +213,41 @@ class Injector:
         )
         return await self.submit(message)
 
+    async def submit_notice(
+        self,
+        content: bytes,
+        *,
+        header_from: str,
+        subject: str,
+        recipients: Sequence[NewRecipient],
+        source: str = "dsn",
+        requiretls: bool = False,
+    ) -> str:
+        """Queue a notice Kakitome wrote itself (a DSN: RFC 3464) from the null sender.
+
+        Not parsed and not refused for size or encoding: its builder bounds it, and it may
+        quote an original that was 8-bit or near the size limit — a bounce notice must not
+        be lost for that. Signed by ``notice_signer`` when its From domain (or a parent of
+        it) is a sending domain, else queued unsigned: unlike mail submitted to us, a
+        notice from an unconfigured host name is not refused.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"unknown message source {source!r}")
+        if self._notice_signer is not None:
+            content = self._notice_signer(content, header_from.rpartition("@")[2])
+        return await self.submit(
+            NewMessage(
+                source=source,
+                sender="",
+                header_from=header_from,
+                subject=subject,
+                content=content,
+                recipients=tuple(recipients),
+                eight_bit=any(b > 127 for b in content),
+                requiretls=requiretls,
+            )
+        )
+
     async def submit(self, message: NewMessage) -> str:
         """Store a prepared message; returns its id after the commit (shared with other
         submissions waiting at the same time). InputError before anything is queued."""
@@ -224,7 +262,7 @@ class Injector:
         return await self.committer.submit(messages)
 
     async def _inject_many(self, messages: Sequence[NewMessage]) -> list[str]:
-        return await self._store.inject_many(
+        return await self._queue.inject_many(
             messages, now=self._clock(), lifetime=self._settings.queue.lifetime
         )
 
@@ -283,8 +321,8 @@ class Injector:
 
 
 def _check_recipients(messages: Iterable[NewMessage]) -> None:
-    """What ``Store.inject_many`` would refuse, refused before the message is queued (one
-    bad message must not fail the others of its batch)."""
+    """What ``QueueStore.inject_many`` would refuse, refused before the message is queued
+    (one bad message must not fail the others of its batch)."""
     for message in messages:
         if not message.recipients:
             raise InputError("a message needs at least one recipient")

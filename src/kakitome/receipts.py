@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from kakitome.store.repository import DeliveryRow, MessageReceipt
+from kakitome.queue.types import DeliveryRow, MessageReceipt
 from kakitome.tls.receipt import TLSReceipt
 
 FINAL_STATUSES = frozenset({"delivered", "bounced"})

@@ -52,19 +52,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 from kakitome.config import Settings
-from kakitome.errors import StorageError
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 if TYPE_CHECKING:
     import uvicorn
 
+    from kakitome.accounts.api_keys import ApiKeyStore
     from kakitome.delivery.agent import DeliveryAgent
+    from kakitome.delivery.pool import ConnectionPool
+    from kakitome.delivery.shaping import Shaper
+    from kakitome.inbound.server import InboundService
+    from kakitome.services import Services
 
 log = structlog.get_logger("kakitome.runtime")
 
@@ -106,19 +110,10 @@ def follow_settings(agent: DeliveryAgent) -> Callable[[Settings], None]:
     return follow
 
 
-def public_url(settings: Settings) -> str:
-    if settings.http.public_url:
-        return settings.http.public_url.rstrip("/")
-    host = settings.http.host
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.http.port}"
-
-
-async def ensure_first_api_key(store: Store, out: TextIO) -> None:
+async def ensure_first_api_key(keys: ApiKeyStore, out: TextIO) -> None:
     """On the very first start, make an API key with every scope and print it once."""
-    if not await store.list_api_keys():
-        key = await store.create_api_key("initial", ["send", "read", "admin"], now=time.time())
+    if not await keys.list_api_keys():
+        key = await keys.create_api_key("initial", ["send", "read", "admin"], now=time.time())
         print(f"API key (shown once, keep it): {key}", file=out, flush=True)
     else:
         print("API keys exist; make another with `kakitome apikey create NAME`.", file=out)
@@ -147,7 +142,7 @@ CHILD_COMMITTED = b"w"  # it committed new mail (SQLite: the parent wakes the wo
 WEB_CHILDREN_START_TIMEOUT = 60.0
 
 
-def _tell_parent(store: Store, server: uvicorn.Server) -> asyncio.Task[None]:
+def _tell_parent(store: Database, server: uvicorn.Server) -> asyncio.Task[None]:
     """In a web child (stdout is a pipe to the parent): a byte once the listener serves,
     and on SQLite a byte after each commit of new mail, so the parent wakes its
     worker(s) (see _listen_to_children)."""
@@ -169,7 +164,7 @@ def _tell_parent(store: Store, server: uvicorn.Server) -> asyncio.Task[None]:
 
 
 def _listen_to_children(
-    store: Store, children: Sequence[subprocess.Popen[bytes]]
+    store: Database, children: Sequence[subprocess.Popen[bytes]]
 ) -> asyncio.Future[None]:
     """Wake this process's worker (and its worker children) when a web child says it
     committed new mail; the future resolves once every child's listener serves (or a
@@ -335,7 +330,7 @@ class _ParentPipe:
 _PARENT: _ParentPipe | None = None
 
 
-def _stop_on_parent_exit(stop: asyncio.Event, store: Store) -> None:
+def _stop_on_parent_exit(stop: asyncio.Event, store: Database) -> None:
     """Set ``stop`` when the parent is gone; wake the store's worker when the parent
     committed new mail (see _wake_children)."""
     global _PARENT
@@ -344,7 +339,7 @@ def _stop_on_parent_exit(stop: asyncio.Event, store: Store) -> None:
     _PARENT.attach(stop, store.wake)
 
 
-def _wake_children(store: Store, children: Sequence[subprocess.Popen[bytes]]) -> None:
+def _wake_children(store: Database, children: Sequence[subprocess.Popen[bytes]]) -> None:
     """SQLite has no NOTIFY: after each commit of new work, write a byte down each worker
     child's stdin (non-blocking; wake-ups in one loop turn are coalesced, and a full pipe
     only means the child has wake-ups pending already)."""
@@ -377,26 +372,9 @@ async def serve_async(
     out: TextIO = sys.stdout,
     child: bool = False,
 ) -> None:
-    from kakitome.campaigns.runner import campaign_task
-    from kakitome.delivery.agent import DeliveryAgent
-    from kakitome.delivery.pool import ConnectionPool
-    from kakitome.delivery.shaping import MemoryShapingState, Shaper, ShapingState
-    from kakitome.delivery.tlsrpt_task import tlsrpt_task
-    from kakitome.dns.resolver import Resolver
-    from kakitome.domains.service import DomainService
-    from kakitome.domains.signing import DomainSigning
-    from kakitome.inbound.server import InboundService
-    from kakitome.injection import Injector
-    from kakitome.metrics import DeliveryMetrics, serve_metrics
-    from kakitome.settings_overlay import LiveSettings
-    from kakitome.store.inbound_store import InboundStore
-    from kakitome.store.settings_store import SettingsStore
-    from kakitome.store.shaping_store import ShapingStore
-    from kakitome.store.tls_store import TLSStore
-    from kakitome.web.app import create_app
-    from kakitome.web.ui import ensure_first_admin
-    from kakitome.webhooks.dispatcher import webhook_task
-    from kakitome.worker import Worker, default_owner
+    """Open the process's ``Services`` (``kakitome.services``) and start the roles over
+    them; stop them all on SIGTERM/SIGINT."""
+    from kakitome.services import open_services
 
     # The database driver and the write lock answer on threads of their own; with the
     # default 5 ms GIL switch interval each answer waited for the busy event loop to
@@ -407,178 +385,233 @@ async def serve_async(
     if unknown:
         raise SystemExit(f"unknown role(s): {', '.join(sorted(unknown))}")
 
-    store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
-    # The database overlay over file and defaults (under the environment), reloaded below.
-    live = LiveSettings(settings, SettingsStore(store.engine))
-    with contextlib.suppress(StorageError):
-        await live.refresh()
-    base, settings = settings, live.current
+    services = await open_services(settings, active)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     if child:
-        _stop_on_parent_exit(stop, store)
-
-    tasks: list[asyncio.Task[None]] = []
-    pool: ConnectionPool | None = None
-    shaper: Shaper | None = None
-    shaping_task: asyncio.Task[None] | None = None
-    inbound: InboundService | None = None
-    children: list[subprocess.Popen[bytes]] = []
-    metrics = DeliveryMetrics()
-    stop_metrics = None
+        _stop_on_parent_exit(stop, services.store)
+    run = _Roles(services, stop, out=out, child=child)
     try:
-        tasks.append(asyncio.create_task(live.run(stop), name="settings"))
-        worker_here = "worker" in active and (child or settings.scale.worker_processes == 0)
-        if "worker" in active and settings.database.url.startswith("sqlite") and not child:
-            # One machine: leases left by a process that died are nobody's now (children
-            # started below never release: their siblings' leases are live).
-            released = await store.release_leases(None)
-            if released:
-                log.info("released leases left by an earlier process", count=released)
-        if "worker" in active and not worker_here:
-            count = settings.scale.worker_processes
-            workers = _start_children(base, "worker", count)  # they reload settings too
-            children += workers
-            if store.dialect != "postgresql":
-                _wake_children(store, workers)
-            print(f"Delivery: {count} worker processes", file=out, flush=True)
-        if worker_here:
-            resolver = Resolver(settings.dns)
-            pool = ConnectionPool(settings)
-            tls_store = TLSStore(store.engine, history_ttl=30.0)
-            owner = default_owner()
-            shared: ShapingState = (
-                ShapingStore(store) if store.dialect == "postgresql" else MemoryShapingState()
-            )
-            shaper = Shaper(settings, shared, owner=owner)
-            # Not in ``tasks``: it renews slot leases until the pool has closed its
-            # connections (below), then gives back the slots.
-            shaping_task = asyncio.create_task(shaper.run(), name="shaping")
-            metrics = DeliveryMetrics(shaper.site_of_host)
-            metrics.watch_shaping(shaper.status)
-            agent = DeliveryAgent(settings, resolver, pool, tls_state=tls_store, shaping=shaper)
-            live.subscribe(follow_settings(agent))
-            tlsrpt = tlsrpt_task(settings, store, tls_store, resolver, stop)
-            tasks.append(asyncio.create_task(tlsrpt, name="tlsrpt"))
-            suppression = InboundStore(store.engine)
-            worker = Worker(
-                settings,
-                store,
-                agent.deliver,
-                owner=owner,
-                suppressed=suppression.suppressed_among,
-                metrics=metrics,
-            )
-            tasks.append(asyncio.create_task(worker.run(stop), name="worker"))
-            verifier = DomainService(store, settings).run_periodic(stop)
-            tasks.append(asyncio.create_task(verifier, name="domain-verify"))
-            campaigns = campaign_task(store, settings, stop)
-            tasks.append(asyncio.create_task(campaigns, name="campaigns"))
-            tasks.append(asyncio.create_task(webhook_task(store, settings, stop), name="webhooks"))
-        if "web" in active:
-            import uvicorn
-
-            quiet_server = _quiet_server_class()
-            signing = await DomainSigning.load(store, settings)
-            tasks.append(asyncio.create_task(signing.run_refresh(store, stop), name="dkim-keys"))
-            injector = Injector(
-                store, settings, signer=signing.sign, return_path=signing.return_path
-            )
-            app = create_app(settings, store, injector)
-            app.state.process_metrics = metrics.registry  # served by /metrics
-            config = uvicorn.Config(
-                app,
-                host=settings.http.host,
-                port=settings.http.port,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-            server = quiet_server(config)
-            # Several web processes share the port (SO_REUSEPORT), bound here and handed
-            # to uvicorn; one process lets uvicorn bind as usual.
-            # The parent's socket is only bound until its web children serve: connections
-            # made before (kept alive by their clients) would all stay with the parent.
-            reuse_port = settings.http.processes > 1 or child
-            host, port = settings.http.host, settings.http.port
-            sockets = [_reuseport_socket(host, port, listen=child)] if reuse_port else None
-            children_ready: asyncio.Future[None] | None = None
-
-            async def run_web() -> None:
-                if children_ready is not None and sockets:
-                    try:
-                        await asyncio.wait_for(children_ready, WEB_CHILDREN_START_TIMEOUT)
-                    except TimeoutError:
-                        log.warning("web children not serving yet; opening the listener")
-                    sockets[0].listen(LISTEN_BACKLOG)
-                web = asyncio.create_task(server.serve(sockets=sockets))
-                await stop.wait()
-                server.should_exit = True
-                await web
-
-            if not child:
-                # The first key and login are made before the listener opens: once /healthz
-                # answers, start-up is over, and a database outage after that cannot end it.
-                print(f"Kakitome is running: {public_url(settings)}/", file=out, flush=True)
-                await ensure_first_api_key(store, out)
-                await ensure_first_admin(store, out)
-            else:
-                tasks.append(_tell_parent(store, server))
-            if sockets and not child:
-                port = sockets[0].getsockname()[1]
-                http = base.http.model_copy(update={"processes": 1, "port": port})
-                web_children = _start_children(
-                    base.model_copy(update={"http": http}),
-                    "web",
-                    settings.http.processes - 1,
-                    stdout=True,
-                )
-                children += web_children
-                children_ready = _listen_to_children(store, web_children)
-            tasks.append(asyncio.create_task(run_web(), name="web"))
-        if "smtp" in active:
-            if "web" not in active:
-                signing = await DomainSigning.load(store, settings)
-                refresh = signing.run_refresh(store, stop)
-                tasks.append(asyncio.create_task(refresh, name="dkim-keys"))
-            submit = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
-            inbound = InboundService(settings, store, submit, live=live)
-            await inbound.start()
-            if child and inbound._forwarder_task is not None:
-                inbound._forwarder_task.cancel()  # the parent's forwarder forwards for all
-            elif settings.inbound.processes > 1:
-                children += _start_smtp_children(base, inbound.ports)  # they reload too
-            ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
-            print(f"SMTP listeners: {ports or 'none'}", file=out, flush=True)
-        if settings.scale.metrics_port and "web" not in active:
-            port = settings.scale.metrics_port
-            stop_metrics = serve_metrics(metrics.registry, settings.scale.metrics_host, port)
-            print(f"Metrics: http://{settings.scale.metrics_host}:{port}/metrics", file=out)
+        await run.start(active)
         print("Stop with Ctrl-C (SIGINT) or SIGTERM.", file=out, flush=True)
         await stop.wait()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*run.tasks, return_exceptions=True)
     finally:
         stop.set()
-        if children:
-            await _stop_children(children)
-        if inbound is not None:
-            await inbound.stop()
-        for task in tasks:
+        await run.close()
+        await services.close()
+
+
+class _Roles:
+    """The roles of one ``serve`` process, started over its ``Services``."""
+
+    def __init__(
+        self, services: Services, stop: asyncio.Event, *, out: TextIO, child: bool
+    ) -> None:
+        from kakitome.metrics import DeliveryMetrics
+
+        self.services = services
+        self.stop = stop
+        self.out = out
+        self.child = child
+        self.tasks: list[asyncio.Task[None]] = []
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.pool: ConnectionPool | None = None
+        self.shaper: Shaper | None = None
+        self.shaping_task: asyncio.Task[None] | None = None
+        self.inbound: InboundService | None = None
+        self.metrics = DeliveryMetrics()
+        self.stop_metrics: Callable[[], None] | None = None
+
+    def _task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+    async def start(self, active: Sequence[str]) -> None:
+        services, stop = self.services, self.stop
+        self._task(services.live.run(stop), "settings")
+        self._task(services.run_refresh(stop), "dkim-keys")
+        if "worker" in active:
+            await self._start_worker()
+        if "web" in active:
+            await self._start_web()
+        if "smtp" in active:
+            await self._start_smtp()
+        settings = services.settings
+        if settings.scale.metrics_port and "web" not in active:
+            from kakitome.metrics import serve_metrics
+
+            port = settings.scale.metrics_port
+            host = settings.scale.metrics_host
+            self.stop_metrics = serve_metrics(self.metrics.registry, host, port)
+            print(f"Metrics: http://{host}:{port}/metrics", file=self.out)
+
+    async def _start_worker(self) -> None:
+        from kakitome.campaigns.runner import campaign_task
+        from kakitome.delivery.agent import DeliveryAgent
+        from kakitome.delivery.pool import ConnectionPool
+        from kakitome.delivery.shaping import MemoryShapingState, Shaper, ShapingState
+        from kakitome.delivery.shaping_store import ShapingStore
+        from kakitome.delivery.tlsrpt_task import tlsrpt_task
+        from kakitome.dns.resolver import Resolver
+        from kakitome.metrics import DeliveryMetrics
+        from kakitome.queue.scheduler import Worker, default_owner
+        from kakitome.webhooks.dispatcher import webhook_task
+
+        services, stop, settings, store = (
+            self.services,
+            self.stop,
+            self.services.settings,
+            self.services.store,
+        )
+        worker_here = self.child or settings.scale.worker_processes == 0
+        if settings.database.url.startswith("sqlite") and not self.child:
+            # One machine: leases left by a process that died are nobody's now (children
+            # started below never release: their siblings' leases are live).
+            released = await services.queue.release_leases(None)
+            if released:
+                log.info("released leases left by an earlier process", count=released)
+        if not worker_here:
+            count = settings.scale.worker_processes
+            workers = _start_children(services.base, "worker", count)  # they reload too
+            self.children += workers
+            if store.dialect != "postgresql":
+                _wake_children(store, workers)
+            print(f"Delivery: {count} worker processes", file=self.out, flush=True)
+            return
+        resolver = Resolver(settings.dns)
+        self.pool = ConnectionPool(settings)
+        owner = default_owner()
+        shared: ShapingState = (
+            ShapingStore(store) if store.dialect == "postgresql" else MemoryShapingState()
+        )
+        self.shaper = shaper = Shaper(settings, shared, owner=owner)
+        # Not in ``tasks``: it renews slot leases until the pool has closed its
+        # connections (in ``close``), then gives back the slots.
+        self.shaping_task = asyncio.create_task(shaper.run(), name="shaping")
+        self.metrics = DeliveryMetrics(shaper.site_of_host)
+        self.metrics.watch_shaping(shaper.status)
+        agent = DeliveryAgent(
+            settings, resolver, self.pool, tls_state=services.delivery_tls_state, shaping=shaper
+        )
+        services.live.subscribe(follow_settings(agent))
+        self._task(tlsrpt_task(services, resolver, stop), "tlsrpt")
+        worker = Worker(
+            settings,
+            services.queue,
+            agent.deliver,
+            injector=services.injector,
+            owner=owner,
+            suppressed=services.inbound_store.suppressed_among,
+            metrics=self.metrics,
+        )
+        self._task(worker.run(stop), "worker")
+        self._task(services.domains.run_periodic(stop), "domain-verify")
+        self._task(campaign_task(services, stop), "campaigns")
+        self._task(webhook_task(store, settings, stop), "webhooks")
+
+    async def _start_web(self) -> None:
+        from kakitome.web.app import create_app
+        from kakitome.web.ui import ensure_first_admin
+        from kakitome.web.urls import public_url
+
+        services, stop, settings, base = (
+            self.services,
+            self.stop,
+            self.services.settings,
+            self.services.base,
+        )
+        app = create_app(services)
+        app.state.process_metrics = self.metrics.registry  # served by /metrics
+        server = _quiet_server_class()(_uvicorn_config(app, settings))
+        # Several web processes share the port (SO_REUSEPORT), bound here and handed
+        # to uvicorn; one process lets uvicorn bind as usual.
+        # The parent's socket is only bound until its web children serve: connections
+        # made before (kept alive by their clients) would all stay with the parent.
+        reuse_port = settings.http.processes > 1 or self.child
+        host, port = settings.http.host, settings.http.port
+        sockets = [_reuseport_socket(host, port, listen=self.child)] if reuse_port else None
+        children_ready: asyncio.Future[None] | None = None
+
+        async def run_web() -> None:
+            if children_ready is not None and sockets:
+                try:
+                    await asyncio.wait_for(children_ready, WEB_CHILDREN_START_TIMEOUT)
+                except TimeoutError:
+                    log.warning("web children not serving yet; opening the listener")
+                sockets[0].listen(LISTEN_BACKLOG)
+            web = asyncio.create_task(server.serve(sockets=sockets))
+            await stop.wait()
+            server.should_exit = True
+            await web
+
+        if not self.child:
+            # The first key and login are made before the listener opens: once /healthz
+            # answers, start-up is over, and a database outage after that cannot end it.
+            print(f"Kakitome is running: {public_url(settings)}/", file=self.out, flush=True)
+            await ensure_first_api_key(services.api_keys, self.out)
+            await ensure_first_admin(services.web_store, self.out)
+        else:
+            self.tasks.append(_tell_parent(services.store, server))
+        if sockets and not self.child:
+            port = sockets[0].getsockname()[1]
+            http = base.http.model_copy(update={"processes": 1, "port": port})
+            web_children = _start_children(
+                base.model_copy(update={"http": http}),
+                "web",
+                settings.http.processes - 1,
+                stdout=True,
+            )
+            self.children += web_children
+            children_ready = _listen_to_children(services.store, web_children)
+        self._task(run_web(), "web")
+
+    async def _start_smtp(self) -> None:
+        from kakitome.inbound.server import InboundService
+
+        settings = self.services.settings
+        # SMTP children do not forward: the parent's forwarder forwards for all.
+        self.inbound = inbound = InboundService(
+            self.services, follow_settings=False, forward=not self.child
+        )
+        await inbound.start()
+        if not self.child and settings.inbound.processes > 1:
+            self.children += _start_smtp_children(self.services.base, inbound.ports)
+        ports = ", ".join(f"{name} {port}" for name, port in inbound.ports.items())
+        print(f"SMTP listeners: {ports or 'none'}", file=self.out, flush=True)
+
+    async def close(self) -> None:
+        if self.children:
+            await _stop_children(self.children)
+        if self.inbound is not None:
+            await self.inbound.stop()
+        for task in self.tasks:
             if not task.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if pool is not None:
-            await pool.aclose()
-        if shaper is not None:
-            await shaper.close()
-        if shaping_task is not None:
-            await shaping_task
-        if stop_metrics is not None:
-            stop_metrics()
-        await store.close()
+        if self.pool is not None:
+            await self.pool.aclose()
+        if self.shaper is not None:
+            await self.shaper.close()
+        if self.shaping_task is not None:
+            await self.shaping_task
+        if self.stop_metrics is not None:
+            self.stop_metrics()
+
+
+def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.http.host,
+        port=settings.http.port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
 
 
 def serve(settings: Settings, roles: Sequence[str] = ()) -> None:

@@ -11,7 +11,7 @@ Addresses are compared by ``suppression_key``: the whole address in lower case w
 domain in A-labels. Local parts are case-sensitive in theory and nowhere in practice; a
 list that errs on the side of not sending is the right way to err.
 
-Talks to: nothing by itself; the storage is ``kakitome.store.inbound_store``.
+Talks to: nothing by itself; the storage is ``kakitome.inbound.store``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from kakitome.accounts.api_keys import ApiKeyStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 
 BASE = "http://kakitome.test"
@@ -36,21 +37,21 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(store: Store, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, store, Injector(store, settings))
+async def client(store: Database, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(build_services(settings, store, signing=None))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
         yield c
 
 
-async def bearer(store: Store, *scopes: str) -> dict[str, str]:
+async def bearer(store: Database, *scopes: str) -> dict[str, str]:
     """Headers with a new key of these scopes (all three when none given)."""
-    key = await store.create_api_key(
+    key = await ApiKeyStore(store).create_api_key(
         "api-test", scopes or ("send", "read", "admin"), now=time.time()
     )
     return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
-async def admin(store: Store) -> dict[str, str]:
+async def admin(store: Database) -> dict[str, str]:
     return await bearer(store, "admin")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from tests.api.conftest import bearer
 
 LIST = {
@@ -18,7 +18,7 @@ LIST = {
 
 
 async def test_patch_list_changes_only_the_given_fields(
-    client: httpx.AsyncClient, store: Store
+    client: httpx.AsyncClient, store: Database
 ) -> None:
     """PATCH sets the given fields, keeps the rest, validates like create (422 and nothing
     written), refuses a new name and a null for a required field, and needs admin."""
@@ -71,7 +71,7 @@ async def test_patch_list_changes_only_the_given_fields(
     assert missing.status_code == 404
 
 
-async def test_put_segment_keeps_its_id(client: httpx.AsyncClient, store: Store) -> None:
+async def test_put_segment_keeps_its_id(client: httpx.AsyncClient, store: Database) -> None:
     """PUT replaces name and expression in place: same id, new content; an invalid
     expression or a taken name is 422 and the segment stays as it was."""
     h = await bearer(store)

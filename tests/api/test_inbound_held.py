@@ -12,9 +12,9 @@ import httpx
 
 from kakitome.config import Settings
 from kakitome.inbound.forward import Forwarder
-from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore
-from kakitome.store.repository import Store
+from kakitome.inbound.store import InboundStore
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 from tests.api.conftest import BASE, api_settings, bearer
 from tests.fixtures_inbound import Receiver, record_held
@@ -30,14 +30,14 @@ def _settings(tmp_path: Path, url: str) -> Settings:
 
 
 async def test_release_and_delete_held_mail(
-    store: Store, tmp_path: Path, hook_receiver: Receiver
+    store: Database, tmp_path: Path, hook_receiver: Receiver
 ) -> None:
     settings = _settings(tmp_path, await hook_receiver.start())
     inbound = InboundStore(store.engine)
     first = await record_held(inbound, "info@in.example.jp", "one")
     second = await record_held(inbound, "info@in.example.jp", "two")
     unrouted = await record_held(inbound, "info@other.example.jp", "three")
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     h = await bearer(store, "admin")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         held = (await c.get("/api/v1/inbound/held", headers=h)).json()["items"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet
 from kakitome.testing.https import add_mta_sts_host, mta_sts_policy
 from kakitome.web import create_app
@@ -15,14 +15,14 @@ from tests.fixtures_world import MakeDomain
 
 
 async def test_policy_explain_names_each_mx_and_the_sources(
-    world: LocalInternet, make_domain: MakeDomain, store: Store
+    world: LocalInternet, make_domain: MakeDomain, store: Database
 ) -> None:
     """An MTA-STS enforce policy that does not list the MX: the host is skipped, and the
     explanation names the MTA-STS part; an unknown domain answers with the DNS error."""
     domain, _ = make_domain()
     add_mta_sts_host(world, domain.name, mta_sts_policy("enforce", ["mx.elsewhere.test"]))
     settings = world.settings({"KAKITOME_MTA_STS__HTTPS_PORT": str(world.https_server().port)})
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     h = await bearer(store, "read")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         answer = await c.get(f"/api/v1/policy/{domain.name}", headers=h)

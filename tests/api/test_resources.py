@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from tests.api.conftest import bearer
 
 
-async def test_lists_subscribers_segments(client: httpx.AsyncClient, store: Store) -> None:
+async def test_lists_subscribers_segments(client: httpx.AsyncClient, store: Database) -> None:
     h = await bearer(store)
     made = await client.post(
         "/api/v1/lists",
@@ -72,7 +72,7 @@ async def test_lists_subscribers_segments(client: httpx.AsyncClient, store: Stor
     assert (await client.get("/api/v1/lists/999999", headers=h)).status_code == 404
 
 
-async def test_domains(client: httpx.AsyncClient, store: Store) -> None:
+async def test_domains(client: httpx.AsyncClient, store: Database) -> None:
     h = await bearer(store, "admin")
     made = await client.post("/api/v1/domains", json={"domain": "例え.jp"}, headers=h)
     assert made.status_code == 201, made.text
@@ -89,7 +89,7 @@ async def test_domains(client: httpx.AsyncClient, store: Store) -> None:
     assert (await client.get("/api/v1/domains/例え.jp", headers=h)).status_code == 404
 
 
-async def test_suppression_and_smtp_users(client: httpx.AsyncClient, store: Store) -> None:
+async def test_suppression_and_smtp_users(client: httpx.AsyncClient, store: Database) -> None:
     h = await bearer(store, "admin")
     added = await client.post("/api/v1/suppressions", json={"address": "X@Example.COM"}, headers=h)
     assert added.status_code == 201 and added.json() == {"address": "x@example.com", "added": True}
@@ -111,7 +111,7 @@ async def test_suppression_and_smtp_users(client: httpx.AsyncClient, store: Stor
     assert (await client.get("/api/v1/tls-reports/5", headers=h)).status_code == 404
 
 
-async def test_campaign_life(client: httpx.AsyncClient, store: Store) -> None:
+async def test_campaign_life(client: httpx.AsyncClient, store: Database) -> None:
     h = await bearer(store)
     list_id = (
         await client.post(

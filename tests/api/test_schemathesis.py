@@ -24,8 +24,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.accounts.api_keys import ApiKeyStore
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 from tests.api.conftest import BASE, api_settings
 from tests.fixtures_db import ENGINES, _truncate
@@ -38,10 +39,10 @@ schemathesis.serializer.alias("text/csv", "application/octet-stream")
 def _document() -> dict[str, Any]:
     async def collect() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            store = await Store.open(f"sqlite:///{tmp}/schema.db")
+            store = await Database.open(f"sqlite:///{tmp}/schema.db")
             try:
                 config = api_settings(Path(tmp))
-                return create_app(config, store, Injector(store, config)).openapi()
+                return create_app(build_services(config, store, signing=None)).openapi()
             finally:
                 await store.close()
 
@@ -60,11 +61,11 @@ class Live:
     client: httpx.AsyncClient
     headers: dict[str, str]
 
-    store: Store
+    store: Database
 
     def new_key(self) -> None:
         key = self.portal.call(
-            lambda: self.store.create_api_key("fuzz", ("admin",), now=time.time())
+            lambda: ApiKeyStore(self.store).create_api_key("fuzz", ("admin",), now=time.time())
         )
         self.headers = {"Authorization": f"Bearer {key}"}
 
@@ -109,9 +110,11 @@ def live(
         _truncate(url)
     config = api_settings(tmp)
     with start_blocking_portal() as portal:
-        store = portal.call(Store.open, url)
-        key = portal.call(lambda: store.create_api_key("fuzz", ("admin",), now=time.time()))
-        app = create_app(config, store, Injector(store, config))
+        store = portal.call(Database.open, url)
+        key = portal.call(
+            lambda: ApiKeyStore(store).create_api_key("fuzz", ("admin",), now=time.time())
+        )
+        app = create_app(build_services(config, store, signing=None))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)
         try:
             yield Live(portal, client, {"Authorization": f"Bearer {key}"}, store)

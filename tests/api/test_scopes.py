@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 from tests.api.conftest import BASE, api_settings, bearer
 
@@ -33,10 +33,10 @@ def _routes() -> list[tuple[str, str]]:
 
     async def collect() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            store = await Store.open(f"sqlite:///{tmp}/routes.db")
+            store = await Database.open(f"sqlite:///{tmp}/routes.db")
             try:
                 settings = api_settings(Path(tmp))
-                return create_app(settings, store, Injector(store, settings)).openapi()
+                return create_app(build_services(settings, store, signing=None)).openapi()
             finally:
                 await store.close()
 
@@ -85,12 +85,12 @@ def test_routes_collected() -> None:
 
 
 async def test_every_endpoint_refuses_missing_and_wrong_scoped_key(
-    store: Store, settings: Settings
+    store: Database, settings: Settings
 ) -> None:
     """For every operation: 401 without a key or with an unknown one; 403 with a key of the
     wrong scope - a GET needs read (a send-only key is refused), a change needs send or
     admin (a read-only key is refused). One app and one set of keys for all operations."""
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     send_only = await bearer(store, "send")
     read_only = await bearer(store, "read")
     problems: list[str] = []

@@ -13,9 +13,8 @@ from sqlalchemy import func, select
 
 from kakitome.campaigns.service import CampaignService
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.lists.service import ListService
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_campaigns import sequence_steps
 from kakitome.web import create_app
 from tests.api.conftest import BASE, bearer
@@ -38,12 +37,11 @@ class Kit:
 
 
 @pytest.fixture
-async def kit(store: Store, settings: Settings) -> AsyncIterator[Kit]:
+async def kit(store: Database, settings: Settings) -> AsyncIterator[Kit]:
     clock = Clock()
-    injector = Injector(store, settings)
-    app = create_app(settings, store, injector, clock=clock)
-    lists = ListService(store, settings, injector=injector, clock=clock)
-    runner = CampaignService(store, settings, lists, injector, clock=clock)
+    services = build_services(settings, store, signing=None, clock=clock)
+    app = create_app(services)
+    runner = services.campaigns
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
         yield Kit(client, runner, clock, await bearer(store))
@@ -116,7 +114,7 @@ async def test_sequence_edit_refusals(kit: Kit) -> None:
     assert missing.status_code == 404
 
 
-async def test_delete_sequence_removes_it_and_its_steps(kit: Kit, store: Store) -> None:
+async def test_delete_sequence_removes_it_and_its_steps(kit: Kit, store: Database) -> None:
     _, seq_id = await _setup(kit)
     c, h = kit.client, kit.headers
     assert await kit.runner.run_sequences() == 1  # a send record exists for the step

@@ -6,8 +6,8 @@ import time
 
 import httpx
 
-from kakitome.store.inbound_store import InboundStore, NewInbound
-from kakitome.store.repository import Store
+from kakitome.inbound.store import InboundStore, NewInbound
+from kakitome.store.database import Database
 from kakitome.store.settings_store import SettingsStore
 from tests.api.conftest import bearer
 
@@ -36,7 +36,7 @@ async def test_settings_show_source_and_hide_secrets(
     assert keys["database.url"]["applies"] is None
 
 
-async def test_settings_need_the_admin_scope(client: httpx.AsyncClient, store: Store) -> None:
+async def test_settings_need_the_admin_scope(client: httpx.AsyncClient, store: Database) -> None:
     """A read key may not see or change settings."""
     reader = await bearer(store, "read")
     assert (await client.get("/api/v1/settings", headers=reader)).status_code == 403
@@ -46,7 +46,7 @@ async def test_settings_need_the_admin_scope(client: httpx.AsyncClient, store: S
 
 
 async def test_patch_stores_and_null_resets(
-    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+    client: httpx.AsyncClient, admin: dict[str, str], store: Database
 ) -> None:
     """A valid change is stored and shown as from the database; null gives it back."""
     response = await client.patch(
@@ -72,7 +72,7 @@ async def test_patch_stores_and_null_resets(
 
 
 async def test_invalid_patch_stores_nothing(
-    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+    client: httpx.AsyncClient, admin: dict[str, str], store: Database
 ) -> None:
     """One bad value refuses the whole change, each problem named in the message."""
     response = await client.patch(
@@ -91,7 +91,7 @@ async def test_invalid_patch_stores_nothing(
 
 
 async def test_routes_put_replaces_in_order_and_keeps_secrets(
-    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+    client: httpx.AsyncClient, admin: dict[str, str], store: Database
 ) -> None:
     """PUT sets the ordered list; a route that leaves its secret out keeps it; GET never
     shows a secret."""
@@ -136,7 +136,7 @@ async def test_routes_put_replaces_in_order_and_keeps_secrets(
 
 
 async def test_invalid_routes_are_refused_and_nothing_changes(
-    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+    client: httpx.AsyncClient, admin: dict[str, str], store: Database
 ) -> None:
     """A forward route without a URL is refused (422) and the stored routes stay."""
     good = [{"match": "*", "action": "hold"}]
@@ -154,7 +154,7 @@ async def test_invalid_routes_are_refused_and_nothing_changes(
 
 
 async def test_held_mail_is_released_to_a_route_added_at_run_time(
-    client: httpx.AsyncClient, admin: dict[str, str], store: Store
+    client: httpx.AsyncClient, admin: dict[str, str], store: Database
 ) -> None:
     """Releasing held mail looks at the routes as they are now, not as they were when the
     process started: a forward route PUT a moment ago takes it."""

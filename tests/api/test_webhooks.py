@@ -10,8 +10,8 @@ import time
 import httpx
 from sqlalchemy import delete
 
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_webhooks import (
     webhook_attempts,
     webhook_cursors,
@@ -21,6 +21,7 @@ from kakitome.store.schema_webhooks import (
 from kakitome.web import create_app
 from kakitome.webhooks.dispatcher import WebhookDispatcher
 from tests.api.conftest import BASE, bearer
+from tests.fixtures_db import queue_store
 from tests.webhooks import test_dispatcher
 from tests.webhooks.test_dispatcher import Receiver, drive, fast_settings
 
@@ -28,18 +29,18 @@ from tests.webhooks.test_dispatcher import Receiver, drive, fast_settings
 receiver = test_dispatcher.receiver
 
 
-async def _clean(store: Store) -> None:
+async def _clean(store: Database) -> None:
     async with store.engine.begin() as conn:
         for table in (webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_cursors):
             await conn.execute(delete(table))
 
 
 async def test_webhook_created_by_api_receives_signed_events(
-    store: Store, receiver: Receiver
+    store: Database, receiver: Receiver
 ) -> None:
     await _clean(store)
     settings = fast_settings()
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     h = await bearer(store, "admin")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         made = await c.post(
@@ -62,8 +63,8 @@ async def test_webhook_created_by_api_receives_signed_events(
         receiver.secret = secret  # the receiver refuses (401) what is not signed with it
         receiver.fail = 1  # one 500 first: a retry shows in the log
         for n in range(3):
-            await store.add_event("delivered", now=time.time(), message_id=f"m{n}")
-        await store.add_event("queued", now=time.time(), message_id="mq")  # not wanted
+            await queue_store(store).add_event("delivered", now=time.time(), message_id=f"m{n}")
+        await queue_store(store).add_event("queued", now=time.time(), message_id="mq")  # not wanted
         dispatcher = WebhookDispatcher(store, settings)
         try:
             await drive(dispatcher)
@@ -99,7 +100,7 @@ async def test_webhook_created_by_api_receives_signed_events(
         assert paused.json()["enabled"] is False
         assert paused.json()["events"] == ["delivered", "bounced"]
         assert paused.json()["url"] == receiver.url and "secret" not in paused.text
-        await store.add_event("delivered", now=time.time(), message_id="m-late")
+        await queue_store(store).add_event("delivered", now=time.time(), message_id="m-late")
         dispatcher = WebhookDispatcher(store, settings)
         try:
             await drive(dispatcher)
@@ -114,7 +115,7 @@ async def test_webhook_created_by_api_receives_signed_events(
         assert log_gone.status_code == 404
 
 
-async def test_webhook_input_is_checked(client: httpx.AsyncClient, store: Store) -> None:
+async def test_webhook_input_is_checked(client: httpx.AsyncClient, store: Database) -> None:
     """Bad URLs and event types are 422 on create and update, nothing is changed; a read
     key may look but not change; an unknown endpoint is 404."""
     await _clean(store)

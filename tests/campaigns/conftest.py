@@ -16,7 +16,8 @@ from kakitome.campaigns.tracking import LinkSigner
 from kakitome.config import Settings
 from kakitome.injection import Injector
 from kakitome.lists import ListService, NewList, OptIn, TokenSigner
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
+from tests.fixtures_db import queue_store
 
 _TABLES = (
     "tracking_events, sequence_sends, sequence_steps, sequences, campaign_sends, campaigns, "
@@ -42,7 +43,7 @@ class Clock:
 @dataclass
 class Kit:
     settings: Settings
-    store: Store
+    store: Database
     clock: Clock
     lists: ListService
     injector: Injector
@@ -73,13 +74,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def kit(store: Store, database_url: str, tmp_path: Path, clock: Clock) -> AsyncIterator[Kit]:
+async def kit(
+    store: Database, database_url: str, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Kit]:
     """Services on an empty database."""
     if database_url.startswith("postgresql"):
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
     settings = make_settings(tmp_path)
-    injector = Injector(store, settings, clock=clock)
+    injector = Injector(queue_store(store), settings, clock=clock)
     lists = ListService(
         store, settings, injector=injector, clock=clock,
         signer=TokenSigner(b"0123456789abcdef0123456789abcdef"),

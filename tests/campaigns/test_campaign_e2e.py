@@ -54,10 +54,11 @@ from kakitome.config import Settings, load_settings
 from kakitome.domains.service import DomainService
 from kakitome.injection import Injector
 from kakitome.lists import ListService, NewList
-from kakitome.store.repository import Store
+from kakitome.queue.scheduler import RECORD_BACKLOG
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet, Peer, PeerBehaviour
-from kakitome.worker import RECORD_BACKLOG
 from tests.e2e.service import ServiceProcess
+from tests.fixtures_db import queue_store
 from tests.fixtures_load import CPUHog
 from tests.fixtures_world import dkimpy_dns
 
@@ -66,7 +67,7 @@ pytestmark = pytest.mark.heavy
 TOTAL = int(os.environ.get("KAKITOME_TEST_CAMPAIGN_TOTAL", "3000"))
 DOMAINS = 4
 CONNECTIONS_PER_DOMAIN = 8  # delivery.per_destination_concurrency (default)
-# What a crash can make us send twice, by the mechanism (worker.py): the worker records
+# What a crash can make us send twice, by the mechanism (queue/scheduler.py): the worker records
 # each result as the server answers (ResultRecorder, group commits 5 ms apart), and once
 # RECORD_BACKLOG results are delivered but not yet committed every connection waits before
 # its next transaction; results that cannot be committed are kept and retried, never given
@@ -100,7 +101,7 @@ async def _prepare(
     settings: Settings, world: LocalInternet, sender: str, domains: list[str]
 ) -> int:
     """Domain with keys published, list, subscribers, campaign started; its id."""
-    store = await Store.open(settings.database.url, pool_size=5)
+    store = await Database.open(settings.database.url, pool_size=5)
     try:
         domain_service = DomainService(store, settings)
         await domain_service.add(sender)
@@ -111,7 +112,7 @@ async def _prepare(
             elif record["type"] == "MX":
                 preference, _, host = record["value"].partition(" ")
                 world.dns.add_mx(record["name"], int(preference), host)
-        injector = Injector(store, settings)
+        injector = Injector(queue_store(store), settings)
         lists = ListService(store, settings, injector=injector)
         await lists.create_list(
             NewList(
@@ -146,9 +147,9 @@ async def _prepare(
 
 
 async def _campaign_progress(url: str, campaign_id: int) -> tuple[str, int, int]:
-    store = await Store.open(url, pool_size=1)
+    store = await Database.open(url, pool_size=1)
     try:
-        from kakitome.store.campaigns_store import CampaignStore
+        from kakitome.campaigns.store import CampaignStore
 
         row = await CampaignStore(store).get_campaign(campaign_id)
         return row.status, row.sent, row.checkpoint
@@ -157,7 +158,7 @@ async def _campaign_progress(url: str, campaign_id: int) -> tuple[str, int, int]
 
 
 async def _member_status(url: str, settings: Settings, address: str) -> str:
-    store = await Store.open(url, pool_size=1)
+    store = await Database.open(url, pool_size=1)
     try:
         lists = ListService(store, settings)
         return (await lists.membership("news", address)).status

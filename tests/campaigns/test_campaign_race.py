@@ -15,9 +15,10 @@ from kakitome.campaigns.service import CampaignService
 from kakitome.campaigns.tracking import LinkSigner
 from kakitome.injection import Injector
 from kakitome.lists import ListService, TokenSigner
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema import deliveries
 from kakitome.store.schema_campaigns import campaign_sends
+from tests.fixtures_db import queue_store
 
 from .conftest import LINK_KEY, Kit, add_people, make_list
 
@@ -25,9 +26,9 @@ PEOPLE = 500
 CAMPAIGNS = 3
 
 
-async def _second_runner(kit: Kit, url: str) -> tuple[Store, CampaignService]:
-    store = await Store.open(url, pool_size=4)
-    injector = Injector(store, kit.settings, clock=kit.clock)
+async def _second_runner(kit: Kit, url: str) -> tuple[Database, CampaignService]:
+    store = await Database.open(url, pool_size=4)
+    injector = Injector(queue_store(store), kit.settings, clock=kit.clock)
     lists = ListService(
         store, kit.settings, injector=injector, clock=kit.clock,
         signer=TokenSigner(b"0123456789abcdef0123456789abcdef"),

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from kakitome.cli.main import app
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema import deliveries
 
 
@@ -49,7 +49,7 @@ def run_json(runner: CliRunner, *args: str, code: int = 0) -> Any:
 
 def queued(db_url: str) -> int:
     async def count() -> int:
-        store = await Store.open(db_url, pool_size=1)
+        store = await Database.open(db_url, pool_size=1)
         try:
             async with store.engine.connect() as conn:
                 return int(

@@ -24,13 +24,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from kakitome.campaigns.service import CampaignService
 from kakitome.config import Settings
 from kakitome.domains.service import DomainService
-from kakitome.domains.signing import DomainSigning
-from kakitome.injection import Injector
-from kakitome.lists import ListService, NewList, OptIn
-from kakitome.store.repository import Store
+from kakitome.lists import NewList, OptIn
+from kakitome.services import build_services, open_services
+from kakitome.store.database import Database
 from kakitome.store.schema import messages
 from kakitome.testing import LocalInternet
 from tests.e2e.service import ServiceProcess
@@ -61,16 +59,17 @@ class OneClickWorld:
 
 async def _send_campaign(settings: Settings, world: LocalInternet, sender: str) -> dict[str, bytes]:
     """Domain, list, subscribers and one campaign pass; the stored content per recipient."""
-    store = await Store.open(settings.database.url, pool_size=2)
+    store = await Database.open(settings.database.url, pool_size=2)
     try:
         domains = DomainService(store, settings)
         await domains.add(sender)
         for record in (await domains.records(sender)).to_dict()["records"]:
             if record["purpose"] == "dkim":
                 world.dns.add_txt(record["name"], record["value"], ttl=0)
-        signing = await DomainSigning.load(store, settings)
-        injector = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
-        lists = ListService(store, settings, injector=injector)
+        # The services the worker role runs on (DKIM keys loaded after the domain exists).
+        services = await open_services(settings, store=store)
+        assert services.signing is not None
+        lists = services.lists
         await lists.create_list(
             NewList(
                 name="news",
@@ -84,7 +83,7 @@ async def _send_campaign(settings: Settings, world: LocalInternet, sender: str) 
         )
         for address in SUBSCRIBERS:
             await lists.add_subscriber("news", address, optin=OptIn("cli"))
-        campaigns = CampaignService(store, settings, lists, injector)
+        campaigns = services.campaigns
         row = await campaigns.create(
             "winter", "news", subject="冬のお知らせ", body="<p>セール</p>", text="セール\n",
             tracking=False,
@@ -104,9 +103,10 @@ async def _send_campaign(settings: Settings, world: LocalInternet, sender: str) 
 
 
 async def _status(settings: Settings, address: str) -> str:
-    store = await Store.open(settings.database.url, pool_size=1)
+    store = await Database.open(settings.database.url, pool_size=1)
     try:
-        return (await ListService(store, settings).membership("news", address)).status
+        lists = build_services(settings, store, signing=None).lists
+        return (await lists.membership("news", address)).status
     finally:
         await store.close()
 

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from kakitome.campaigns.store import NewStep
 from kakitome.lists import OptIn
-from kakitome.store.campaigns_store import NewStep
 from kakitome.store.schema import deliveries, messages
 
 from .conftest import START, Kit, make_list

@@ -6,19 +6,24 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from kakitome.campaigns.store import CampaignStore
 from kakitome.campaigns.tracking import LinkSigner
-from kakitome.store.campaigns_store import CampaignStore
-from kakitome.store.repository import Store
-from kakitome.web.tracking import PIXEL, tracking_router
+from kakitome.services import build_services
+from kakitome.store.database import Database
+from kakitome.web.tracking import PIXEL, router
 
 from .conftest import LINK_KEY, make_settings
 
 
-async def test_click_redirects_and_tamper_is_refused(store: Store, tmp_path: object) -> None:
+async def test_click_redirects_and_tamper_is_refused(store: Database, tmp_path: object) -> None:
     """A good token redirects to its URL; a changed URL or MAC gets 400 without Location."""
     signer = LinkSigner(LINK_KEY, "https://news.example.jp")
+    # The services' campaign signer makes and checks the links: the same key as ``signer``.
+    campaigns = {"batch_size": 100, "link_secret": LINK_KEY.decode()}
+    settings = make_settings(tmp_path, campaigns=campaigns)  # type: ignore[arg-type]
     app = FastAPI()
-    app.include_router(tracking_router(make_settings(tmp_path), store, signer=signer))  # type: ignore[arg-type]
+    app.state.services = build_services(settings, store, signing=None)
+    app.include_router(router)
     token = signer.click_token("c7", 42, "https://shop.example.jp/a?b=1")
     forged = LinkSigner(b"another-key-0123456789abcdef", "x").click_token(
         "c7", 42, "https://evil.example/"

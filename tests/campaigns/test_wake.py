@@ -1,11 +1,11 @@
 """Campaign and step-mail batches wake the worker of the same process at once
-(``Store.wait_for_work``) instead of leaving the mail for its next poll."""
+(``Database.wait_for_work``) instead of leaving the mail for its next poll."""
 
 from __future__ import annotations
 
 import asyncio
 
-from kakitome.store.campaigns_store import NewStep
+from kakitome.campaigns.store import NewStep
 
 from .conftest import Kit, add_people, make_list
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from typer.testing import CliRunner
 
 from kakitome.cli.main import app
-from kakitome.store.repository import Store
+from kakitome.config import load_settings
+from kakitome.services import Services, open_services
 from tests.receipts import PLAINTEXT_REASON, deliver_due_in_plaintext
+
+if TYPE_CHECKING:
+    from kakitome.queue.store import QueueStore
 
 
 @pytest.fixture
@@ -39,13 +44,17 @@ def _json(runner: CliRunner, *args: str, code: int = 0) -> Any:
     return json.loads(result.stdout)  # exactly one JSON document, nothing else
 
 
-def _with_store(url: str, fn: Any) -> Any:
+def _with_services(url: str, fn: Any, **env: str) -> Any:
+    """``fn(services)`` on the services the CLI runs on (the same database, and the same
+    data directory for the DKIM key secret: the environment the CLI runner sees)."""
+
     async def go() -> Any:
-        store = await Store.open(url)
+        settings = load_settings(environ={**os.environ, "KAKITOME_DATABASE__URL": url, **env})
+        services = await open_services(settings)
         try:
-            return await fn(store)
+            return await fn(services)
         finally:
-            await store.close()
+            await services.close()
 
     return asyncio.run(go())
 
@@ -78,15 +87,15 @@ def test_send_files_and_raw(runner: CliRunner, tmp_path: Path, db_url: str) -> N
         runner, "send", "--from", "info@example.jp", "--to", "a@example.com",
         "--text", f"@{body}", "--attach", str(attachment),
     )  # fmt: skip
-    batches = _with_store(
-        db_url, lambda s: s.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60)
+    batches = _with_services(
+        db_url, lambda s: s.queue.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60)
     )
     content = batches[0].messages[0].content
     assert b'filename="report.csv"' in content and b"text/csv" in content
     raw = tmp_path / "raw.eml"
     raw.write_bytes(b"From: info@example.jp\nTo: header@example.com\n\nraw body\n")
     doc = _json(runner, "send", "--raw", str(raw), "--to", "envelope@example.net")
-    rows = _with_store(db_url, lambda s: s.list_deliveries(message_id=doc["id"]))
+    rows = _with_services(db_url, lambda s: s.queue.list_deliveries(message_id=doc["id"]))
     assert [r.recipient for r in rows] == ["envelope@example.net"]
 
 
@@ -105,7 +114,7 @@ def test_send_bad_input_exit_2(runner: CliRunner, db_url: str) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "line break" in result.stderr
-    assert _with_store(db_url, lambda s: s.list_deliveries()) == []
+    assert _with_services(db_url, lambda s: s.queue.list_deliveries()) == []
 
 
 def test_receipt_unknown_id_exit_1(runner: CliRunner) -> None:
@@ -142,7 +151,7 @@ def test_apikey_create(runner: CliRunner, db_url: str) -> None:
     """apikey create prints a key that the store accepts, with the asked scopes."""
     doc = _json(runner, "apikey", "create", "ops", "--scope", "read")
     assert doc["key"].startswith("kk_") and doc["scopes"] == ["read"]
-    info = _with_store(db_url, lambda s: s.check_api_key(doc["key"], now=time.time()))
+    info = _with_services(db_url, lambda s: s.api_keys.check_api_key(doc["key"], now=time.time()))
     assert info is not None and info.scopes == ("read",)
     everything = _json(runner, "apikey", "create", "all")
     assert everything["scopes"] == ["send", "read", "admin"]
@@ -161,14 +170,10 @@ def test_receipt_says_why_a_delivery_went_in_plaintext(runner: CliRunner, db_url
     """The human receipt names the rule that allowed plaintext (T43)."""
     doc = _json(runner, "send", "--from", "i@example.jp", "--to", "a@one.test", "--text", "x")
 
-    async def deliver() -> None:
-        store = await Store.open(db_url)
-        try:
-            await deliver_due_in_plaintext(store)
-        finally:
-            await store.close()
+    async def deliver(services: Services) -> None:
+        await deliver_due_in_plaintext(services.store)
 
-    asyncio.run(deliver())
+    _with_services(db_url, deliver)
     result = runner.invoke(app, ["receipt", doc["id"]])
     assert result.exit_code == 0
     flat = " ".join(result.stdout.split())
@@ -206,7 +211,8 @@ def test_send_wait_prints_receipt(runner: CliRunner, db_url: str) -> None:
                   "--wait", "--timeout", "20", "--json"],
         )  # fmt: skip
 
-    async def play_worker(store: Store) -> None:
+    async def play_worker(services: Services) -> None:
+        store: QueueStore = services.queue
         for _ in range(200):
             batches = await store.claim_due("w", now=time.time() + 1, limit=10, lease_seconds=60)
             if batches:
@@ -227,7 +233,7 @@ def test_send_wait_prints_receipt(runner: CliRunner, db_url: str) -> None:
     thread = threading.Thread(target=invoke)
     thread.start()
     try:
-        _with_store(db_url, play_worker)
+        _with_services(db_url, play_worker)
     finally:
         thread.join(30)
     result = box["result"]
@@ -249,7 +255,7 @@ def test_send_refuses_unconfigured_from_domain(db_url: str, tmp_path: Path) -> N
     )  # fmt: skip
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert json.loads(result.stdout)["error"]["message"].find("unknown.example") >= 0
-    assert not any((_with_store(db_url, lambda s: s.status_counts())).values())
+    assert not any((_with_services(db_url, lambda s: s.queue.status_counts())).values())
 
 
 def test_send_signs_mail_of_a_configured_domain(db_url: str, tmp_path: Path) -> None:
@@ -259,11 +265,53 @@ def test_send_signs_mail_of_a_configured_domain(db_url: str, tmp_path: Path) -> 
     assert added.exit_code == 0, (added.stdout, added.stderr)
     doc = _json(strict, "send", "--from", "news@shop.example", "--to", "b@example.com",
                 "--subject", "署名", "--text", "x")  # fmt: skip
-    batches = _with_store(
-        db_url, lambda s: s.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60)
+    batches = _with_services(
+        db_url, lambda s: s.queue.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60)
     )
     message = batches[0].messages[0]
     assert message.message_id == doc["id"]
     assert message.content.count(b"DKIM-Signature:") == 2
     assert b"a=rsa-sha256" in message.content and b"a=ed25519-sha256" in message.content
+    assert message.sender.startswith("bounce+") and message.sender.endswith("@bounce.shop.example")
+
+
+def test_confirmation_queued_by_the_cli_is_signed_with_a_verp_return_path(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The double opt-in confirmation `subscriber add` queues for a list whose From domain
+    was added with `domain add` carries both DKIM signatures, which dkimpy verifies with
+    the printed records, and a VERP envelope sender: the list commands run on the
+    service's one injector, not one of their own without the signer."""
+    import dkim
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAKITOME_CONFIG", raising=False)
+    env = {
+        "KAKITOME_DATABASE__URL": db_url,
+        "KAKITOME_PATHS__DATA_DIR": str(tmp_path / "data"),
+        "KAKITOME_LISTS__TOKEN_SECRET": "0123456789abcdef0123",
+    }
+    strict = CliRunner(env=env)  # unconfigured From domains refused, as by default
+    added = _json(strict, "domain", "add", "shop.example")
+    records = {r["name"]: r["value"] for r in added["dns"]["records"] if r["purpose"] == "dkim"}
+    _json(strict, "list", "create", "news", "--title", "お知らせ", "--opt-in", "double",
+          "--from-address", "news@shop.example")  # fmt: skip
+    member = _json(strict, "subscriber", "add", "p@example.jp", "--list", "news")["member"]
+    assert member["status"] == "unconfirmed"
+
+    batches = _with_services(
+        db_url, lambda s: s.queue.claim_due("t", now=time.time() + 1, limit=10, lease_seconds=60),
+        **env,
+    )  # fmt: skip
+    message = batches[0].messages[0]
+    assert [r.address for r in message.recipients] == ["p@example.jp"]
+    content = message.content
+    assert content.count(b"DKIM-Signature:") == 2
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        value = records.get(name.decode().rstrip("."))
+        return value.encode() if value is not None else None
+
+    for index in range(2):
+        assert dkim.DKIM(content).verify(idx=index, dnsfunc=dnsfunc), index
     assert message.sender.startswith("bounce+") and message.sender.endswith("@bounce.shop.example")

@@ -9,8 +9,8 @@ from email.message import EmailMessage, Message
 
 import pytest
 
-from kakitome.delivery.dsn import build_dsn, should_send_dsn
-from kakitome.store.repository import Bounce
+from kakitome.queue.dsn import build_dsn, should_send_dsn
+from kakitome.queue.types import Bounce
 
 NOW = 1_780_000_000.0
 ORIGINAL = (

@@ -14,13 +14,15 @@ from kakitome.config import Settings
 from kakitome.errors import InputError, StorageError
 from kakitome.group_commit import GroupCommitter
 from kakitome.injection import Injector
-from kakitome.store import repository, sqlite_thread
-from kakitome.store.repository import NewMessage, Store
+from kakitome.queue.types import NewMessage
+from kakitome.store import database, sqlite_thread
+from kakitome.store.database import Database
+from tests.fixtures_db import queue_store
 
 SETTINGS = Settings.model_validate({})
 
 
-def _count_commits(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _count_commits(store: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per database transaction committed through the store's engine: those
     SQLAlchemy runs, and on SQLite those the store runs in one piece on the connection
     (kakitome.store.sqlite_thread.write_transaction)."""
@@ -33,16 +35,16 @@ def _count_commits(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         commits.append(1)
         return result
 
-    monkeypatch.setattr(repository, "write_transaction", counted)
+    monkeypatch.setattr(database, "write_transaction", counted)
     return commits
 
 
 async def test_concurrent_submits_share_transactions(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """200 concurrent submissions: every one gets its own id, committed with its own
     content, in far fewer than 200 transactions."""
-    injector = Injector(store, SETTINGS)
+    injector = Injector(queue_store(store), SETTINGS)
     messages = [
         injector.prepare_fields(
             from_="i@example.jp", to=[f"u{n}@example.com"], subject=f"件名 {n}", text=f"本文 {n}"
@@ -56,14 +58,14 @@ async def test_concurrent_submits_share_transactions(
     assert injector.committer.commits == len(commits)
     assert injector.committer.committed == 200
     for n in (0, 77, 199):
-        receipt = await store.receipt(ids[n])
+        receipt = await queue_store(store).receipt(ids[n])
         assert receipt.subject == f"件名 {n}"
         assert [r.recipient for r in receipt.recipients] == [f"u{n}@example.com"]
 
 
-async def test_submit_many_kept_together_in_order(store: Store) -> None:
+async def test_submit_many_kept_together_in_order(store: Database) -> None:
     """submit_many returns ids in order; a submission larger than max_batch is one commit."""
-    injector = Injector(store, SETTINGS, max_batch=4)
+    injector = Injector(queue_store(store), SETTINGS, max_batch=4)
     messages = [
         injector.prepare_fields(from_="i@example.jp", to=[f"u{n}@example.com"], text="x")
         for n in range(10)
@@ -71,13 +73,13 @@ async def test_submit_many_kept_together_in_order(store: Store) -> None:
     ids = await injector.submit_many(messages)
     assert injector.committer.commits == 1
     for n, message_id in enumerate(ids):
-        receipt = await store.receipt(message_id)
+        receipt = await queue_store(store).receipt(message_id)
         assert receipt.recipients[0].recipient == f"u{n}@example.com"
 
 
-async def test_no_recipients_refused_before_queueing(store: Store) -> None:
+async def test_no_recipients_refused_before_queueing(store: Database) -> None:
     """InputError before anything is queued; a bad message never fails a batch."""
-    injector = Injector(store, SETTINGS)
+    injector = Injector(queue_store(store), SETTINGS)
     good = injector.prepare_fields(from_="i@example.jp", to=["a@example.com"], text="x")
     bad = NewMessage(
         source="api", sender="", header_from="i@example.jp", subject="", content=b"x",
@@ -88,7 +90,7 @@ async def test_no_recipients_refused_before_queueing(store: Store) -> None:
     with pytest.raises(InputError):
         await injector.submit_many([good, bad])
     assert injector.committer.commits == 0
-    assert await store.list_deliveries() == []
+    assert await queue_store(store).list_deliveries() == []
 
 
 class _GatedCommit:
@@ -131,11 +133,12 @@ async def test_failing_commit_fails_every_waiter() -> None:
 
 
 async def test_failing_store_commit_is_503_worth_for_all(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Through the Injector and a Store whose transaction fails: every concurrent
+    """Through the Injector and a Database whose transaction fails: every concurrent
     submitter raises StorageError and nothing is stored."""
-    injector = Injector(store, SETTINGS)
+    queue = queue_store(store)
+    injector = Injector(queue, SETTINGS)
     messages = [
         injector.prepare_fields(from_="i@example.jp", to=[f"u{n}@example.com"], text="x")
         for n in range(50)
@@ -147,12 +150,12 @@ async def test_failing_store_commit_is_503_worth_for_all(
         await asyncio.sleep(0.01)
         raise StorageError("database did not commit: disk I/O error")
 
-    monkeypatch.setattr(store, "inject_many", broken)
+    monkeypatch.setattr(queue, "inject_many", broken)
     outcomes = await asyncio.gather(*(injector.submit(m) for m in messages), return_exceptions=True)
     assert all(isinstance(o, StorageError) for o in outcomes)
     assert sum(calls) == 50 and len(calls) < 50
     monkeypatch.undo()
-    assert await store.list_deliveries() == []
+    assert await queue.list_deliveries() == []
 
 
 async def test_cancelled_waiter_left_out_of_the_batch() -> None:
@@ -194,9 +197,9 @@ async def test_stopping_loop_never_acknowledges() -> None:
     assert await committer.submit(["c"]) == ["id-c"]
 
 
-async def test_lone_submission_is_not_delayed(store: Store) -> None:
+async def test_lone_submission_is_not_delayed(store: Database) -> None:
     """With no company a submission is committed at once (linger 0)."""
-    injector = Injector(store, SETTINGS)
+    injector = Injector(queue_store(store), SETTINGS)
     message = injector.prepare_fields(from_="i@example.jp", to=["a@example.com"], text="x")
     started = time.monotonic()
     await injector.submit(message)

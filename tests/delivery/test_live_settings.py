@@ -5,7 +5,7 @@ from __future__ import annotations
 from kakitome.delivery.types import Outcome
 from kakitome.runtime import follow_settings
 from kakitome.settings_overlay import LiveSettings
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.settings_store import SettingsStore
 from kakitome.testing import PeerBehaviour
 from tests.delivery.conftest import AgentFactory, batch
@@ -13,7 +13,7 @@ from tests.fixtures_world import MakeDomain
 
 
 async def test_tls_policy_changed_in_the_database_applies_to_the_next_batch(
-    make_agent: AgentFactory, make_domain: MakeDomain, store: Store
+    make_agent: AgentFactory, make_domain: MakeDomain, store: Database
 ) -> None:
     """A server without STARTTLS gets plaintext under the default level ``may``; once the
     overlay's tls.policy says ``encrypt`` for its domain, the same agent defers (4.7.x)

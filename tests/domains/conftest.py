@@ -15,7 +15,7 @@ from sqlalchemy import delete
 
 from kakitome.config import Settings
 from kakitome.domains.service import DomainService
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 from kakitome.testing import LocalInternet
 
@@ -79,7 +79,7 @@ def domain_env(world: LocalInternet, tmp_path: Path) -> Iterator[Env]:
 
 
 @pytest.fixture
-async def domain_store(store: Store) -> AsyncIterator[Store]:
+async def domain_store(store: Database) -> AsyncIterator[Database]:
     """The store, with no sending domains left by an earlier test (PostgreSQL is shared)."""
     async with store.engine.begin() as conn:
         await conn.execute(delete(dkim_keys))
@@ -88,6 +88,6 @@ async def domain_store(store: Store) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-def service(domain_store: Store, domain_env: Env) -> DomainService:
+def service(domain_store: Database, domain_env: Env) -> DomainService:
     """A DomainService on both databases, using the world's DNS."""
     return DomainService(domain_store, domain_env.settings)

@@ -22,7 +22,7 @@ from kakitome.domains.names import DomainNameError, parse_domain_name
 from kakitome.domains.service import DomainService
 from kakitome.domains.signing import DomainSigning
 from kakitome.errors import InputError, NotFound
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 from tests.domains.conftest import Env
 
@@ -46,14 +46,14 @@ def test_idn_in_both_forms() -> None:
     assert name.display() == "例え.jp (xn--r8jz45g.jp)"
 
 
-async def _counts(store: Store) -> tuple[int, int]:
+async def _counts(store: Database) -> tuple[int, int]:
     async with store.engine.connect() as conn:
         domains = len((await conn.execute(select(sending_domains.c.id))).all())
         keys = len((await conn.execute(select(dkim_keys.c.id))).all())
     return domains, keys
 
 
-async def test_bad_name_creates_nothing(service: DomainService, domain_store: Store) -> None:
+async def test_bad_name_creates_nothing(service: DomainService, domain_store: Database) -> None:
     """A bad name is refused before any key is made or row written."""
     with pytest.raises(DomainNameError):
         await service.add("not a domain")
@@ -84,7 +84,7 @@ async def test_duplicate_and_unknown_domains(service: DomainService, domain_env:
 
 
 async def test_unreadable_secret_file_creates_nothing(
-    domain_store: Store, domain_env: Env, tmp_path: Path
+    domain_store: Database, domain_env: Env, tmp_path: Path
 ) -> None:
     """A key_file that cannot be read → KeyBoxError naming it; nothing is stored."""
     settings = load_settings(
@@ -96,7 +96,7 @@ async def test_unreadable_secret_file_creates_nothing(
 
 
 async def test_unreadable_imported_key_creates_nothing(
-    service: DomainService, domain_store: Store, domain_env: Env, tmp_path: Path
+    service: DomainService, domain_store: Database, domain_env: Env, tmp_path: Path
 ) -> None:
     """--rsa-key with a missing file, or a key of the wrong type → a clear error, nothing stored."""
     with pytest.raises(DKIMKeyError, match="cannot read"):
@@ -111,7 +111,7 @@ async def test_unreadable_imported_key_creates_nothing(
 
 
 async def test_keys_are_sealed_at_rest(
-    service: DomainService, domain_store: Store, domain_env: Env
+    service: DomainService, domain_store: Database, domain_env: Env
 ) -> None:
     """Stored private keys are ciphertext, open only with the right secret, never plain PEM."""
     await service.add(domain_env.domain)

@@ -35,11 +35,12 @@ from kakitome.config import load_settings
 from kakitome.domains.signing import DomainSigning
 from kakitome.injection import Injector
 from kakitome.message import Attachment
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema import messages
 from tests.auth.conftest import Keys
 from tests.auth.test_dkim_peers import mail_dkim_results, opendkim_results
 from tests.domains.conftest import Env
+from tests.fixtures_db import queue_store
 
 pytestmark = pytest.mark.peers
 
@@ -178,10 +179,12 @@ def printed(domain_env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 async def _inject_and_read(environ: dict[str, str], build: Build) -> bytes:
     """Inject as `kakitome send` does and return the content the store holds."""
     settings = load_settings(environ=environ)
-    store = await Store.open(settings.database.url, pool_size=1)
+    store = await Database.open(settings.database.url, pool_size=1)
     try:
         signing = await DomainSigning.load(store, settings)
-        injector = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
+        injector = Injector(
+            queue_store(store), settings, signer=signing.sign, return_path=signing.return_path
+        )
         message_id = await injector.submit(build(injector))
         async with store.engine.connect() as conn:
             content = (

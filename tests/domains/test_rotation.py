@@ -9,7 +9,7 @@ from sqlalchemy import select
 from kakitome.domains.service import DomainService
 from kakitome.domains.signing import DomainSigning
 from kakitome.errors import InputError
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema import events
 from kakitome.store.schema_domains import dkim_keys
 from tests.domains.conftest import Env
@@ -24,7 +24,7 @@ class Clock:
 
 
 async def test_rotation_switches_only_when_dns_shows_the_new_keys(
-    domain_store: Store, domain_env: Env
+    domain_store: Database, domain_env: Env
 ) -> None:
     """Pending keys do not sign until verify sees them published; then they sign, the old
     ones retire after the grace period and their private keys are wiped."""

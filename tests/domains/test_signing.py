@@ -14,15 +14,18 @@ from kakitome.domains.signing import DomainSigning, UnconfiguredDomainError
 from kakitome.domains.verp import parse_return_path
 from kakitome.errors import InputError
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema import messages
 from tests.domains.conftest import Env
+from tests.fixtures_db import queue_store
 
 
-async def _injector(store: Store, env: Env, **extra: str) -> tuple[Injector, DomainSigning]:
+async def _injector(store: Database, env: Env, **extra: str) -> tuple[Injector, DomainSigning]:
     settings = load_settings(environ={**env.world.env(), **env.env, **extra})
     signing = await DomainSigning.load(store, settings)
-    injector = Injector(store, settings, signer=signing.sign, return_path=signing.return_path)
+    injector = Injector(
+        queue_store(store), settings, signer=signing.sign, return_path=signing.return_path
+    )
     return injector, signing
 
 
@@ -35,7 +38,7 @@ def _dnsfunc(records: dict[str, str]):  # type: ignore[no-untyped-def]
 
 
 async def test_injected_mail_verifies_with_dkimpy(
-    service: DomainService, domain_env: Env, domain_store: Store
+    service: DomainService, domain_env: Env, domain_store: Database
 ) -> None:
     """Both signatures (rsa-sha256, ed25519-sha256) of a Japanese message made by the
     injector verify with dkimpy using the public keys of `domain dns`."""
@@ -65,7 +68,7 @@ async def test_injected_mail_verifies_with_dkimpy(
 
 
 async def test_envelope_sender_is_a_verp_return_path(
-    service: DomainService, domain_env: Env, domain_store: Store
+    service: DomainService, domain_env: Env, domain_store: Database
 ) -> None:
     """Signed mail gets bounce+<id>-<mac>@bounce.<domain>; it reads back, a forged one does not,
     and the stored message is found by it."""
@@ -91,7 +94,7 @@ async def test_envelope_sender_is_a_verp_return_path(
         assert found.scalar_one() == message_id
 
 
-async def test_unconfigured_from_domain_is_refused(domain_env: Env, domain_store: Store) -> None:
+async def test_unconfigured_from_domain_is_refused(domain_env: Env, domain_store: Database) -> None:
     """Mail From a domain that is not configured is refused (InputError) and nothing is
     stored; with allow_unconfigured_from it goes out unsigned with its own sender."""
     injector, _ = await _injector(domain_store, domain_env)
@@ -109,7 +112,7 @@ async def test_unconfigured_from_domain_is_refused(domain_env: Env, domain_store
 
 
 async def test_removed_domain_is_refused_after_refresh(
-    service: DomainService, domain_env: Env, domain_store: Store
+    service: DomainService, domain_env: Env, domain_store: Database
 ) -> None:
     """After `domain remove` and a key refresh, its mail is refused."""
     await service.add(domain_env.domain)

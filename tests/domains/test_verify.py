@@ -9,7 +9,7 @@ import pytest
 
 from kakitome.domains.service import DomainService
 from kakitome.domains.verify import DomainDNSError, Verification
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from tests.domains.conftest import Env
 
 
@@ -215,7 +215,7 @@ async def test_dns_timeout_is_a_clear_error(service: DomainService, domain_env: 
 
 
 async def test_state_change_records_an_event(
-    service: DomainService, domain_env: Env, domain_store: Store
+    service: DomainService, domain_env: Env, domain_store: Database
 ) -> None:
     """verify_all records a domain_state event when the state changes, not when it stays."""
     records = await _added(service, domain_env)

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kakitome.queue.scheduler import RECORD_BACKLOG
 from kakitome.testing import LocalInternet, PeerBehaviour
-from kakitome.worker import RECORD_BACKLOG
 from tests.fixtures_load import CPUHog
 
 from .service import ServiceProcess
@@ -85,7 +85,10 @@ def test_sigkill_in_the_middle_loses_nothing(
     web = ServiceProcess(env, tmp_path, roles=("web",)).start()
     try:
         key = web.wait_for_key()
-        acknowledged = asyncio.run(_inject(web.url, key, domain, range(TOTAL)))
+        try:
+            acknowledged = asyncio.run(_inject(web.url, key, domain, range(TOTAL)))
+        except httpx.HTTPError as exc:  # the service's side of it, for the report
+            raise AssertionError(f"injection failed: {exc!r}; service log:\n{web.log()}") from exc
     finally:
         assert web.stop() == 0
     assert len(acknowledged) == TOTAL
@@ -120,7 +123,7 @@ def test_sigkill_in_the_middle_loses_nothing(
             f"duplicates: {duplicates} (bound {RECORD_BACKLOG + CONNECTIONS}; {cpu_hog})"
         )
         assert not missing, f"{len(missing)} acknowledged messages were lost:\n{service.log()}"
-        # Only what was in flight at the kill can be sent twice (worker.py): results are
+        # Only what was in flight at the kill can be sent twice (queue/scheduler.py): results are
         # recorded per transaction, and once RECORD_BACKLOG of them wait to be committed
         # the connections wait too, so at most RECORD_BACKLOG uncommitted results plus the
         # one transaction each of the 8 connections has on the wire. On a quiet machine it

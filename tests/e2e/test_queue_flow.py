@@ -18,9 +18,10 @@ from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.pool import ConnectionPool
 from kakitome.dns.resolver import Resolver
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.scheduler import Worker
+from kakitome.store.database import Database
 from kakitome.testing import Fault, LocalInternet, Peer, PeerBehaviour
-from kakitome.worker import Worker
+from tests.fixtures_db import queue_store
 
 from ..fixtures_world import MakeDomain
 
@@ -39,7 +40,7 @@ class Clock:
 @dataclass
 class Flow:
     settings: Settings
-    store: Store
+    store: Database
     injector: Injector
     worker: Worker
     clock: Clock
@@ -57,13 +58,13 @@ class Flow:
         return message_id
 
     async def status(self, message_id: str) -> tuple[str, int]:
-        receipt = await self.store.receipt(message_id)
+        receipt = await queue_store(self.store).receipt(message_id)
         row = receipt.recipients[0]
         return row.status, row.attempts
 
 
 @pytest.fixture
-async def flow(world: LocalInternet, store: Store) -> AsyncIterator[Flow]:
+async def flow(world: LocalInternet, store: Database) -> AsyncIterator[Flow]:
     """A worker on the test store, delivering into the world, driven by a fake clock."""
     settings = world.settings(
         {
@@ -74,8 +75,8 @@ async def flow(world: LocalInternet, store: Store) -> AsyncIterator[Flow]:
     clock = Clock()
     pool = ConnectionPool(settings)
     agent = DeliveryAgent(settings, Resolver(settings), pool)
-    injector = Injector(store, settings, clock=clock)
-    worker = Worker(settings, store, agent.deliver, clock=clock)
+    injector = Injector(queue_store(store), settings, clock=clock)
+    worker = Worker(settings, queue_store(store), agent.deliver, injector=injector, clock=clock)
     yield Flow(settings, store, injector, worker, clock, pool)
     await pool.aclose()
 
@@ -97,7 +98,7 @@ async def test_4xx_is_retried_and_delivered_once(flow: Flow, make_domain: MakeDo
     assert await flow.worker.run_once() == 1
     status, attempts = await flow.status(message_id)
     assert (status, attempts) == ("deferred", 1)
-    receipt = await flow.store.receipt(message_id)
+    receipt = await queue_store(flow.store).receipt(message_id)
     assert receipt.recipients[0].reply == {"code": 451, "enhanced": "4.3.0", "text": "greylisted"}
     # Not due yet: nothing happens.
     flow.clock.advance(200)
@@ -166,12 +167,12 @@ async def test_a_bounce_of_a_dsn_makes_no_dsn(flow: Flow, make_domain: MakeDomai
     await flow.worker.run_once()  # DSN bounces too
     assert await flow.worker.run_once() == 0  # and nothing more is queued
     assert sender_peer.messages() == []
-    counts = await flow.store.status_counts()
+    counts = await queue_store(flow.store).status_counts()
     assert counts.get("bounced") == 2
 
 
 async def test_expiry_bounces_after_the_queue_lifetime(
-    world: LocalInternet, store: Store, make_domain: MakeDomain
+    world: LocalInternet, store: Database, make_domain: MakeDomain
 ) -> None:
     """A recipient that keeps deferring bounces when its lifetime is over, saying why."""
     settings = world.settings(
@@ -180,18 +181,18 @@ async def test_expiry_bounces_after_the_queue_lifetime(
     clock = Clock()
     pool = ConnectionPool(settings)
     agent = DeliveryAgent(settings, Resolver(settings), pool)
-    worker = Worker(settings, store, agent.deliver, clock=clock)
-    injector = Injector(store, settings, clock=clock)
+    injector = Injector(queue_store(store), settings, clock=clock)
+    worker = Worker(settings, queue_store(store), agent.deliver, injector=injector, clock=clock)
     domain, _ = make_domain(PeerBehaviour(rcpt_fault=Fault("452 4.2.2 mailbox full")))
     message_id = await injector.submit_fields(
         from_="news@sender.test", to=[f"full@{domain.name}"], subject="s", text="t"
     )
     try:
         await worker.run_once()
-        assert (await store.receipt(message_id)).recipients[0].status == "deferred"
+        assert (await queue_store(store).receipt(message_id)).recipients[0].status == "deferred"
         clock.advance(61)
         await worker.run_once()
-        row = (await store.receipt(message_id)).recipients[0]
+        row = (await queue_store(store).receipt(message_id)).recipients[0]
         assert row.status == "bounced"
         assert row.reply is not None and "lifetime" in str(row.reply["text"])
     finally:
@@ -204,7 +205,7 @@ async def test_null_mx_bounces_at_once(flow: Flow, world: LocalInternet) -> None
     world.add_domain(name, null_mx=True)
     message_id = await flow.send("news@sender.test", f"user@{name}")
     await flow.worker.run_once()
-    row = (await flow.store.receipt(message_id)).recipients[0]
+    row = (await queue_store(flow.store).receipt(message_id)).recipients[0]
     assert row.status == "bounced" and row.attempts == 1
     assert row.reply is not None and (row.reply["code"], row.reply["enhanced"]) == (556, "5.1.10")
 
@@ -217,7 +218,7 @@ async def test_delivery_over_ipv6(flow: Flow, world: LocalInternet) -> None:
     try:
         message_id = await flow.send("news@sender.test", f"user@{name}")
         await flow.worker.run_once()
-        row = (await flow.store.receipt(message_id)).recipients[0]
+        row = (await queue_store(flow.store).receipt(message_id)).recipients[0]
         assert row.status == "delivered", row.reply
         assert row.mx is not None and row.mx["ip"] == "::1"
         assert row.tls is not None and row.tls["verification"] == "verified"
@@ -233,7 +234,7 @@ async def test_suppressed_recipients_bounce_at_delivery_one_lookup_a_round(
     """An address suppressed after its message was queued bounces at delivery time (the
     others of the same message are delivered); the worker asks the suppression list once
     per claim round, however many destinations the round holds."""
-    from kakitome.store.inbound_store import InboundStore
+    from kakitome.inbound.store import InboundStore
     from kakitome.suppression import SUPPRESSED_REPLY
 
     inbound = InboundStore(flow.store.engine)
@@ -243,8 +244,8 @@ async def test_suppressed_recipients_bounce_at_delivery_one_lookup_a_round(
         asked.append(list(addresses))
         return await inbound.suppressed_among(addresses)
 
-    worker = Worker(flow.settings, flow.store, flow.worker._deliver, clock=flow.clock,
-                    suppressed=suppressed)  # fmt: skip
+    worker = Worker(flow.settings, queue_store(flow.store), flow.worker._deliver, clock=flow.clock,
+                    injector=flow.injector, suppressed=suppressed)  # fmt: skip
     domains = [make_domain() for _ in range(4)]
     sent = [
         await flow.injector.submit_fields(
@@ -259,14 +260,16 @@ async def test_suppressed_recipients_bounce_at_delivery_one_lookup_a_round(
     assert await inbound.add_suppression(gone, reason="manual", now=flow.clock())
     assert await worker.run_once() == 8
     assert len(asked) == 1 and len(asked[0]) == 8
-    receipt = await flow.store.receipt(sent[2])
+    receipt = await queue_store(flow.store).receipt(sent[2])
     by_address = {r.recipient.lower(): r for r in receipt.recipients}
     assert by_address[gone].status == "bounced"
     assert by_address[gone].reply is not None
     assert by_address[gone].reply["code"] == SUPPRESSED_REPLY.code
     assert by_address[f"keep@{domains[2][0].name}"].status == "delivered"
     for message_id in (sent[0], sent[1], sent[3]):
-        statuses = {r.status for r in (await flow.store.receipt(message_id)).recipients}
+        statuses = {
+            r.status for r in (await queue_store(flow.store).receipt(message_id)).recipients
+        }
         assert statuses == {"delivered"}
     # The peer of the suppressed address got only the other recipient.
     rcpts = [r for m in domains[2][1].messages() for r in m.rcpt_tos]

@@ -21,11 +21,12 @@ from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.pool import ConnectionPool
 from kakitome.dns.resolver import Resolver
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.scheduler import Worker
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet, PeerBehaviour
 from kakitome.testing.https import add_mta_sts_host, mta_sts_policy
 from kakitome.tls.state import MemoryTLSState
-from kakitome.worker import Worker
+from tests.fixtures_db import queue_store
 from tests.fixtures_world import MakeDomain
 from tests.tls.conftest import tls_env
 
@@ -36,19 +37,19 @@ SECRET_BODY = "The merger closes on Friday.\n"
 @dataclass
 class Flow:
     settings: Settings
-    store: Store
+    store: Database
     injector: Injector
     worker: Worker
 
 
 @pytest.fixture
-async def flow(world: LocalInternet, store: Store) -> AsyncIterator[Flow]:
+async def flow(world: LocalInternet, store: Database) -> AsyncIterator[Flow]:
     """A worker on the test store with MTA-STS pointed at the world's HTTPS server."""
     settings = tls_env(world, DELIVERY__HELO_HOSTNAME="out.kakitome.test")
     pool = ConnectionPool(settings)
     agent = DeliveryAgent(settings, Resolver(settings), pool, tls_state=MemoryTLSState())
-    injector = Injector(store, settings)
-    worker = Worker(settings, store, agent.deliver)
+    injector = Injector(queue_store(store), settings)
+    worker = Worker(settings, queue_store(store), agent.deliver, injector=injector)
     yield Flow(settings, store, injector, worker)
     await pool.aclose()
 
@@ -76,7 +77,7 @@ async def test_requiretls_to_insecure_destination_bounces_with_redacted_dsn(
     )
 
     assert await flow.worker.run_once() == 1
-    receipt = await flow.store.receipt(message_id)
+    receipt = await queue_store(flow.store).receipt(message_id)
     [row] = receipt.recipients
     assert row.status == "bounced", row
     assert row.reply is not None and row.reply["enhanced"] == "5.7.30"

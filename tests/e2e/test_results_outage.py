@@ -27,9 +27,10 @@ from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.pool import ConnectionPool
 from kakitome.dns.resolver import Resolver
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.scheduler import Worker
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet, PeerBehaviour
-from kakitome.worker import Worker
+from tests.fixtures_db import queue_store
 
 from ..fixtures_db import PG_SERVER
 from ..fixtures_world import MakeDomain
@@ -92,12 +93,12 @@ async def test_results_survive_a_database_outage_without_resending(
         }
     )
     # A short busy timeout: on SQLite the held lock is an error after 0.3 s, not a wait.
-    store = await Store.open(database_url, pool_size=5, busy_timeout_ms=300)
+    store = await Database.open(database_url, pool_size=5, busy_timeout_ms=300)
     pool = ConnectionPool(settings)
     stop = asyncio.Event()
     running: asyncio.Task[None] | None = None
     try:
-        injector = Injector(store, settings)
+        injector = Injector(queue_store(store), settings)
         ids = [
             await injector.submit_fields(
                 from_="news@sender.test",
@@ -107,7 +108,8 @@ async def test_results_survive_a_database_outage_without_resending(
             )
             for i in range(MESSAGES)
         ]
-        worker = Worker(settings, store, DeliveryAgent(settings, Resolver(settings), pool).deliver)
+        agent = DeliveryAgent(settings, Resolver(settings), pool)
+        worker = Worker(settings, queue_store(store), agent.deliver, injector=injector)
         running = asyncio.create_task(worker.run(stop))
         deadline = time.monotonic() + 30
         while not peer.messages() and time.monotonic() < deadline:  # noqa: ASYNC110 - peer thread
@@ -120,7 +122,7 @@ async def test_results_survive_a_database_outage_without_resending(
         deadline = time.monotonic() + 60
         statuses: list[str] = []
         while time.monotonic() < deadline:
-            statuses = [(await store.receipt(i)).recipients[0].status for i in ids]
+            statuses = [(await queue_store(store).receipt(i)).recipients[0].status for i in ids]
             if all(s == "delivered" for s in statuses):
                 break
             await asyncio.sleep(0.2)

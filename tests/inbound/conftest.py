@@ -15,9 +15,10 @@ import pytest
 
 from kakitome.config import Settings, load_settings
 from kakitome.inbound.server import InboundService
+from kakitome.inbound.store import InboundStore
 from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore
-from kakitome.store.repository import Store
+from kakitome.services import open_services
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet
 
 HOSTNAME = "mx.kakitome.test"
@@ -34,7 +35,7 @@ def free_port() -> int:
 @dataclass
 class Running:
     settings: Settings
-    store: Store
+    store: Database
     inbound: InboundStore
     service: InboundService
     injector: Injector
@@ -87,9 +88,10 @@ async def start_inbound(tmp_path: Path, world: LocalInternet) -> AsyncIterator[S
         }
         env.update({f"KAKITOME_{k}": v for k, v in extra.items()})
         settings = load_settings(environ=env)
-        store = await Store.open(settings.database.url)
-        injector = Injector(store, settings)
-        service = InboundService(settings, store, injector)
+        store = await Database.open(settings.database.url)
+        services = await open_services(settings, store=store)
+        injector = services.injector
+        service = InboundService(services)
         await service.start()
         running = Running(
             settings, store, service.inbound_store, service, injector, world.ca.ca_file

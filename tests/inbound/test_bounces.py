@@ -307,9 +307,9 @@ def test_postfix_report_carries_the_returned_headers() -> None:
 
 
 def test_kakitome_own_dsn_parses() -> None:
-    """A DSN built by kakitome.delivery.dsn parses back to the bounce it reports (T37)."""
-    from kakitome.delivery.dsn import build_dsn
-    from kakitome.store.repository import Bounce
+    """A DSN built by kakitome.queue.dsn parses back to the bounce it reports (T37)."""
+    from kakitome.queue.dsn import build_dsn
+    from kakitome.queue.types import Bounce
 
     bounce = Bounce(
         1,

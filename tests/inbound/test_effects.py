@@ -18,6 +18,7 @@ from kakitome.cli.main import app
 from kakitome.delivery.types import Outcome, RecipientResult
 from kakitome.queue.schedule import RetrySchedule
 from kakitome.smtp.replies import Reply
+from tests.fixtures_db import queue_store
 from tests.inbound.conftest import (
     INBOUND_DOMAIN,
     RETURN_PATH_DOMAIN,
@@ -56,9 +57,11 @@ async def _delivered(running: Running, sender: str, recipient: str) -> str:
     message_id = await running.injector.submit_raw(
         content, sender=sender, recipients=[recipient], source="api"
     )
-    claimed = await running.store.claim_due("t", now=time.time(), limit=10, lease_seconds=60)
+    claimed = await queue_store(running.store).claim_due(
+        "t", now=time.time(), limit=10, lease_seconds=60
+    )
     (delivery,) = claimed[0].messages[0].recipients
-    await running.store.record_results(
+    await queue_store(running.store).record_results(
         "t",
         [RecipientResult(delivery.delivery_id, Outcome.DELIVERED, Reply(250, "2.0.0", "ok"))],
         now=time.time(),
@@ -108,11 +111,11 @@ async def test_permanent_bounce_marks_bounced_and_suppresses(
     assert reply.startswith("250 2.0.0"), reply
     (row,) = await running.inbound.list_inbound(kind="bounce")
     assert row.status == "processed", row.detail
-    (state,) = (await running.store.receipt(message_id)).recipients
+    (state,) = (await queue_store(running.store).receipt(message_id)).recipients
     assert state.status == "bounced"
     assert state.reply is not None and state.reply["enhanced"] == "5.1.1"
     assert await running.inbound.suppressed_among(["Gone@remote.test"]) == {"gone@remote.test"}
-    kinds = [e["kind"] for e in await running.store.events_for(message_id)]
+    kinds = [e["kind"] for e in await queue_store(running.store).events_for(message_id)]
     assert "bounced" in kinds and "suppressed" in kinds
     assert await running.inbound.bounce_count("gone@remote.test") == (1, 0)
 
@@ -157,7 +160,7 @@ async def test_arf_complaint_suppresses(database_url: str, start_inbound: StartI
     assert row.status == "processed", row.detail
     (record,) = await running.inbound.list_suppressions()
     assert record.address == "angry@example.net" and record.reason == "complaint"
-    kinds = [e["kind"] for e in await running.store.events_for(message_id)]
+    kinds = [e["kind"] for e in await queue_store(running.store).events_for(message_id)]
     assert "complained" in kinds and "suppressed" in kinds
 
 

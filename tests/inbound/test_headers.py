@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kakitome.testing import LocalInternet
+from tests.fixtures_db import queue_store
 from tests.inbound.conftest import HOSTNAME, INBOUND_DOMAIN, RawClient, StartInbound
 
 
@@ -101,7 +102,7 @@ async def test_submission_received_says_esmtpsa(start_inbound: StartInbound) -> 
     assert reply.startswith("250 2.0.0 OK queued as"), reply
     await client.close()
     message_id = reply.split("queued as ")[1].strip()
-    (batch,) = await running.store.claim_due("t", now=9e12, limit=5, lease_seconds=5)
+    (batch,) = await queue_store(running.store).claim_due("t", now=9e12, limit=5, lease_seconds=5)
     content = batch.messages[0].content
     assert message_id == batch.messages[0].message_id
     assert b"with ESMTPSA id" in content.replace(b"\r\n\t", b" ")

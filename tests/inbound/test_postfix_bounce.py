@@ -11,6 +11,7 @@ from kakitome.delivery.types import Outcome, RecipientResult
 from kakitome.queue.schedule import RetrySchedule
 from kakitome.smtp.replies import Reply
 from kakitome.testing.postfix import PostfixInstance, make_instance_root
+from tests.fixtures_db import queue_store
 from tests.inbound.conftest import StartInbound, free_port
 
 VERP = "bounce+0123456789abcdef-ghjkmnpq@rp.kakitome.test"
@@ -64,9 +65,11 @@ async def test_postfix_bounce_marks_delivery_bounced_and_suppresses(
                 smtp.sendmail(VERP, [RECIPIENT], content)
 
         await asyncio.to_thread(hand_over)
-        claimed = await running.store.claim_due("t", now=time.time(), limit=10, lease_seconds=60)
+        claimed = await queue_store(running.store).claim_due(
+            "t", now=time.time(), limit=10, lease_seconds=60
+        )
         (delivery,) = claimed[0].messages[0].recipients
-        await running.store.record_results(
+        await queue_store(running.store).record_results(
             "t",
             [RecipientResult(delivery.delivery_id, Outcome.DELIVERED, Reply(250, "2.0.0", "ok"))],
             now=time.time(),
@@ -85,13 +88,13 @@ async def test_postfix_bounce_marks_delivery_bounced_and_suppresses(
         assert row.mail_from == ""
         assert b"with ESMTPS id" in row.content
         assert b"(using TLSv1.3 with cipher" in row.content
-        receipt = await running.store.receipt(message_id)
+        receipt = await queue_store(running.store).receipt(message_id)
         (state,) = receipt.recipients
         assert state.status == "bounced"
         assert state.reply is not None and state.reply["enhanced"] == "5.1.1"
         assert "mailbox unavailable" in state.reply["text"]
         assert await running.inbound.suppressed_among([RECIPIENT]) == {RECIPIENT}
-        kinds = [e["kind"] for e in await running.store.events_for(message_id)]
+        kinds = [e["kind"] for e in await queue_store(running.store).events_for(message_id)]
         assert "bounced" in kinds and "suppressed" in kinds
         assert postfix.tls_sessions("to"), postfix.maillog_tail()
     finally:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from kakitome.config import load_settings
 from kakitome.inbound.handler import has_bare_cr_or_lf
 from kakitome.inbound.server import InboundService
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import open_services
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet
 from tests.inbound.conftest import (
     HOSTNAME,
@@ -198,10 +198,10 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory, world: LocalInternet) 
         "KAKITOME_INBOUND__CHECK_AUTHENTICATION": "false",
     }
 
-    async def start() -> tuple[Store, InboundService]:
+    async def start() -> tuple[Database, InboundService]:
         settings = load_settings(environ=env)
-        store = await Store.open(settings.database.url)
-        service = InboundService(settings, store, Injector(store, settings))
+        store = await Database.open(settings.database.url)
+        service = InboundService(await open_services(settings, store=store))
         await service.start()
         return store, service
 

@@ -6,6 +6,7 @@ import asyncio
 
 from kakitome.domains.service import DomainService
 from kakitome.inbound.users import hash_password
+from tests.fixtures_db import queue_store
 from tests.inbound.conftest import INBOUND_DOMAIN, RawClient, Running, StartInbound, run_swaks
 
 PASSWORD = "correct horse battery staple"
@@ -51,9 +52,9 @@ async def test_starttls_then_auth_on_587_queues_the_message(
     assert "235 2.7.0" in out
     assert "250 2.0.0 OK queued as" in out
     message_id = out.split("queued as ")[1].split()[0]
-    receipt = await running.store.receipt(message_id)
+    receipt = await queue_store(running.store).receipt(message_id)
     assert [r.recipient for r in receipt.recipients] == ["someone@example.test"]
-    events = await running.store.events_for(message_id)
+    events = await queue_store(running.store).events_for(message_id)
     assert events[0]["data"]["source"] == "smtp"
 
 
@@ -277,5 +278,5 @@ async def test_submission_from_only_configured_sending_domains(
     code, out = await run_swaks(swaks_bin, *_swaks_submit(running, "app@Sender.TEST", other))
     assert code == 0, out
     message_id = out.split("queued as ")[1].split()[0]
-    receipt = await running.store.receipt(message_id)
+    receipt = await queue_store(running.store).receipt(message_id)
     assert [r.recipient for r in receipt.recipients] == ["someone@example.test"]

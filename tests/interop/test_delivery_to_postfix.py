@@ -17,10 +17,11 @@ from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.pool import ConnectionPool
 from kakitome.dns.resolver import Resolver
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.scheduler import Worker
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet
 from kakitome.testing.postfix import PostfixInstance, make_instance_root, receiving_instance
-from kakitome.worker import Worker
+from tests.fixtures_db import queue_store
 
 pytestmark = pytest.mark.postfix
 
@@ -75,15 +76,15 @@ def postfix_mx(
 
 
 async def test_receipt_matches_postfix_log(
-    world: LocalInternet, store: Store, postfix_mx: tuple[str, PostfixInstance, Path]
+    world: LocalInternet, store: Database, postfix_mx: tuple[str, PostfixInstance, Path]
 ) -> None:
     """T8: the receipt's TLS version and cipher are what Postfix logged for the session."""
     domain, instance, mailbox = postfix_mx
     settings = world.settings({"KAKITOME_DELIVERY__HELO_HOSTNAME": "out.kakitome.test"})
     pool = ConnectionPool(settings)
     agent = DeliveryAgent(settings, Resolver(settings), pool)
-    injector = Injector(store, settings)
-    worker = Worker(settings, store, agent.deliver)
+    injector = Injector(queue_store(store), settings)
+    worker = Worker(settings, queue_store(store), agent.deliver, injector=injector)
     try:
         message_id = await injector.submit_fields(
             from_="news@sender.test",
@@ -94,7 +95,7 @@ async def test_receipt_matches_postfix_log(
         assert await worker.run_once() == 1
     finally:
         await pool.aclose()
-    row = (await store.receipt(message_id)).recipients[0]
+    row = (await queue_store(store).receipt(message_id)).recipients[0]
     assert row.status == "delivered", row.reply
     assert row.tls is not None and row.tls["used"] is True
     assert row.tls["verification"] == "verified"

@@ -13,7 +13,7 @@ import pytest
 
 from kakitome.config import Settings
 from kakitome.lists import ListService, NewList, TokenSigner
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 # The MX listener fixture of the inbound tests, for the blank-mail tests (test_blank_mail.py).
 from tests.inbound.conftest import start_inbound  # noqa: F401
@@ -65,7 +65,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def service(
-    store: Store, database_url: str, settings: Settings, clock: Clock, sent: SentMail
+    store: Database, database_url: str, settings: Settings, clock: Clock, sent: SentMail
 ) -> AsyncIterator[ListService]:
     """A ListService on an empty database."""
     if database_url.startswith("postgresql"):

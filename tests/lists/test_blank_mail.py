@@ -10,6 +10,7 @@ import asyncio
 import smtplib
 
 from kakitome.lists import ListService, NewList
+from tests.fixtures_db import queue_store
 from tests.inbound.conftest import Running, StartInbound
 
 LIST_DOMAIN = "lists.kakitome.test"
@@ -94,9 +95,9 @@ async def test_blank_mail_double_opt_in_queues_confirmation(
 
     member = await service.membership(list_id, "hanako@example.jp")
     assert member.status == "unconfirmed"
-    queued = await running.store.list_deliveries()
+    queued = await queue_store(running.store).list_deliveries()
     assert [d.recipient for d in queued] == ["hanako@example.jp"]
-    receipt = await running.store.receipt(queued[0].message_id)
+    receipt = await queue_store(running.store).receipt(queued[0].message_id)
     assert receipt.subject.startswith("【空メール通信】登録確認")
 
 

@@ -13,14 +13,14 @@ import pytest
 from kakitome.config import Settings
 from kakitome.lists import ListService, OptIn, TokenSigner
 from kakitome.lists import service as service_module
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from tests.lists.conftest import Clock, make_list
 
 
 @pytest.fixture
 def small_batches(
     service: ListService,
-    store: Store,
+    store: Database,
     clock: Clock,
     tmp_path: object,
     monkeypatch: pytest.MonkeyPatch,
@@ -119,7 +119,7 @@ async def test_parallel_batches_keep_file_order_for_ids(
             "lists": {"import_batch_size": 100},
         }
     )
-    store = await Store.open(pg_database, pool_size=5)
+    store = await Database.open(pg_database, pool_size=5)
     try:
         service = ListService(
             store, settings, clock=Clock(), signer=TokenSigner(b"0123456789abcdef0123456789abcdef")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -11,18 +12,21 @@ from fastapi import FastAPI
 
 from kakitome.config import Settings
 from kakitome.lists import ListService, OptIn
-from kakitome.store.repository import Store
-from kakitome.web.public import public_router
+from kakitome.services import build_services
+from kakitome.store.database import Database
+from kakitome.web.public import router
 from tests.lists.conftest import make_list
 
 
 @pytest.fixture
 async def client(
-    service: ListService, store: Store, settings: Settings
+    service: ListService, store: Database, settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on an app with the public pages, keeping no cookies."""
     app = FastAPI()
-    app.include_router(public_router(settings, store, None, service=service))
+    # The pages run on the services, with this test's list service (its stand-in injector).
+    app.state.services = replace(build_services(settings, store, signing=None), lists=service)
+    app.include_router(router)
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4321))
     async with httpx.AsyncClient(transport=transport, base_url="https://news.example.jp") as c:
         yield c

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from kakitome.store.repository import NewMessage, NewRecipient, Store
+from kakitome.queue.types import NewMessage, NewRecipient
+from kakitome.store.database import Database
 from kakitome.testing import Peer
+from tests.fixtures_db import queue_store
 
 from ..e2e.service import free_port
 
@@ -88,16 +90,16 @@ def message(seq: int, domain: str, size: int = 600) -> NewMessage:
 
 async def inject(url: str, count: int, domains: Sequence[str]) -> None:
     """Commit ``count`` messages round-robin over ``domains`` straight into the store."""
-    store = await Store.open(url, pool_size=2)
+    store = await Database.open(url, pool_size=2)
     try:
         batch: list[NewMessage] = []
         for seq in range(count):
             batch.append(message(seq, domains[seq % len(domains)]))
             if len(batch) == 1000:
-                await store.inject_many(batch, now=time.time(), lifetime=86_400)
+                await queue_store(store).inject_many(batch, now=time.time(), lifetime=86_400)
                 batch = []
         if batch:
-            await store.inject_many(batch, now=time.time(), lifetime=86_400)
+            await queue_store(store).inject_many(batch, now=time.time(), lifetime=86_400)
     finally:
         await store.close()
 

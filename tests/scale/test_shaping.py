@@ -14,10 +14,10 @@ from kakitome.delivery.shaping import (
     registrable_part,
     site_for_host,
 )
+from kakitome.delivery.shaping_store import ShapingStore
 from kakitome.dns.types import MXHost, MXResult
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import Store
-from kakitome.store.shaping_store import ShapingStore
+from kakitome.store.database import Database
 
 pytestmark = pytest.mark.heavy
 
@@ -126,7 +126,7 @@ async def test_connections_wait_for_a_slot() -> None:
     assert most == 2
 
 
-async def test_store_slots_are_shared_between_owners(store: Store) -> None:
+async def test_store_slots_are_shared_between_owners(store: Database) -> None:
     """Slots in the database: two workers together never hold more than the limit;
     a dead worker's slot comes back when its lease runs out."""
     shared = ShapingStore(store)
@@ -146,7 +146,7 @@ async def test_store_slots_are_shared_between_owners(store: Store) -> None:
     assert await shared.release_all("c") == 3
 
 
-async def test_store_budgets(store: Store) -> None:
+async def test_store_budgets(store: Database) -> None:
     """Window growth and back-off (once per cool-down) and the per-minute budget."""
     shared = ShapingStore(store)
     assert await shared.window("g.example", initial=2, now=100) == (2.0, 0.0)

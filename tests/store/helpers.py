@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kakitome.delivery.types import MXUsed, Outcome, RecipientResult
+from kakitome.queue.types import NewMessage, NewRecipient
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import NewMessage, NewRecipient
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification, TLSReceipt
 

@@ -15,7 +15,7 @@ from kakitome.settings_overlay import (
     describe,
     validate_changes,
 )
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.settings_store import SettingsStore
 from kakitome.tls.policy import TLSLevel
 
@@ -30,7 +30,7 @@ ROUTES = [
 ]
 
 
-async def test_change_stores_json_values_and_who_changed_them(store: Store) -> None:
+async def test_change_stores_json_values_and_who_changed_them(store: Database) -> None:
     """Values come back as stored (route secrets included), with time and author."""
     overlay = SettingsStore(store.engine)
     await overlay.change({"inbound.routes": ROUTES, "queue.retry_first": 60.0}, now=10.0, by="ann")
@@ -43,7 +43,7 @@ async def test_change_stores_json_values_and_who_changed_them(store: Store) -> N
     )
 
 
-async def test_change_replaces_and_removes_in_one_transaction(store: Store) -> None:
+async def test_change_replaces_and_removes_in_one_transaction(store: Database) -> None:
     """A later change replaces a key's value and removes others; a failing change keeps
     what was there."""
     overlay = SettingsStore(store.engine)
@@ -56,7 +56,7 @@ async def test_change_replaces_and_removes_in_one_transaction(store: Store) -> N
     assert await overlay.values() == {"queue.retry_first": 90.0}
 
 
-async def test_overlay_wins_over_file_but_not_over_environment(store: Store) -> None:
+async def test_overlay_wins_over_file_but_not_over_environment(store: Database) -> None:
     """Precedence: environment > database > file > defaults, and each key says which."""
     settings = load_settings(
         environ={"KAKITOME_INBOUND__DOMAINS": "env.example", "KAKITOME_QUEUE__RETRY_MAX": "600"}
@@ -80,7 +80,7 @@ async def test_overlay_wins_over_file_but_not_over_environment(store: Store) -> 
     assert not editable["database.url"]
 
 
-async def test_live_settings_reload_and_tell_subscribers(store: Store) -> None:
+async def test_live_settings_reload_and_tell_subscribers(store: Database) -> None:
     """A change in the database reaches a running process's settings at the next refresh;
     removing it brings the file's value back."""
     base = Settings.model_validate({"tls": {"policy": {"file.example": "encrypt"}}})
@@ -103,7 +103,7 @@ async def test_live_settings_reload_and_tell_subscribers(store: Store) -> None:
     ]
 
 
-async def test_stored_value_that_no_longer_validates_is_skipped(store: Store) -> None:
+async def test_stored_value_that_no_longer_validates_is_skipped(store: Database) -> None:
     """A bad row (written by hand or by an older version) does not stop the process: the
     key keeps its file value, the other keys apply."""
     overlay = SettingsStore(store.engine)
@@ -134,7 +134,7 @@ async def test_stored_value_that_no_longer_validates_is_skipped(store: Store) ->
     ],
 )
 async def test_invalid_changes_are_refused_before_storing(
-    store: Store, changes: dict[str, Any], kind: str
+    store: Database, changes: dict[str, Any], kind: str
 ) -> None:
     """validate_changes names the problem; a caller that stores only what it returns
     stores nothing."""

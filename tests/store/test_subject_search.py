@@ -7,25 +7,26 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from kakitome.accounts.store import MessageQuery, WebStore
 from kakitome.store import search
+from kakitome.store.database import Database
 from kakitome.store.migrate import alembic_config, upgrade_to_head
-from kakitome.store.repository import Store
-from kakitome.store.web_store import MessageQuery, WebStore
+from tests.fixtures_db import queue_store
 from tests.store.helpers import LIFETIME, NOW, message
 
 
-async def _inject(store: Store, *subjects: str, now: float = NOW) -> list[str]:
+async def _inject(store: Database, *subjects: str, now: float = NOW) -> list[str]:
     batch = [message(f"r{n}@dest.example", subject=s) for n, s in enumerate(subjects)]
-    return await store.inject_many(batch, now=now, lifetime=LIFETIME)
+    return await queue_store(store).inject_many(batch, now=now, lifetime=LIFETIME)
 
 
-async def _find(store: Store, q: str, **kwargs: object) -> list[str]:
+async def _find(store: Database, q: str, **kwargs: object) -> list[str]:
     page = await WebStore(store.engine).search_messages(MessageQuery(q=q, **kwargs))  # type: ignore[arg-type]
     assert page.kind == "subject"
     return [item.id for item in page.items]
 
 
-async def test_english_word_any_case_no_false_positives(store: Store) -> None:
+async def test_english_word_any_case_no_false_positives(store: Database) -> None:
     """A word is found in any case inside longer subjects; near misses are not returned."""
     ids = await _inject(
         store,
@@ -45,7 +46,7 @@ async def test_english_word_any_case_no_false_positives(store: Store) -> None:
     assert await _find(store, "NOT 'reilly") == [ids[5]]
 
 
-async def test_japanese_substring(store: Store) -> None:
+async def test_japanese_substring(store: Database) -> None:
     """「お知らせ」 is found inside 「【重要】12月のお知らせ」, not in subjects that only
     share characters with it."""
     ids = await _inject(
@@ -63,20 +64,20 @@ async def test_japanese_substring(store: Store) -> None:
     assert await _find(store, "請求書 お知らせ") == []
 
 
-async def test_new_and_deleted_messages(store: Store) -> None:
+async def test_new_and_deleted_messages(store: Database) -> None:
     """Messages injected after a search are found by the next one; deleted ones are gone."""
     first = await _inject(store, "Invoice 2026-001")
     assert await _find(store, "invoice") == first
     second = await _inject(store, "Invoice 2026-002", "請求書のお知らせ", now=NOW + 1)
     assert await _find(store, "invoice") == [second[0], first[0]]
     assert await _find(store, "請求書") == [second[1]]
-    assert await store.queue_action("delete", now=NOW + 1, message_ids=[first[0]]) == 1
+    assert await queue_store(store).queue_action("delete", now=NOW + 1, message_ids=[first[0]]) == 1
     assert await _find(store, "invoice") == [second[0]]
     third = await _inject(store, "Invoice 2026-003", now=NOW + 2)
     assert await _find(store, "invoice") == [third[0], second[0]]
 
 
-async def test_pages_neither_skip_nor_repeat(store: Store) -> None:
+async def test_pages_neither_skip_nor_repeat(store: Database) -> None:
     """Following next_before walks every match once, newest first, with status filter."""
     ids: list[str] = []
     for n in range(7):
@@ -98,7 +99,9 @@ async def test_pages_neither_skip_nor_repeat(store: Store) -> None:
     assert held.items == []
 
 
-async def test_short_words_search_a_window(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_short_words_search_a_window(
+    store: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Words under three characters cannot use the index: a page examines a bounded window
     of the newest messages, says so, and the next page continues below it."""
     monkeypatch.setattr(search, "SHORT_QUERY_WINDOW", 3)
@@ -123,7 +126,7 @@ def _downgrade(connection: Connection) -> None:
     command.downgrade(alembic_config(connection), "0010")
 
 
-async def test_migration_indexes_existing_messages(store: Store) -> None:
+async def test_migration_indexes_existing_messages(store: Database) -> None:
     """Messages stored before the search migration are found after it (backfill); the
     index exists on both engines."""
     async with store.engine.begin() as conn:
@@ -145,7 +148,7 @@ async def test_migration_indexes_existing_messages(store: Store) -> None:
             assert "gin_trgm_ops" in (rows.scalar() or "")
 
 
-async def test_sqlite_query_uses_the_fts_index(store: Store) -> None:
+async def test_sqlite_query_uses_the_fts_index(store: Database) -> None:
     """On SQLite the search is driven by the FTS5 table, not a scan of messages."""
     if store.dialect != "sqlite":
         pytest.skip("SQLite query plan")
@@ -157,7 +160,7 @@ async def test_sqlite_query_uses_the_fts_index(store: Store) -> None:
     assert "VIRTUAL TABLE INDEX" in details and "SCAN messages" not in details, details
 
 
-async def test_the_index_serves_the_rarest_word(store: Store) -> None:
+async def test_the_index_serves_the_rarest_word(store: Database) -> None:
     """With several words, the index is walked for the rarest one (an AND with a common
     word walks all of its matches); the other words only filter. Results are the same."""
     # On SQLite enough messages for the FTS5 table to hold a batch (the rest wait).
@@ -173,7 +176,7 @@ async def test_the_index_serves_the_rarest_word(store: Store) -> None:
     assert await _find(store, "newsletter 599") == [ids[599]]
 
 
-async def test_sqlite_indexes_in_batches_and_searches_the_rest(store: Store) -> None:
+async def test_sqlite_indexes_in_batches_and_searches_the_rest(store: Database) -> None:
     """On SQLite the FTS5 table takes messages a batch at a time; a search sees indexed
     and not yet indexed messages alike, pages across the boundary, and deletes of both
     kinds leave no trace."""
@@ -205,7 +208,9 @@ async def test_sqlite_indexes_in_batches_and_searches_the_rest(store: Store) -> 
     assert seen == sorted(ids, reverse=True)
     indexed, waiting = ids[10], ids[-1]
     assert await _find(store, "order 0010") == [indexed]
-    deleted = await store.queue_action("delete", now=NOW + 20, message_ids=[indexed, waiting])
+    deleted = await queue_store(store).queue_action(
+        "delete", now=NOW + 20, message_ids=[indexed, waiting]
+    )
     assert deleted == 2
     assert await _find(store, "order 0010") == []
     assert await _find(store, "1099") == []

@@ -22,8 +22,7 @@ from scripts.downgrade_matrix import DOC, render
 
 from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.types import Batch, OutboundMessage, Outcome, Recipient, RecipientResult
-from kakitome.store.repository import Store
-from kakitome.store.tls_store import TLSStore
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet, Peer, PeerBehaviour, attacks
 from kakitome.testing.attacks import (
     ATTACKS,
@@ -41,6 +40,7 @@ from kakitome.testing.https import HTTPSResponse, add_mta_sts_host, mta_sts_poli
 from kakitome.testing.world import Domain
 from kakitome.tls.policy import PolicySource
 from kakitome.tls.state import MemoryTLSState, TLSState
+from kakitome.tls.store import TLSStore
 from tests.tls.conftest import TLSAgentFactory, peer_tlsa
 
 _ids = iter(range(900_000, 10_000_000))
@@ -270,7 +270,7 @@ async def test_attack(
     world: LocalInternet,
     scene: list[Case],
     tls_agent: TLSAgentFactory,
-    store: Store,
+    store: Database,
     attack: Attack,
     policy: Policy,
     expect: Expect,
@@ -291,7 +291,7 @@ async def test_attack_with_history(
     world: LocalInternet,
     scene: list[Case],
     tls_agent: TLSAgentFactory,
-    store: Store,
+    store: Database,
     attack: Attack,
     policy: Policy,
     expect: Expect,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kakitome.delivery.types import Outcome
-from kakitome.store.repository import Store
-from kakitome.store.tls_store import TLSStore
+from kakitome.store.database import Database
 from kakitome.testing import CertKind, LocalInternet, PeerBehaviour
 from kakitome.testing.https import HTTPSResponse, add_mta_sts_host, mta_sts_policy
 from kakitome.tls.mta_sts import (
@@ -19,6 +18,7 @@ from kakitome.tls.mta_sts import (
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.receipt import PeerVerification
 from kakitome.tls.state import MemoryTLSState
+from kakitome.tls.store import TLSStore
 from tests.delivery.conftest import batch
 from tests.fixtures_world import MakeDomain
 from tests.tls.conftest import TLSAgentFactory
@@ -293,14 +293,14 @@ async def test_cache_survives_restart(
     the policy when the TXT record has gone."""
     domain, peer = make_domain()
     add_mta_sts_host(world, domain.name, mta_sts_policy("enforce", ["mx.elsewhere.test"]))
-    store = await Store.open(database_url)
+    store = await Database.open(database_url)
     try:
         first = await tls_agent(TLSStore(store.engine)).policies.discovery.discover(domain.name)
         assert first.how == "fetched"
     finally:
         await store.close()
     world.dns.remove(f"_mta-sts.{domain.name}", "TXT")
-    store = await Store.open(database_url)
+    store = await Database.open(database_url)
     try:
         agent = tls_agent(TLSStore(store.engine))
         kept = await agent.policies.discovery.discover(domain.name)

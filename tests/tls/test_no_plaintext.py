@@ -19,8 +19,7 @@ from kakitome.delivery.agent import DeliveryAgent
 from kakitome.delivery.pool import ConnectionPool
 from kakitome.delivery.types import Outcome, RecipientResult
 from kakitome.dns.resolver import Resolver
-from kakitome.store.repository import Store
-from kakitome.store.tls_store import TLSStore
+from kakitome.store.database import Database
 from kakitome.testing import LocalInternet, Peer, PeerBehaviour, StartTLSFailure
 from kakitome.tls.dane import TLSARecord
 from kakitome.tls.history import HostHistory
@@ -28,6 +27,7 @@ from kakitome.tls.plaintext import plaintext_verdict
 from kakitome.tls.policy import PolicySource, TLSLevel
 from kakitome.tls.resolution import HostPolicy
 from kakitome.tls.state import MemoryTLSState
+from kakitome.tls.store import TLSStore
 from kakitome.tls.tlsrpt import ReportPolicy
 from tests.delivery.conftest import batch
 from tests.fixtures_world import MakeDomain
@@ -103,7 +103,7 @@ async def test_dane_only_stays_dane_only_when_tlsa_is_found(
 
 @pytest.mark.parametrize("behaviour", TLS_FAILURES)
 async def test_history_of_verified_tls_refuses_plaintext_whichever_way_tls_fails(
-    make_domain: MakeDomain, tls_agent: TLSAgentFactory, store: Store, behaviour: PeerBehaviour
+    make_domain: MakeDomain, tls_agent: TLSAgentFactory, store: Database, behaviour: PeerBehaviour
 ) -> None:
     """T44: after a verified TLS delivery, hiding STARTTLS, refusing it or breaking the
     handshake after the 220 all defer 4.7.x as possible stripping, with an event; the

@@ -88,14 +88,14 @@ def test_policy_explain_sees_a_policy_changed_in_the_ui(
     database (as the UI and PATCH /api/v1/settings do) shows as the table's level."""
     import asyncio
 
-    from kakitome.store.repository import Store
+    from kakitome.store.database import Database
     from kakitome.store.settings_store import SettingsStore
 
     domain, _ = make_domain()
     runner = _runner(world, tmp_path)
 
     async def change() -> None:
-        store = await Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+        store = await Database.open(f"sqlite:///{tmp_path / 'k.db'}")
         try:
             await SettingsStore(store.engine).change({"tls.policy": {domain.name: "secure"}}, now=1)
         finally:

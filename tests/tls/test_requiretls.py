@@ -9,9 +9,9 @@ from email import policy
 import pytest
 
 from kakitome.delivery.agent import tls_required_no
-from kakitome.delivery.requiretls_dsn import build_requiretls_dsn, redact_header
 from kakitome.delivery.types import Batch, OutboundMessage, Outcome, Recipient
-from kakitome.store.repository import Bounce
+from kakitome.queue.requiretls_dsn import build_requiretls_dsn, redact_header
+from kakitome.queue.types import Bounce
 from kakitome.testing import CertKind, LocalInternet, PeerBehaviour
 from kakitome.testing.https import add_mta_sts_host, mta_sts_policy
 from kakitome.tls.policy import PolicySource

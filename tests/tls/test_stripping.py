@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from kakitome.delivery.types import Outcome
-from kakitome.store.repository import Store
-from kakitome.store.tls_store import TLSStore
+from kakitome.store.database import Database
 from kakitome.testing import CertKind, PeerBehaviour
 from kakitome.tls.policy import PolicySource
 from kakitome.tls.state import MemoryTLSState
+from kakitome.tls.store import TLSStore
 from tests.delivery.conftest import batch
 from tests.fixtures_world import MakeDomain
 from tests.tls.conftest import TLSAgentFactory
@@ -86,13 +86,13 @@ async def test_history_is_persisted(
 ) -> None:
     """Stripping: the history and the event are in the database (a restart keeps them)."""
     domain, peer = make_domain()
-    store = await Store.open(database_url)
+    store = await Database.open(database_url)
     try:
         await tls_agent(TLSStore(store.engine)).deliver(batch(domain.name))
     finally:
         await store.close()
     peer.set_behaviour(PeerBehaviour(starttls=False))
-    store = await Store.open(database_url)
+    store = await Database.open(database_url)
     try:
         tls_store = TLSStore(store.engine)
         [result] = await tls_agent(tls_store).deliver(batch(domain.name))
@@ -104,7 +104,7 @@ async def test_history_is_persisted(
 
 
 async def test_history_cache_writes_through_and_expires(
-    make_domain: MakeDomain, tls_agent: TLSAgentFactory, store: Store
+    make_domain: MakeDomain, tls_agent: TLSAgentFactory, store: Database
 ) -> None:
     """The worker's TLSStore keeps host histories for a while: its own writes are seen at
     once (stripping is still caught on the next batch); another process's writes when the

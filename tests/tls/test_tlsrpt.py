@@ -13,10 +13,10 @@ import jsonschema  # type: ignore[import-untyped]
 
 from kakitome.delivery.types import Outcome
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
-from kakitome.store.tls_store import TLSStore
+from kakitome.store.database import Database
 from kakitome.testing import CertKind, LocalInternet, PeerBehaviour
 from kakitome.testing.https import HTTPSResponse, add_mta_sts_host, mta_sts_policy
+from kakitome.tls.store import TLSStore
 from kakitome.tls.tlsrpt import (
     MEDIA_TYPE,
     ReportPolicy,
@@ -27,6 +27,7 @@ from kakitome.tls.tlsrpt import (
     report_mail,
 )
 from tests.delivery.conftest import batch
+from tests.fixtures_db import queue_store
 from tests.fixtures_world import MakeDomain
 from tests.tls.conftest import TLSAgentFactory, tls_env
 
@@ -157,14 +158,14 @@ async def test_sessions_are_reported_by_mail_and_https(
         ttl=0,
     )
     now = [dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC).timestamp()]
-    store = await Store.open(database_url)
+    store = await Database.open(database_url)
     try:
         tls_store = TLSStore(store.engine)
         agent = tls_agent(tls_store, clock=lambda: now[0])
         results = await agent.deliver(batch(domain.name, messages=3))
         assert all(r.outcome is Outcome.DELIVERED for r in results)
         settings = tls_env(world)
-        injector = Injector(store, settings)
+        injector = Injector(queue_store(store), settings)
         queued: list[str] = []
 
         async def submit(content: bytes, sender: str, recipients: list[str]) -> str:
@@ -191,7 +192,7 @@ async def test_sessions_are_reported_by_mail_and_https(
         assert json.loads(gzip.decompress(post.body)) == done.report
 
         [message_id] = queued
-        receipt = await store.receipt(message_id)
+        receipt = await queue_store(store).receipt(message_id)
         assert receipt.recipients[0].recipient == f"reports@{domain.name}"
         assert await reporter.report_due() == []  # once per domain and day
     finally:

@@ -3,9 +3,10 @@ with its From domain's key, and an independent verifier (Debian's Mail::DKIM) ac
 signature with the public key it looks up itself in the test world's DNS.
 
 The path is the worker role's: ``runtime.serve_async`` starts
-``kakitome.delivery.tlsrpt_task.tlsrpt_task`` (which builds ``DomainSigning`` and the
-``Injector`` and runs ``TLSRPTReporter``); the tests run that task on a SQLite file with
-one finished day of session counts, then read the queued message back from the store.
+``kakitome.delivery.tlsrpt_task.tlsrpt_task`` over the process's ``Services`` (the one
+``Injector`` with ``DomainSigning``, whose keys ``Services.run_refresh`` reloads) and runs
+``TLSRPTReporter``; the tests run that task on a SQLite file with one finished day of
+session counts, then read the queued message back from the store.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from kakitome.config import Settings
 from kakitome.delivery.tlsrpt_task import tlsrpt_task
 from kakitome.dns.resolver import Resolver
 from kakitome.domains.service import DomainService
-from kakitome.store.repository import Store
+from kakitome.services import open_services
+from kakitome.store.database import Database
 from kakitome.store.schema import messages
-from kakitome.store.tls_store import TLSStore
 from kakitome.testing import LocalInternet
+from kakitome.tls.store import TLSStore
 from kakitome.tls.tlsrpt import MEDIA_TYPE, ReportPolicy, SessionRecord
 
 pytestmark = pytest.mark.peers
@@ -101,9 +103,9 @@ def report_world(world: LocalInternet, tmp_path: Path) -> Iterator[ReportWorld]:
 
 
 @pytest.fixture
-async def report_store(report_world: ReportWorld) -> AsyncIterator[Store]:
+async def report_store(report_world: ReportWorld) -> AsyncIterator[Database]:
     """The store, with one finished day of session counts for the policy domain."""
-    store = await Store.open(report_world.settings.database.url, pool_size=2)
+    store = await Database.open(report_world.settings.database.url, pool_size=2)
     policy_ = ReportPolicy(report_world.policy_domain)
     sessions = [
         SessionRecord(DAY, policy_, f"mx.{report_world.policy_domain}", "192.0.2.7", None, count=5),
@@ -119,7 +121,7 @@ async def report_store(report_world: ReportWorld) -> AsyncIterator[Store]:
         await store.close()
 
 
-async def _add_sending_domain(store: Store, rw: ReportWorld) -> None:
+async def _add_sending_domain(store: Database, rw: ReportWorld) -> None:
     """``kakitome domain add`` for the report's From domain, its DKIM records published."""
     service = DomainService(store, rw.settings)
     await service.add(rw.sender_domain)
@@ -128,17 +130,16 @@ async def _add_sending_domain(store: Store, rw: ReportWorld) -> None:
             rw.world.dns.add_txt(record["name"], record["value"], ttl=0)
 
 
-async def _run_task_until_queued(store: Store, rw: ReportWorld, before: float = 0.0) -> bytes:
+async def _run_task_until_queued(store: Database, rw: ReportWorld, before: float = 0.0) -> bytes:
     """Run the worker role's TLS-RPT task until a message is queued; its stored content.
     ``before``: seconds to let the task run before the sending domain is added (0: the
     domain is added first)."""
     if not before:
         await _add_sending_domain(store, rw)
     stop = asyncio.Event()
-    tls_store = TLSStore(store.engine)
-    task = asyncio.create_task(
-        tlsrpt_task(rw.settings, store, tls_store, Resolver(rw.settings.dns), stop)
-    )
+    services = await open_services(rw.settings, store=store)
+    refresh = asyncio.create_task(services.run_refresh(stop))  # as `serve` runs it
+    task = asyncio.create_task(tlsrpt_task(services, Resolver(rw.settings.dns), stop))
     try:
         if before:
             await asyncio.sleep(before)
@@ -153,6 +154,7 @@ async def _run_task_until_queued(store: Store, rw: ReportWorld, before: float = 
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT)
+        await asyncio.wait_for(refresh, WAIT)
     [content] = rows
     assert isinstance(content, bytes)
     return content
@@ -177,7 +179,7 @@ def _tamper(content: bytes) -> bytes:
 
 
 async def test_report_mail_is_signed_and_mail_dkim_accepts_it(
-    report_world: ReportWorld, report_store: Store, perl_mail_dkim: str
+    report_world: ReportWorld, report_store: Database, perl_mail_dkim: str
 ) -> None:
     """T27: the report the TLS-RPT task queues is the RFC 8460 §5.3 mail (multipart/report;
     report-type="tlsrpt", gzip attachment, TLS-Required: No) with a DKIM signature of its
@@ -209,7 +211,7 @@ async def test_report_mail_is_signed_and_mail_dkim_accepts_it(
 
 
 async def test_a_domain_added_after_start_signs_the_next_round(
-    report_world: ReportWorld, report_store: Store, perl_mail_dkim: str
+    report_world: ReportWorld, report_store: Database, perl_mail_dkim: str
 ) -> None:
     """T27: the task reloads the DKIM keys (``domains.signer_refresh``): a report whose From
     domain was configured only after the task started is queued signed, without a

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_web import (
     web_login_attempts,
     web_sessions,
@@ -20,7 +21,6 @@ from kakitome.store.schema_web import (
     web_stats_hourly,
     web_users,
 )
-from kakitome.store.web_store import WebStore
 from kakitome.web import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -30,7 +30,7 @@ Login = Callable[[str, str], Awaitable[httpx.AsyncClient]]
 
 
 @pytest.fixture
-async def web(store: Store) -> WebStore:
+async def web(store: Database) -> WebStore:
     """A WebStore on empty UI tables (PostgreSQL keeps tables between tests)."""
     async with store.engine.begin() as conn:
         for table in (
@@ -45,9 +45,9 @@ async def web(store: Store) -> WebStore:
 
 
 @pytest.fixture
-async def app_transport(store: Store, web: WebStore) -> httpx.ASGITransport:
+async def app_transport(store: Database, web: WebStore) -> httpx.ASGITransport:
     settings = Settings()
-    return httpx.ASGITransport(app=create_app(settings, store, Injector(store, settings)))
+    return httpx.ASGITransport(app=create_app(build_services(settings, store, signing=None)))
 
 
 @pytest.fixture

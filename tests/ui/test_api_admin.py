@@ -7,7 +7,10 @@ import time
 import httpx
 import pytest
 
-from kakitome.store.repository import NewMessage, NewRecipient, Store
+from kakitome.accounts.api_keys import ApiKeyStore
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage, NewRecipient
+from kakitome.store.database import Database
 
 ENDPOINTS = [
     ("GET", "/api/v1/messages", None, "read"),
@@ -20,12 +23,12 @@ ENDPOINTS = [
 ]
 
 
-async def _key(store: Store, *scopes: str) -> dict[str, str]:
-    key = await store.create_api_key("t", scopes, now=time.time())
+async def _key(store: Database, *scopes: str) -> dict[str, str]:
+    key = await ApiKeyStore(store).create_api_key("t", scopes, now=time.time())
     return {"Authorization": f"Bearer {key}"}
 
 
-async def _inject(store: Store, n: int, domain: str = "example.com") -> list[str]:
+async def _inject(store: Database, n: int, domain: str = "example.com") -> list[str]:
     message = NewMessage(
         source="api",
         sender="news@sender.test",
@@ -34,12 +37,12 @@ async def _inject(store: Store, n: int, domain: str = "example.com") -> list[str
         content=b"Subject: x\r\n\r\nbody\r\n",
         recipients=(NewRecipient(f"user@{domain}", domain),),
     )
-    return await store.inject_many([message] * n, now=time.time(), lifetime=3600)
+    return await QueueStore(store).inject_many([message] * n, now=time.time(), lifetime=3600)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "scope"), ENDPOINTS)
 async def test_endpoints_refuse_missing_and_wrong_scoped_keys(
-    client: httpx.AsyncClient, store: Store, method: str, path: str, body: object, scope: str
+    client: httpx.AsyncClient, store: Database, method: str, path: str, body: object, scope: str
 ) -> None:
     """No key gives 401, a bad key 401, a key without the scope 403."""
     assert (await client.request(method, path, json=body)).status_code == 401
@@ -51,7 +54,7 @@ async def test_endpoints_refuse_missing_and_wrong_scoped_keys(
     assert response.json()["error"]["code"] == "forbidden"
 
 
-async def test_search_paginates_newest_first(client: httpx.AsyncClient, store: Store) -> None:
+async def test_search_paginates_newest_first(client: httpx.AsyncClient, store: Database) -> None:
     """Pages follow next_before with no gaps or repeats; filters by domain and status."""
     ids = await _inject(store, 7)
     await _inject(store, 2, domain="other.example")
@@ -72,7 +75,7 @@ async def test_search_paginates_newest_first(client: httpx.AsyncClient, store: S
     assert held["items"] == []
 
 
-async def test_bulk_queue_actions(client: httpx.AsyncClient, store: Store) -> None:
+async def test_bulk_queue_actions(client: httpx.AsyncClient, store: Database) -> None:
     """Hold then release then delete by message ids; counts are returned."""
     ids = await _inject(store, 3)
     headers = await _key(store, "admin")
@@ -92,7 +95,7 @@ async def test_bulk_queue_actions(client: httpx.AsyncClient, store: Store) -> No
     assert refused.status_code == 422
 
 
-async def test_stats_and_keys(client: httpx.AsyncClient, store: Store) -> None:
+async def test_stats_and_keys(client: httpx.AsyncClient, store: Database) -> None:
     """Stats count accepted recipients; a key made by the API works once and is revoked."""
     await _inject(store, 4)
     headers = await _key(store, "admin")
@@ -110,7 +113,7 @@ async def test_stats_and_keys(client: httpx.AsyncClient, store: Store) -> None:
     assert (await client.delete("/api/v1/api-keys/999999", headers=headers)).status_code == 404
 
 
-async def test_metrics_and_health(client: httpx.AsyncClient, store: Store) -> None:
+async def test_metrics_and_health(client: httpx.AsyncClient, store: Database) -> None:
     """/metrics speaks Prometheus text; /healthz still answers."""
     await _inject(store, 2)
     text = (await client.get("/metrics")).text

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore
-from kakitome.store.repository import Store
+from kakitome.inbound.store import InboundStore
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 from kakitome.store.schema_inbound import smtp_users, suppressions
-from kakitome.store.web_store import WebStore
 from kakitome.testing import LocalInternet
 from kakitome.web import create_app
 from tests.e2e.service import ServiceProcess
@@ -44,11 +44,11 @@ def area_settings(world: LocalInternet, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def transport(store: Store, web: WebStore, area_settings: Settings) -> httpx.ASGITransport:
+async def transport(store: Database, web: WebStore, area_settings: Settings) -> httpx.ASGITransport:
     async with store.engine.begin() as conn:
         for table in (dkim_keys, sending_domains, suppressions, smtp_users):
             await conn.execute(delete(table))
-    app = create_app(area_settings, store, Injector(store, area_settings))
+    app = create_app(build_services(area_settings, store, signing=None))
     return httpx.ASGITransport(app=app)
 
 
@@ -173,7 +173,7 @@ async def test_checker_domain_report_and_list(as_role: Clients, make_domain: Mak
 # -- suppression, SMTP users, routes --------------------------------------------------------
 
 
-async def test_suppression_add_search_import_remove(as_role: Clients, store: Store) -> None:
+async def test_suppression_add_search_import_remove(as_role: Clients, store: Database) -> None:
     admin = await as_role("admin")
     added = await post(admin, "/ui/suppression", "/ui/suppression", address="Taro@Example.COM")
     assert added.status_code == 200
@@ -202,7 +202,7 @@ async def test_suppression_add_search_import_remove(as_role: Clients, store: Sto
     assert (await admin.post("/ui/suppression", data={"address": "a@b.test"})).status_code == 403
 
 
-async def test_smtp_users_password_shown_once(as_role: Clients, store: Store) -> None:
+async def test_smtp_users_password_shown_once(as_role: Clients, store: Database) -> None:
     admin = await as_role("admin")
     created = await post(admin, "/ui/smtp-users", "/ui/smtp-users", username="mailer")
     assert created.status_code == 201

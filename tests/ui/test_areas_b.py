@@ -17,17 +17,18 @@ import pytest
 from kakitome.config import Settings
 from kakitome.lists.model import NewList, OptIn
 from kakitome.lists.service import ListService
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.web.ui.areas import campaigns as campaigns_area
 from kakitome.web.ui.areas import lists as lists_area
 from kakitome.web.ui.areas import sequences as sequences_area
+from tests.fixtures_db import queue_store
 
 from .conftest import Login, csrf_of
 
 XSS = "<script>alert('x')</script>"
 
 
-async def _list(store: Store, name: str = "news") -> int:
+async def _list(store: Database, name: str = "news") -> int:
     service = ListService(store, Settings())
     try:
         return (await service.get_list(name)).id
@@ -52,7 +53,7 @@ def test_area_catalogues_have_the_same_keys() -> None:
         assert set(module.EN) == set(module.JA), module.__name__
 
 
-async def test_lists_pages_roles_and_csrf(user_client: Login, store: Store) -> None:
+async def test_lists_pages_roles_and_csrf(user_client: Login, store: Database) -> None:
     admin = await user_client("admin", "admin")
     viewer = await user_client("viewer", "viewer")
     page = await admin.get("/ui/lists")
@@ -95,7 +96,9 @@ async def test_lists_pages_roles_and_csrf(user_client: Login, store: Store) -> N
     assert "新タイトル" in (await admin.get(list_url)).text
 
 
-async def test_subscriber_xss_search_edit_export_import(user_client: Login, store: Store) -> None:
+async def test_subscriber_xss_search_edit_export_import(
+    user_client: Login, store: Database
+) -> None:
     list_id = await _list(store)
     sender = await user_client("sender", "sender")
     page = await sender.get(f"/ui/lists/{list_id}")
@@ -154,7 +157,7 @@ async def test_subscriber_xss_search_edit_export_import(user_client: Login, stor
     assert removed.status_code == 303
 
 
-async def test_campaign_editor_preview_errors_and_xss(user_client: Login, store: Store) -> None:
+async def test_campaign_editor_preview_errors_and_xss(user_client: Login, store: Database) -> None:
     list_id = await _list(store)
     sender = await user_client("sender", "sender")
     viewer = await user_client("viewer", "viewer")
@@ -210,7 +213,7 @@ async def test_campaign_editor_preview_errors_and_xss(user_client: Login, store:
     assert "campaign-cancelled" in (await sender.get(url)).text
 
 
-async def test_sequences_steps(user_client: Login, store: Store) -> None:
+async def test_sequences_steps(user_client: Login, store: Database) -> None:
     list_id = await _list(store)
     sender = await user_client("sender", "sender")
     token = csrf_of((await sender.get("/ui/sequences")).text)
@@ -240,14 +243,16 @@ async def test_sequences_steps(user_client: Login, store: Store) -> None:
     assert removed.status_code == 303
 
 
-async def test_mta_sts_policy_per_host(store: Store) -> None:
+async def test_mta_sts_policy_per_host(store: Database) -> None:
     from fastapi import FastAPI
 
-    from kakitome.web.public import public_router
+    from kakitome.services import build_services
+    from kakitome.web.public import router
 
     settings = Settings(inbound={"domains": ("example.jp",), "hostname": "mx.example.jp"})
     app = FastAPI()
-    app.include_router(public_router(settings, store, None))
+    app.state.services = build_services(settings, store, signing=None)
+    app.include_router(router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
         ok = await c.get("/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.jp"})
@@ -264,12 +269,13 @@ async def test_mta_sts_policy_per_host(store: Store) -> None:
             assert other.status_code == 404, host
 
 
-async def test_preference_page_and_archive(store: Store) -> None:
+async def test_preference_page_and_archive(store: Database) -> None:
     from fastapi import FastAPI
 
     from kakitome.campaigns.service import CampaignService
     from kakitome.injection import Injector
-    from kakitome.web.public import public_router
+    from kakitome.services import build_services
+    from kakitome.web.public import router
 
     settings = Settings()
     list_id = await _list(store, "prefs")
@@ -279,7 +285,9 @@ async def test_preference_page_and_archive(store: Store) -> None:
     )
     token = service.unsubscribe_token(list_id, member.subscriber.id)
     app = FastAPI()
-    app.include_router(public_router(settings, store, None, archive_lists=("prefs",)))
+    archive = Settings(lists={"public_archive": ("prefs",)})
+    app.state.services = build_services(archive, store, signing=None)
+    app.include_router(router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
         page = await c.get(f"/preferences/{token}?lang=ja")
@@ -295,7 +303,9 @@ async def test_preference_page_and_archive(store: Store) -> None:
         bad = await c.get("/preferences/not-a-token")
         assert bad.status_code == 400
         # the archive: only finished campaigns of listed lists, without personal data
-        campaigns = CampaignService(store, settings, service, Injector(store, settings))
+        campaigns = CampaignService(
+            store, settings, service, Injector(queue_store(store), settings)
+        )
         row = await campaigns.create(
             "a", list_id, subject="第1号", body="<p>{{ name | honorific }}へ</p>"
         )

@@ -12,14 +12,14 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
 from kakitome.inbound.forward import Forwarder
-from kakitome.injection import Injector
-from kakitome.store.inbound_store import InboundStore, NewInbound, TLSReportRow
-from kakitome.store.repository import Store
+from kakitome.inbound.store import InboundStore, NewInbound, TLSReportRow
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_inbound import inbound_messages, tlsrpt_received
 from kakitome.store.schema_settings import settings_overlay
-from kakitome.store.web_store import WebStore
 from kakitome.web import create_app
 from tests.fixtures_inbound import Receiver, record_held
 
@@ -40,11 +40,11 @@ async def settings(hook_receiver: Receiver) -> Settings:
 
 
 @pytest.fixture
-async def transport(store: Store, web: WebStore, settings: Settings) -> httpx.ASGITransport:
+async def transport(store: Database, web: WebStore, settings: Settings) -> httpx.ASGITransport:
     async with store.engine.begin() as conn:
         for table in (tlsrpt_received, inbound_messages, settings_overlay):
             await conn.execute(delete(table))
-    return httpx.ASGITransport(app=create_app(settings, store, Injector(store, settings)))
+    return httpx.ASGITransport(app=create_app(build_services(settings, store, signing=None)))
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ async def _actions(client: httpx.AsyncClient, page: str, **data: Any) -> httpx.R
     return await client.post("/ui/inbound/actions", data={"csrf_token": token, **data})
 
 
-async def test_viewer_sees_held_mail_escaped_and_cannot_act(as_role: Any, store: Store) -> None:
+async def test_viewer_sees_held_mail_escaped_and_cannot_act(as_role: Any, store: Database) -> None:
     inbound = InboundStore(store.engine)
     hostile = await record_held(
         inbound, "info@in.example.jp", XSS, sender=f'"{XSS}" <x@evil.test>', body=BODY
@@ -93,7 +93,7 @@ async def test_viewer_sees_held_mail_escaped_and_cannot_act(as_role: Any, store:
 
 
 async def test_admin_deletes_and_releases_with_csrf(
-    as_role: Any, store: Store, settings: Settings, hook_receiver: Receiver
+    as_role: Any, store: Database, settings: Settings, hook_receiver: Receiver
 ) -> None:
     inbound = InboundStore(store.engine)
     first = await record_held(inbound, "info@in.example.jp", "one", body=BODY)
@@ -140,7 +140,7 @@ async def test_admin_deletes_and_releases_with_csrf(
     assert "No mail is held." in (await admin.get("/ui/inbound")).text
 
 
-async def test_tls_reports_listed_and_shown(as_role: Any, store: Store) -> None:
+async def test_tls_reports_listed_and_shown(as_role: Any, store: Database) -> None:
     inbound = InboundStore(store.engine)
     now = time.time()
     report = {

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings, load_settings
 from kakitome.inbound.forward import verify_signature
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.settings_store import SettingsStore
-from kakitome.store.web_store import WebStore
 from kakitome.web import create_app
 from tests.inbound.conftest import (  # noqa: F401 - start_inbound is a fixture
     INBOUND_DOMAIN,
@@ -41,17 +41,17 @@ async def post_form(client: httpx.AsyncClient, page: str, path: str, **data: str
 
 
 @pytest.fixture
-async def clients(store: Store) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+async def clients(store: Database) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
     """``await clients(role, settings=None, lang="en", store=None)``: a logged-in client of a
     new user on an app over ``store`` (the fixture's unless another is given)."""
     opened: list[httpx.AsyncClient] = []
 
     async def make(
-        role: str, settings: Settings | None = None, lang: str = "en", on: Store | None = None
+        role: str, settings: Settings | None = None, lang: str = "en", on: Database | None = None
     ) -> httpx.AsyncClient:
         db = on or store
         config = settings or Settings()
-        app = create_app(config, db, Injector(db, config))
+        app = create_app(build_services(config, db, signing=None))
         name = f"{role}{len(opened)}-{time.monotonic_ns()}"
         await WebStore(db.engine).create_user(name, PASSWORD, role, now=time.time())
         client = httpx.AsyncClient(
@@ -72,7 +72,7 @@ async def clients(store: Store) -> AsyncIterator[Callable[..., Awaitable[httpx.A
 
 
 async def test_settings_page_shows_sources_and_saves_changes(
-    store: Store, clients: MakeClient
+    store: Database, clients: MakeClient
 ) -> None:
     """An admin sees where each value comes from, changes two keys in one form (only the
     changed ones are stored), and resets one; a viewer may not see the page."""
@@ -114,7 +114,7 @@ async def test_settings_page_shows_sources_and_saves_changes(
 
 
 async def test_settings_refusals_in_english_and_japanese_store_nothing(
-    store: Store, clients: MakeClient
+    store: Database, clients: MakeClient
 ) -> None:
     """A bad value among good ones: 422, the problem in the viewer's language, nothing
     stored; a form without the CSRF token stores nothing either."""
@@ -300,7 +300,7 @@ async def test_route_edited_in_the_ui_is_taken_by_the_running_mx(
     ]
 
 
-async def test_viewer_sees_routes_without_forms(store: Store, clients: MakeClient) -> None:
+async def test_viewer_sees_routes_without_forms(store: Database, clients: MakeClient) -> None:
     """A viewer reads the routes but gets no form, and may not post one."""
     settings = Settings.model_validate(
         {"inbound": {"routes": [{"match": "*", "action": "hold", "secret": "hidden-secret"}]}}

@@ -13,14 +13,14 @@ import httpx
 import psycopg
 import pytest
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
 from kakitome.lists import service as list_service_module
+from kakitome.lists.import_jobs_store import ImportJobStore
 from kakitome.lists.model import NewList
 from kakitome.lists.service import ListService
-from kakitome.store.import_jobs_store import ImportJobStore
-from kakitome.store.repository import Store
-from kakitome.store.web_store import WebStore
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 from kakitome.web.ui.areas import lists as lists_area
 
@@ -29,17 +29,17 @@ from .conftest import PASSWORD, csrf_of, login_as
 PERCENT = re.compile(r'<progress id="import-progress" max="100" value="(\d+)">')
 
 
-async def _list(store: Store) -> int:
+async def _list(store: Database) -> int:
     created = await ListService(store, Settings()).create_list(
         NewList(name="news", title="ニュース", opt_in="single", from_address="n@example.com")
     )
     return created.id
 
 
-async def _client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+async def _client(store: Database) -> AsyncIterator[httpx.AsyncClient]:
     # Batches of 1,000 rows, so the import commits (and yields) several times.
     settings = Settings.model_validate({"lists": {"import_batch_size": 1000}})
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kakitome.test") as c:
         assert (await login_as(c, "importer")).status_code == 303
@@ -59,15 +59,15 @@ async def _start_import(client: httpx.AsyncClient, list_id: int, csv: bytes) -> 
 
 
 @pytest.fixture
-async def second_store(database_url: str, store: Store) -> AsyncIterator[Store]:
-    """Another Store on the same database: what a second web process would open."""
-    other = await Store.open(database_url)
+async def second_store(database_url: str, store: Database) -> AsyncIterator[Database]:
+    """Another Database on the same database: what a second web process would open."""
+    other = await Database.open(database_url)
     yield other
     await other.close()
 
 
 async def test_second_app_follows_progress_and_report_survives(
-    store: Store, second_store: Store, database_url: str, web: WebStore,
+    store: Database, second_store: Database, database_url: str, web: WebStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """App A imports; app B (same database) sees it running part-way, then the report with
@@ -108,7 +108,7 @@ async def test_second_app_follows_progress_and_report_survives(
     await second.aclose()
     await second_store.close()
     # A new process on the same database: the report, with its rejected rows, is there.
-    third_store = await Store.open(database_url)
+    third_store = await Database.open(database_url)
     try:
         third = _client(third_store)
         c = await anext(third)
@@ -121,7 +121,7 @@ async def test_second_app_follows_progress_and_report_survives(
         await third_store.close()
 
 
-async def test_job_of_a_dead_process_is_interrupted(store: Store, web: WebStore) -> None:
+async def test_job_of_a_dead_process_is_interrupted(store: Database, web: WebStore) -> None:
     """A running job without a heartbeat for a minute is shown interrupted, with what to do;
     one with a fresh heartbeat (another live process) keeps running."""
     await web.create_user("importer", PASSWORD, "sender", now=time.time())
@@ -149,7 +149,7 @@ async def test_job_of_a_dead_process_is_interrupted(store: Store, web: WebStore)
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # a row lock holds it
 async def test_import_ends_even_when_its_last_heartbeat_waits(
-    store: Store, database_url: str, web: WebStore, monkeypatch: pytest.MonkeyPatch
+    store: Database, database_url: str, web: WebStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The job's end is recorded although the heartbeat's write was still waiting when
     the import ended. (A loaded CI run lost it: the heartbeat was cancelled inside its

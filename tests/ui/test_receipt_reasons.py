@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import time
 
-from kakitome.store.repository import NewMessage, NewRecipient, Store
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage, NewRecipient
+from kakitome.store.database import Database
 from tests.receipts import PLAINTEXT_REASON, deliver_due_in_plaintext
 
 from .conftest import Login, csrf_of
 
 
-async def test_message_page_says_why_plaintext(user_client: Login, store: Store) -> None:
-    message_id = await store.inject(
+async def test_message_page_says_why_plaintext(user_client: Login, store: Database) -> None:
+    message_id = await QueueStore(store).inject(
         NewMessage(
             source="api",
             sender="news@sender.test",

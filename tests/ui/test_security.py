@@ -7,9 +7,11 @@ import time
 import httpx
 import pytest
 
+from kakitome.accounts.store import WebStore
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage, NewRecipient
 from kakitome.receipts import receipt_to_dict
-from kakitome.store.repository import NewMessage, NewRecipient, Store
-from kakitome.store.web_store import WebStore
+from kakitome.store.database import Database
 from kakitome.web.ui.security import safe_next
 
 from .conftest import PASSWORD, Login, csrf_of, login_as
@@ -17,7 +19,9 @@ from .conftest import PASSWORD, Login, csrf_of, login_as
 XSS = "<script>alert('x')</script>"
 
 
-async def _message(store: Store, subject: str = "hello", recipient: str = "a@example.com") -> str:
+async def _message(
+    store: Database, subject: str = "hello", recipient: str = "a@example.com"
+) -> str:
     domain = recipient.rpartition("@")[2]
     message = NewMessage(
         source="api",
@@ -27,7 +31,7 @@ async def _message(store: Store, subject: str = "hello", recipient: str = "a@exa
         content=b"Subject: x\r\n\r\nbody\r\n",
         recipients=(NewRecipient(recipient, domain),),
     )
-    return await store.inject(message, now=time.time(), lifetime=3600)
+    return await QueueStore(store).inject(message, now=time.time(), lifetime=3600)
 
 
 async def test_login_post_without_csrf_is_refused(client: httpx.AsyncClient, web: WebStore) -> None:
@@ -43,7 +47,7 @@ async def test_login_post_without_csrf_is_refused(client: httpx.AsyncClient, web
     assert "kakitome_session" not in client.cookies
 
 
-async def test_every_post_route_needs_the_csrf_token(user_client: Login, store: Store) -> None:
+async def test_every_post_route_needs_the_csrf_token(user_client: Login, store: Database) -> None:
     """Logged in as admin, each POST of the UI without the token (or with another's) is 403."""
     admin = await user_client("admin", "admin")
     message_id = await _message(store)
@@ -63,7 +67,7 @@ async def test_every_post_route_needs_the_csrf_token(user_client: Login, store: 
         bad = {**data, "csrf_token": "not-the-token-of-this-session-at-all-000000"}
         assert (await admin.post(path, data=bad)).status_code == 403, path
     # Nothing happened: the message is still queued, the admin still logged in.
-    receipt = receipt_to_dict(await store.receipt(message_id))
+    receipt = receipt_to_dict(await QueueStore(store).receipt(message_id))
     assert receipt["recipients"][0]["status"] == "queued"
     assert (await admin.get("/ui/")).status_code == 200
 
@@ -92,14 +96,14 @@ async def test_second_login_gets_another_session(client: httpx.AsyncClient, web:
     assert first != second
 
 
-async def test_secure_cookie_over_https(store: Store, web: WebStore) -> None:
+async def test_secure_cookie_over_https(store: Database, web: WebStore) -> None:
     """Behind https (public_url), the session cookie is Secure."""
     from kakitome.config import Settings
-    from kakitome.injection import Injector
+    from kakitome.services import build_services
     from kakitome.web import create_app
 
     settings = Settings.model_validate({"http": {"public_url": "https://mail.example.com"}})
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     await web.create_user("admin", PASSWORD, "admin", now=time.time())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://kakitome.test") as c:
@@ -108,7 +112,7 @@ async def test_secure_cookie_over_https(store: Store, web: WebStore) -> None:
 
 
 async def test_xss_in_subject_address_and_remote_reply_is_escaped(
-    user_client: Login, store: Store
+    user_client: Login, store: Database
 ) -> None:
     """Script tags in a subject, an address and a remote SMTP reply are shown as text."""
     from kakitome.delivery.types import Outcome, RecipientResult
@@ -118,10 +122,12 @@ async def test_xss_in_subject_address_and_remote_reply_is_escaped(
     viewer = await user_client("viewer", "viewer")
     recipient = f'"{XSS}"@example.com'
     message_id = await _message(store, subject=XSS, recipient=recipient)
-    batches = await store.claim_due("w", now=time.time() + 1, limit=10, lease_seconds=60)
+    batches = await QueueStore(store).claim_due(
+        "w", now=time.time() + 1, limit=10, lease_seconds=60
+    )
     delivery_id = batches[0].messages[0].recipients[0].delivery_id
     reply = Reply(550, "5.1.1", f"{XSS} <img src=x onerror=alert(1)>")
-    await store.record_results(
+    await QueueStore(store).record_results(
         "w",
         [RecipientResult(delivery_id, Outcome.BOUNCED, reply)],
         now=time.time(),
@@ -150,14 +156,14 @@ async def test_lockout_after_repeated_failures(client: httpx.AsyncClient, web: W
     assert (await login_as(client, "nobody", "wrong password!!")).status_code == 429
 
 
-async def test_lockout_per_ip(store: Store, web: WebStore) -> None:
+async def test_lockout_per_ip(store: Database, web: WebStore) -> None:
     """Many failures from one IP across user names lock that IP out."""
     from kakitome.config import Settings
-    from kakitome.injection import Injector
+    from kakitome.services import build_services
     from kakitome.web import create_app
 
     settings = Settings()
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     await web.create_user("admin", PASSWORD, "admin", now=time.time())
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="http://kakitome.test") as c:
@@ -168,7 +174,7 @@ async def test_lockout_per_ip(store: Store, web: WebStore) -> None:
 
 @pytest.mark.parametrize("action", ["delete", "hold", "release", "retry"])
 async def test_viewer_cannot_act_on_the_queue(
-    user_client: Login, store: Store, action: str
+    user_client: Login, store: Database, action: str
 ) -> None:
     """A viewer's bulk action, with a valid CSRF token, is refused (403) and changes nothing."""
     viewer = await user_client("viewer", "viewer")
@@ -179,7 +185,7 @@ async def test_viewer_cannot_act_on_the_queue(
         data={"csrf_token": token, "action": action, "message_id": message_id},
     )
     assert response.status_code == 403
-    receipt = receipt_to_dict(await store.receipt(message_id))
+    receipt = receipt_to_dict(await QueueStore(store).receipt(message_id))
     assert receipt["recipients"][0]["status"] == "queued"
 
 
@@ -205,7 +211,7 @@ async def test_roles_on_every_page(user_client: Login, client: httpx.AsyncClient
             assert (await c.get(path)).status_code == expected, (role, path)
 
 
-async def test_sender_can_hold_and_release(user_client: Login, store: Store) -> None:
+async def test_sender_can_hold_and_release(user_client: Login, store: Database) -> None:
     """A sender holds and releases a queued message from the Queue page."""
     sender = await user_client("sender", "sender")
     message_id = await _message(store)
@@ -214,7 +220,10 @@ async def test_sender_can_hold_and_release(user_client: Login, store: Store) -> 
         "/ui/queue/actions", data={"csrf_token": token, "action": "hold", "message_id": message_id}
     )
     assert held.status_code == 303
-    assert receipt_to_dict(await store.receipt(message_id))["recipients"][0]["status"] == "held"
+    assert (
+        receipt_to_dict(await QueueStore(store).receipt(message_id))["recipients"][0]["status"]
+        == "held"
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,21 +7,23 @@ import time
 import httpx
 import pytest
 
+from kakitome.accounts.api_keys import ApiKeyStore
+from kakitome.queue.store import QueueStore
 from kakitome.store import search
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from tests.store.helpers import message
 from tests.ui.conftest import Login
 
 
-async def _inject(store: Store, *subjects: str) -> list[str]:
+async def _inject(store: Database, *subjects: str) -> list[str]:
     ids: list[str] = []
     for n, subject in enumerate(subjects):
         batch = [message(f"r{n}@dest.example", subject=subject)]
-        ids += await store.inject_many(batch, now=time.time() + n, lifetime=3600)
+        ids += await QueueStore(store).inject_many(batch, now=time.time() + n, lifetime=3600)
     return ids
 
 
-async def test_ui_finds_japanese_subject(store: Store, user_client: Login) -> None:
+async def test_ui_finds_japanese_subject(store: Database, user_client: Login) -> None:
     """「お知らせ」 finds the subject containing it and no other."""
     await _inject(store, "【重要】12月のお知らせ", "お知り合いの方へ", "Monthly newsletter")
     client = await user_client("viewer1", "viewer")
@@ -33,7 +35,7 @@ async def test_ui_finds_japanese_subject(store: Store, user_client: Login) -> No
 
 
 async def test_ui_says_when_a_short_query_searched_a_window(
-    store: Store, user_client: Login, monkeypatch: pytest.MonkeyPatch
+    store: Database, user_client: Login, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A one-character query examines a window and says so, with a link to older ones."""
     monkeypatch.setattr(search, "SHORT_QUERY_WINDOW", 2)
@@ -47,10 +49,10 @@ async def test_ui_says_when_a_short_query_searched_a_window(
     assert "月報" in older.text
 
 
-async def test_api_subject_search(client: httpx.AsyncClient, store: Store) -> None:
+async def test_api_subject_search(client: httpx.AsyncClient, store: Database) -> None:
     """The API searches subjects through the same index: case-insensitive, Japanese."""
     ids = await _inject(store, "Invoice ready", "請求書のお知らせ", "INVOICE reminder")
-    key = await store.create_api_key("t", ["read"], now=time.time())
+    key = await ApiKeyStore(store).create_api_key("t", ["read"], now=time.time())
     headers = {"Authorization": f"Bearer {key}"}
     found = (await client.get("/api/v1/messages", params={"q": "invoice"}, headers=headers)).json()
     assert [m["id"] for m in found["items"]] == [ids[2], ids[0]]

@@ -12,9 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from kakitome.accounts.api_keys import ApiKeyStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.store import QueueStore
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 from kakitome.web.app import body_limit
 
@@ -27,20 +29,22 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def client(store: Store, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, store, Injector(store, settings))
+async def client(store: Database, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(build_services(settings, store, signing=None))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kakitome.test") as c:
         yield c
 
 
-async def _key(store: Store, *scopes: str) -> dict[str, str]:
-    key = await store.create_api_key("test", scopes or ("send", "read", "admin"), now=time.time())
+async def _key(store: Database, *scopes: str) -> dict[str, str]:
+    key = await ApiKeyStore(store).create_api_key(
+        "test", scopes or ("send", "read", "admin"), now=time.time()
+    )
     return {"Authorization": f"Bearer {key}"}
 
 
-async def _queued(store: Store) -> int:
-    return len(await store.list_deliveries(limit=1000))
+async def _queued(store: Database) -> int:
+    return len(await QueueStore(store).list_deliveries(limit=1000))
 
 
 MESSAGE: dict[str, Any] = {
@@ -62,7 +66,7 @@ MESSAGE: dict[str, Any] = {
 }
 
 
-async def test_submit_then_receipt(client: httpx.AsyncClient, store: Store) -> None:
+async def test_submit_then_receipt(client: httpx.AsyncClient, store: Database) -> None:
     """POST gives 202 with an id once stored; GET gives the receipt with each recipient."""
     headers = await _key(store)
     response = await client.post("/api/v1/messages", json=MESSAGE, headers=headers)
@@ -81,14 +85,16 @@ async def test_submit_then_receipt(client: httpx.AsyncClient, store: Store) -> N
         assert row["attempts"] == 0
         assert row["mx"] is None and row["reply"] is None and row["tls"] is None
         assert row["updated_at"].endswith("Z")
-    batches = await store.claim_due("t", now=time.time() + 1, limit=100, lease_seconds=60)
+    batches = await QueueStore(store).claim_due(
+        "t", now=time.time() + 1, limit=100, lease_seconds=60
+    )
     content = batches[0].messages[0].content
     assert b"hidden" not in content
     parsed = email.message_from_bytes(content, policy=email.policy.default)
     assert parsed["Subject"] == MESSAGE["subject"]
 
 
-async def test_recipients_deduplicated(client: httpx.AsyncClient, store: Store) -> None:
+async def test_recipients_deduplicated(client: httpx.AsyncClient, store: Database) -> None:
     """The same address in to, cc and bcc (domain case differing) is one delivery."""
     headers = await _key(store)
     response = await client.post(
@@ -102,7 +108,7 @@ async def test_recipients_deduplicated(client: httpx.AsyncClient, store: Store) 
     assert await _queued(store) == 1
 
 
-async def test_raw_submission(client: httpx.AsyncClient, store: Store) -> None:
+async def test_raw_submission(client: httpx.AsyncClient, store: Database) -> None:
     """A raw message with an envelope is queued to the envelope recipients only."""
     headers = await _key(store)
     raw = "From: info@example.jp\nTo: a@example.com\nSubject: 件名\n\n本文\n"
@@ -112,13 +118,13 @@ async def test_raw_submission(client: httpx.AsyncClient, store: Store) -> None:
         headers=headers,
     )
     assert response.status_code == 202, response.text
-    rows = await store.list_deliveries(message_id=response.json()["id"])
+    rows = await QueueStore(store).list_deliveries(message_id=response.json()["id"])
     assert [r.recipient for r in rows] == ["z@example.net"]
-    receipt = await store.receipt(response.json()["id"])
+    receipt = await QueueStore(store).receipt(response.json()["id"])
     assert receipt.sender == "bounces@example.jp"
 
 
-async def test_raw_base64_not_utf8(client: httpx.AsyncClient, store: Store) -> None:
+async def test_raw_base64_not_utf8(client: httpx.AsyncClient, store: Database) -> None:
     """Non-UTF-8 raw input is a 422 that says so, and nothing is queued."""
     headers = await _key(store)
     raw = b"From: info@example.jp\r\nTo: a@example.com\r\n\r\n\x82\xa0\x82\xa2\r\n"  # Shift_JIS
@@ -132,7 +138,7 @@ async def test_raw_base64_not_utf8(client: httpx.AsyncClient, store: Store) -> N
     assert await _queued(store) == 0
 
 
-async def test_no_key_401(client: httpx.AsyncClient, store: Store) -> None:
+async def test_no_key_401(client: httpx.AsyncClient, store: Database) -> None:
     """Without a key, or with a wrong one, the API answers 401 with a Bearer challenge."""
     response = await client.post("/api/v1/messages", json=MESSAGE)
     assert response.status_code == 401
@@ -143,7 +149,7 @@ async def test_no_key_401(client: httpx.AsyncClient, store: Store) -> None:
     assert await _queued(store) == 0
 
 
-async def test_wrong_scope_403(client: httpx.AsyncClient, store: Store) -> None:
+async def test_wrong_scope_403(client: httpx.AsyncClient, store: Database) -> None:
     """A read-only key cannot send (403); a send-only key cannot read receipts (403)."""
     reader = await _key(store, "read")
     sender = await _key(store, "send")
@@ -157,7 +163,9 @@ async def test_wrong_scope_403(client: httpx.AsyncClient, store: Store) -> None:
     assert (await client.get(path, headers=reader)).status_code == 200
 
 
-async def test_invalid_address_422_nothing_queued(client: httpx.AsyncClient, store: Store) -> None:
+async def test_invalid_address_422_nothing_queued(
+    client: httpx.AsyncClient, store: Database
+) -> None:
     """One bad address among good ones: 422 naming the problem, and nothing is queued."""
     headers = await _key(store)
     payload = {**MESSAGE, "to": ["good@example.com", "bad..address@example.com"]}
@@ -179,7 +187,7 @@ async def test_invalid_address_422_nothing_queued(client: httpx.AsyncClient, sto
     ],
 )
 async def test_header_injection_refused(
-    client: httpx.AsyncClient, store: Store, change: dict[str, Any]
+    client: httpx.AsyncClient, store: Database, change: dict[str, Any]
 ) -> None:
     """CR/LF in the subject, names or headers (or a reserved header) is a 422; nothing queued."""
     headers = await _key(store)
@@ -189,7 +197,9 @@ async def test_header_injection_refused(
     assert await _queued(store) == 0
 
 
-async def test_oversized_413(client: httpx.AsyncClient, store: Store, settings: Settings) -> None:
+async def test_oversized_413(
+    client: httpx.AsyncClient, store: Database, settings: Settings
+) -> None:
     """A message over max_message_size is 413; a body far over it is 413 before reading."""
     headers = await _key(store)
     payload = {**MESSAGE, "text": "x" * (MAX_SIZE + 10)}
@@ -203,7 +213,7 @@ async def test_oversized_413(client: httpx.AsyncClient, store: Store, settings: 
     assert await _queued(store) == 0
 
 
-async def test_bad_requests(client: httpx.AsyncClient, store: Store) -> None:
+async def test_bad_requests(client: httpx.AsyncClient, store: Database) -> None:
     """Malformed JSON is 400; missing from, unknown fields, raw mixed with fields are 422."""
     headers = await _key(store)
     response = await client.post(
@@ -226,7 +236,7 @@ async def test_bad_requests(client: httpx.AsyncClient, store: Store) -> None:
     assert await _queued(store) == 0
 
 
-async def test_receipt_not_found(client: httpx.AsyncClient, store: Store) -> None:
+async def test_receipt_not_found(client: httpx.AsyncClient, store: Database) -> None:
     """An unknown id is a 404 in the error shape."""
     headers = await _key(store)
     response = await client.get("/api/v1/messages/nope", headers=headers)

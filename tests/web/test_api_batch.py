@@ -9,9 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
+from kakitome.accounts.api_keys import ApiKeyStore
 from kakitome.config import Settings
 from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.queue.store import QueueStore
+from kakitome.services import Services, build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 
 
@@ -23,22 +26,27 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-async def injector(store: Store, settings: Settings) -> Injector:
-    return Injector(store, settings)
+async def services(store: Database, settings: Settings) -> Services:
+    return build_services(settings, store, signing=None)
 
 
 @pytest.fixture
-async def client(
-    store: Store, settings: Settings, injector: Injector
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, store, injector)
+async def injector(services: Services) -> Injector:
+    return services.injector
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(services)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://kakitome.test") as c:
         yield c
 
 
-async def _headers(store: Store, *scopes: str) -> dict[str, str]:
-    key = await store.create_api_key("test", scopes or ("send", "read"), now=time.time())
+async def _headers(store: Database, *scopes: str) -> dict[str, str]:
+    key = await ApiKeyStore(store).create_api_key(
+        "test", scopes or ("send", "read"), now=time.time()
+    )
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -52,12 +60,12 @@ def _message(n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def _queued(store: Store) -> int:
-    return len(await store.list_deliveries(limit=1000))
+async def _queued(store: Database) -> int:
+    return len(await QueueStore(store).list_deliveries(limit=1000))
 
 
 async def test_batch_queues_every_message_in_one_commit(
-    client: httpx.AsyncClient, store: Store, injector: Injector
+    client: httpx.AsyncClient, store: Database, injector: Injector
 ) -> None:
     headers = await _headers(store)
     batch = [_message(n) for n in range(4)]
@@ -80,7 +88,7 @@ async def test_batch_queues_every_message_in_one_commit(
 
 
 async def test_one_bad_message_refuses_the_batch_and_names_it(
-    client: httpx.AsyncClient, store: Store
+    client: httpx.AsyncClient, store: Database
 ) -> None:
     headers = await _headers(store)
     cases: list[tuple[dict[str, Any], int, str]] = [
@@ -102,7 +110,7 @@ async def test_one_bad_message_refuses_the_batch_and_names_it(
     assert await _queued(store) == 0
 
 
-async def test_limits_and_scopes(client: httpx.AsyncClient, store: Store) -> None:
+async def test_limits_and_scopes(client: httpx.AsyncClient, store: Database) -> None:
     headers = await _headers(store)
     too_many = {"messages": [_message(n) for n in range(6)]}
     response = await client.post("/api/v1/messages/batch", json=too_many, headers=headers)

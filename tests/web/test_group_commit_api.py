@@ -12,8 +12,10 @@ import pytest
 
 from kakitome.config import Settings
 from kakitome.errors import StorageError
-from kakitome.injection import Injector
-from kakitome.store.repository import NewMessage, Store
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import NewMessage
+from kakitome.services import Services, build_services
+from kakitome.store.database import Database
 from kakitome.web import create_app
 
 SETTINGS = Settings.model_validate({})
@@ -28,18 +30,19 @@ def _message(n: int) -> dict[str, object]:
     }
 
 
-async def _client(store: Store, injector: Injector) -> tuple[httpx.AsyncClient, dict[str, str]]:
-    key = await store.create_api_key("t", ("send", "read"), now=time.time())
-    transport = httpx.ASGITransport(app=create_app(SETTINGS, store, injector))
+async def _client(services: Services) -> tuple[httpx.AsyncClient, dict[str, str]]:
+    key = await services.api_keys.create_api_key("t", ("send", "read"), now=time.time())
+    transport = httpx.ASGITransport(app=create_app(services))
     client = httpx.AsyncClient(transport=transport, base_url="http://kakitome.test")
     return client, {"Authorization": f"Bearer {key}"}
 
 
-async def test_concurrent_requests_share_commits(store: Store) -> None:
+async def test_concurrent_requests_share_commits(store: Database) -> None:
     """100 concurrent POSTs: all 202 with distinct ids whose receipts hold their own
     message, committed in fewer transactions than requests."""
-    injector = Injector(store, SETTINGS)
-    client, headers = await _client(store, injector)
+    services = build_services(SETTINGS, store, signing=None)
+    injector = services.injector
+    client, headers = await _client(services)
     async with client:
         responses = await asyncio.gather(
             *(
@@ -59,11 +62,11 @@ async def test_concurrent_requests_share_commits(store: Store) -> None:
 
 
 async def test_failed_commit_is_503_for_every_request(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The transaction fails: every request that waited on it gets 503, none a 202."""
-    injector = Injector(store, SETTINGS)
-    client, headers = await _client(store, injector)
+    services = build_services(SETTINGS, store, signing=None)
+    client, headers = await _client(services)
     batches: list[int] = []
 
     async def broken(batch: Sequence[NewMessage], *, now: float, lifetime: float) -> list[str]:
@@ -71,7 +74,7 @@ async def test_failed_commit_is_503_for_every_request(
         await asyncio.sleep(0.01)
         raise StorageError("database did not commit: disk full")
 
-    monkeypatch.setattr(store, "inject_many", broken)
+    monkeypatch.setattr(services.queue, "inject_many", broken)
     async with client:
         responses = await asyncio.gather(
             *(client.post("/api/v1/messages", json=_message(n), headers=headers) for n in range(30))
@@ -80,4 +83,4 @@ async def test_failed_commit_is_503_for_every_request(
     assert all(r.json()["error"]["code"] == "storage_unavailable" for r in responses)
     assert sum(batches) == 30
     monkeypatch.undo()
-    assert await store.list_deliveries() == []
+    assert await QueueStore(store).list_deliveries() == []

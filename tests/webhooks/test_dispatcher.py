@@ -15,20 +15,21 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
+from kakitome.accounts.store import WebStore
 from kakitome.config import Settings
-from kakitome.injection import Injector
-from kakitome.store.repository import Store
+from kakitome.services import build_services
+from kakitome.store.database import Database
 from kakitome.store.schema_webhooks import (
     webhook_attempts,
     webhook_cursors,
     webhook_deliveries,
     webhook_endpoints,
 )
-from kakitome.store.web_store import WebStore
-from kakitome.store.webhooks_store import WebhooksStore
 from kakitome.web import create_app
 from kakitome.webhooks.dispatcher import WebhookDispatcher, backoff
 from kakitome.webhooks.signing import HEADER, sign, verify
+from kakitome.webhooks.store import WebhooksStore
+from tests.fixtures_db import queue_store
 from tests.ui.conftest import PASSWORD, login_as
 
 
@@ -80,7 +81,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-async def hooks(store: Store) -> AsyncIterator[WebhooksStore]:
+async def hooks(store: Database) -> AsyncIterator[WebhooksStore]:
     async with store.engine.begin() as conn:
         for table in (webhook_attempts, webhook_deliveries, webhook_endpoints, webhook_cursors):
             await conn.execute(delete(table))
@@ -122,7 +123,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 async def test_events_are_signed_retried_and_logged(
-    store: Store, hooks: WebhooksStore, receiver: Receiver
+    store: Database, hooks: WebhooksStore, receiver: Receiver
 ) -> None:
     """A delivered event (TLS downgraded) and a domain state change reach the receiver
     after one 500; the endpoint that wants only bounces gets nothing; the UI log shows
@@ -133,14 +134,14 @@ async def test_events_are_signed_retried_and_logged(
     )
     await hooks.create_endpoint("http://127.0.0.1:9/never", ["bounced"], now=time.time())
     receiver.secret = endpoint.secret
-    await store.add_event(
+    await queue_store(store).add_event(
         "delivered",
         now=time.time(),
         message_id="m1",
         data={"tls": {"used": True, "downgraded": True}},
     )
-    await store.add_event("internal_thing", now=time.time())
-    await store.add_event(
+    await queue_store(store).add_event("internal_thing", now=time.time())
+    await queue_store(store).add_event(
         "domain_state", now=time.time(), data={"domain": "x.test", "from": "a", "to": "b"}
     )
     dispatcher = WebhookDispatcher(store, settings)
@@ -166,7 +167,7 @@ async def test_events_are_signed_retried_and_logged(
     assert await hooks.delivery_counts() == {"delivered": 3}
 
     # The UI's delivery log shows both attempts of the first event.
-    app = create_app(settings, store, Injector(store, settings))
+    app = create_app(build_services(settings, store, signing=None))
     name = f"viewer{time.time_ns()}"
     await WebStore(store.engine).create_user(name, PASSWORD, "viewer", now=time.time())
     transport = httpx.ASGITransport(app=app)
@@ -181,13 +182,13 @@ async def test_events_are_signed_retried_and_logged(
 
 
 async def test_gives_up_after_max_attempts(
-    store: Store, hooks: WebhooksStore, receiver: Receiver
+    store: Database, hooks: WebhooksStore, receiver: Receiver
 ) -> None:
     settings = fast_settings()
     endpoint = await hooks.create_endpoint(receiver.url, ["queued"], now=time.time())
     receiver.secret = endpoint.secret
     receiver.fail = 100
-    await store.add_event("queued", now=time.time(), message_id="m2")
+    await queue_store(store).add_event("queued", now=time.time(), message_id="m2")
     dispatcher = WebhookDispatcher(store, settings)
     try:
         await drive(dispatcher)
@@ -198,12 +199,12 @@ async def test_gives_up_after_max_attempts(
 
 
 async def test_history_before_the_first_endpoint_is_not_posted(
-    store: Store, hooks: WebhooksStore, receiver: Receiver
+    store: Database, hooks: WebhooksStore, receiver: Receiver
 ) -> None:
-    await store.add_event("queued", now=time.time(), message_id="old")
+    await queue_store(store).add_event("queued", now=time.time(), message_id="old")
     endpoint = await hooks.create_endpoint(receiver.url, ["queued"], now=time.time())
     receiver.secret, receiver.fail = endpoint.secret, 0
-    await store.add_event("queued", now=time.time(), message_id="new")
+    await queue_store(store).add_event("queued", now=time.time(), message_id="new")
     dispatcher = WebhookDispatcher(store, fast_settings())
     try:
         await drive(dispatcher)

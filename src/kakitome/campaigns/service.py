@@ -2,10 +2,10 @@
 
 The one entry point for the CLI, the web and the worker. It reads lists and subscribers
 only through ``kakitome.lists.ListService``, stores through
-``kakitome.store.campaigns_store.CampaignStore`` and hands every message to the
+``kakitome.campaigns.store.CampaignStore`` and hands every message to the
 ``Injector`` (``prepare_raw`` with source ``campaign``: validation and DKIM signing, which
 covers List-Unsubscribe and List-Unsubscribe-Post); the batch is then committed with its
-checkpoint in one transaction (see campaigns_store for why).
+checkpoint in one transaction (see campaigns/store.py for why).
 
 Life of a campaign::
 
@@ -57,6 +57,15 @@ from kakitome.campaigns.compose import (
 )
 from kakitome.campaigns.schedule import QuietHours, step_due_at, zone
 from kakitome.campaigns.stats import CampaignStats, build_stats
+from kakitome.campaigns.store import (
+    CampaignRow,
+    CampaignStore,
+    NewCampaign,
+    NewStep,
+    Outgoing,
+    SequenceRow,
+    StepRow,
+)
 from kakitome.campaigns.templates import (
     BODY_FORMATS,
     CompiledTemplate,
@@ -69,16 +78,7 @@ from kakitome.errors import InputError, KakitomeError, NotFound, StorageError
 from kakitome.injection import Injector
 from kakitome.lists.model import AudienceMember, MailingList
 from kakitome.lists.service import ListService
-from kakitome.store.campaigns_store import (
-    CampaignRow,
-    CampaignStore,
-    NewCampaign,
-    NewStep,
-    Outgoing,
-    SequenceRow,
-    StepRow,
-)
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 __all__ = ["CampaignService", "Preview", "RunReport"]
 
@@ -142,7 +142,7 @@ class CampaignService:
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         settings: Settings,
         lists: ListService,
         injector: Injector,

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Select, select
 
-from kakitome.store.campaigns_store import CampaignRow
+from kakitome.campaigns.store import CampaignRow
 from kakitome.store.schema_campaigns import tracking_events
 
 __all__ = ["CampaignStats", "activity_sources", "build_stats"]

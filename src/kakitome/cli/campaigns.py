@@ -13,11 +13,12 @@ Bodies and subjects take ``@file`` for "read this UTF-8 file". Times for ``sched
 are ISO 8601; one without a zone is read in the list's time zone (配信予約 at 09:00 means
 09:00 where the subscribers are).
 
-Thin over ``kakitome.campaigns.CampaignService``. As every ``kakitome`` command (see
-``kakitome.cli.main``): ``--config PATH`` and ``--json`` (then exactly one JSON document on
-stdout, ``{"error": {"code", "message"}}`` on failure); exit status 0 success, 2 bad input
-(a template error, a bad time, a campaign in the wrong state), 1 anything else (unknown
-campaign, database unavailable).
+Thin over ``kakitome.campaigns.CampaignService``: ``services.campaigns``, whose test sends
+go through the service's one injector (signed, VERP return paths). As every ``kakitome``
+command (see ``kakitome.cli.main``): ``--config PATH`` and ``--json`` (then exactly one
+JSON document on stdout, ``{"error": {"code", "message"}}`` on failure); exit status 0
+success, 2 bad input (a template error, a bad time, a campaign in the wrong state), 1
+anything else (unknown campaign, database unavailable).
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -25,15 +26,16 @@ campaign, database unavailable).
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from kakitome.config import Settings
 from kakitome.errors import InputError
-from kakitome.store.repository import Store
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 __all__ = ["campaign_app", "sequence_app"]
 
@@ -79,7 +81,7 @@ _TIME_FIELDS = ("scheduled_at", "next_run_at", "created_at", "updated_at", "star
 # -- plumbing: the helpers of cli.main (imported when called: main imports this module) --
 
 
-def _run(config: Path | None, as_json: bool, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
+def _run(config: Path | None, as_json: bool, work: Callable[["Services"], Awaitable[T]]) -> T:
     from kakitome.cli.main import _run as run
 
     return run(config, as_json, work)
@@ -118,24 +120,6 @@ def _times(document: dict[str, Any]) -> dict[str, Any]:
         if isinstance(out.get(key), int | float):
             out[key] = iso_utc(float(out[key]))
     return out
-
-
-async def _service(settings: Settings, store: Store, *, signing: bool = False) -> Any:
-    """A CampaignService; with ``signing``, its injector signs with the domains' DKIM keys
-    and sets VERP return paths (as the worker's does) for test sends."""
-    from kakitome.campaigns.service import CampaignService
-    from kakitome.injection import Injector
-    from kakitome.lists import ListService
-
-    if signing:
-        from kakitome.domains.signing import DomainSigning
-
-        keys = await DomainSigning.load(store, settings)
-        injector = Injector(store, settings, signer=keys.sign, return_path=keys.return_path)
-    else:
-        injector = Injector(store, settings)
-    lists = ListService(store, settings, injector=injector)
-    return CampaignService(store, settings, lists, injector)
 
 
 def _parse_at(value: str, time_zone: str) -> float:
@@ -219,12 +203,12 @@ def campaign_create(
 ) -> None:
     """Create a draft campaign (checked now: template and sender identity)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         if template is None and body is None:
             raise InputError("give --body (or @file) or --template")
         if segment is not None and where is not None:
             raise InputError("--segment and --where cannot be combined")
-        service = await _service(settings, store)
+        service = services.campaigns
         fmt = body_format or ("markdown" if body and body.endswith(".md") else "html")
         row = await service.create(
             name,
@@ -252,8 +236,8 @@ def campaign_create(
 def campaign_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every campaign, oldest first."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        service = services.campaigns
         return [_times(row.to_dict()) for row in await service.db.campaigns()]
 
     rows = _run(config, as_json, work)
@@ -269,8 +253,8 @@ def campaign_show(
 ) -> None:
     """One campaign: its settings, state and progress."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         return _times((await service.get(_ref(campaign))).to_dict())
 
     result = _run(config, as_json, work)
@@ -293,8 +277,8 @@ def campaign_preview(
 ) -> None:
     """The message as one subscriber (or a blank one) would get it. Nothing is sent."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         preview = await service.preview(
             _ref(campaign), _ref(subscriber) if subscriber is not None else None
         )
@@ -329,8 +313,8 @@ def campaign_test(
 ) -> None:
     """Send a test ([TEST] in the subject, untracked) to the given addresses only."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store, signing=True)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         ids = await service.test_send(
             _ref(campaign), to, subscriber=_ref(subscriber) if subscriber is not None else None
         )
@@ -358,8 +342,8 @@ def campaign_schedule(
 ) -> None:
     """配信予約: send the campaign at a time (checked now)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         row = await service.get(_ref(campaign))
         mailing_list = await service.lists.get_list(row.list_id)
         when = _parse_at(at, mailing_list.time_zone)
@@ -373,8 +357,8 @@ def campaign_schedule(
 
 
 def _transition(action: str, campaign: str, as_json: bool, config: Path | None, verb: str) -> None:
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         method = getattr(service, action)
         return _times((await method(_ref(campaign))).to_dict())
 
@@ -423,8 +407,8 @@ def campaign_stats(
 ) -> None:
     """Sent, delivered, deferred, bounced, opened, clicked, unsubscribed, verified TLS."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         document: dict[str, Any] = (await service.stats(_ref(campaign))).to_dict()
         return document
 
@@ -464,8 +448,8 @@ def sequence_create(
 ) -> None:
     """Create a sequence: subscribers who confirm from now on start at step 1."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         row = await service.create_sequence(name, _ref(list_ref), tracking=tracking, footer=footer)
         return _times(row.to_dict())
 
@@ -481,8 +465,8 @@ def sequence_create(
 def sequence_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every sequence."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        service = services.campaigns
         out = []
         for row in await service.db.sequences():
             item = _times(row.to_dict())
@@ -509,8 +493,8 @@ def sequence_show(
 ) -> None:
     """A sequence and its steps, in order."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = await _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.campaigns
         row = await service.db.get_sequence(_ref(sequence))
         steps = [_times(step.to_dict()) for step in await service.db.steps(row.id)]
         return {"sequence": _times(row.to_dict()), "steps": steps}
@@ -553,11 +537,11 @@ def sequence_add_step(
     config: ConfigOption = None,
 ) -> None:
     """Add a step (checked now)."""
-    from kakitome.store.campaigns_store import NewStep
+    from kakitome.campaigns.store import NewStep
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         _check_hour(hour)
-        service = await _service(settings, store)
+        service = services.campaigns
         step = NewStep(
             delay_days=delay_days,
             subject=_text_or_file(subject, "--subject") or "",
@@ -593,7 +577,7 @@ def sequence_update_step(
 ) -> None:
     """Edit a step. Subscribers who already got it do not get it again."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         values: dict[str, Any] = {}
         if delay_days is not None:
             values["delay_days"] = delay_days
@@ -613,7 +597,7 @@ def sequence_update_step(
             values["position"] = position
         if not values:
             raise InputError("nothing to change: give --subject, --body, --delay-days, ...")
-        service = await _service(settings, store)
+        service = services.campaigns
         return _times((await service.update_step(step_id, **values)).to_dict())
 
     result = _run(config, as_json, work)
@@ -629,10 +613,10 @@ def sequence_remove_step(
 ) -> None:
     """Remove a step (nobody gets it from now on; what was sent is kept)."""
 
-    async def work(settings: Settings, store: Store) -> bool:
+    async def work(services: "Services") -> bool:
         from kakitome.errors import NotFound
 
-        service = await _service(settings, store)
+        service = services.campaigns
         if not await service.remove_step(step_id):
             raise NotFound(f"no step {step_id}")
         return True

@@ -10,11 +10,17 @@ With ``--json`` exactly one JSON document goes to stdout and nothing else (no pr
 bar); on failure it is ``{"error": {"code", "message"}}``. Exit status: 0 when a report was
 made (whatever its grade), 2 for bad input (no domain, unreadable file, bad settings),
 1 for anything else.
+
+A domain check needs no database: the receiving side is made on the file's settings first;
+the sending side then opens the services (``kakitome.cli.context``) to ask
+``services.domains`` whether the domain is ours, and without a database (or its DKIM key
+secret) the report goes without it. ``--list`` reads the list through ``services.lists``.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -110,25 +116,27 @@ def _check_domain(
 ) -> None:
     from kakitome.checker.sending import domain_service_verifier, sending_findings
     from kakitome.checker.service import Checker
-    from kakitome.domains.service import DomainService
+    from kakitome.cli.context import services_for
     from kakitome.errors import StorageError
-    from kakitome.store.repository import Store
 
     async def work() -> Any:
         checker = Checker(settings)
         report = await checker.check_domain(domain)
-        try:
-            store = await Store.open(settings.database.url, pool_size=1)
-        except (StorageError, OSError):
-            store = None  # no database: the report has the receiving side (and T39)
-        try:
-            verifier = domain_service_verifier(DomainService(store, settings)) if store else None
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                services = await stack.enter_async_context(services_for(settings))
+            except (StorageError, ConfigError, OSError):
+                # No database (or no DKIM key secret, or a database URL this build
+                # cannot use): the report has the receiving side (and T39).
+                services = None
+            verifier = domain_service_verifier(services.domains) if services else None
             side = await sending_findings(
-                report.domain, settings, checker.resolver, verifier, force=sending
+                report.domain,
+                services.settings if services else settings,
+                checker.resolver,
+                verifier,
+                force=sending,
             )
-        finally:
-            if store is not None:
-                await store.close()
         if side is not None:
             from dataclasses import replace
 
@@ -194,14 +202,12 @@ def _stored_list(settings: Settings, ref: str, as_json: bool) -> tuple[dict[str,
     """The subscribed, not bounced addresses of a stored list, counted per domain (read in
     batches: memory grows with the domains, not the addresses)."""
     from kakitome.checker.bulk import collect_addresses
-    from kakitome.errors import InputError, NotFound, StorageError
-    from kakitome.lists import ListService
-    from kakitome.store.repository import Store
+    from kakitome.cli.context import services_for
+    from kakitome.errors import InputError, KakitomeError, NotFound, StorageError
 
     async def work() -> tuple[dict[str, Any], Any]:
-        store = await Store.open(settings.database.url, pool_size=1)
-        try:
-            service = ListService(store, settings)
+        async with services_for(settings) as services:
+            service = services.lists
             found = await service.get_list(int(ref) if ref.isdigit() else ref)
 
             async def addresses() -> Any:
@@ -211,8 +217,6 @@ def _stored_list(settings: Settings, ref: str, as_json: bool) -> tuple[dict[str,
 
             collected = await collect_addresses(addresses())
             return {"id": found.id, "name": found.name}, collected
-        finally:
-            await store.close()
 
     try:
         return asyncio.run(work())
@@ -222,6 +226,8 @@ def _stored_list(settings: Settings, ref: str, as_json: bool) -> tuple[dict[str,
         _fail(as_json, "invalid_input", str(exc), 2)
     except StorageError as exc:
         _fail(as_json, "storage_unavailable", f"the database is unavailable: {exc}", 1)
+    except KakitomeError as exc:  # e.g. the DKIM key secret (loaded with the services)
+        _fail(as_json, "error", str(exc), 1)
 
 
 def _check_list(

@@ -1,4 +1,5 @@
-"""``kakitome domain``: sending domains, thin over ``kakitome.domains.service``.
+"""``kakitome domain``: sending domains, thin over ``kakitome.domains.service``
+(``services.domains``).
 
 Commands: ``add``, ``dns``, ``verify``, ``rotate-dkim``, ``list``, ``show``, ``remove``.
 Like every command they take ``--config`` and ``--json`` (one JSON document on stdout,
@@ -12,14 +13,14 @@ findings in Japanese (the JSON always has both).
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from kakitome.config import Settings
-from kakitome.store.repository import Store
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 domain_app = typer.Typer(
     help="Sending domains: DKIM keys, DNS records to publish, verification.",
@@ -56,12 +57,6 @@ def _out() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-def _service(settings: Settings, store: Store) -> Any:
-    from kakitome.domains.service import DomainService
-
-    return DomainService(store, settings)
-
-
 def _print_records(records: dict[str, Any]) -> None:
     _out().print(records["zone_file"], markup=False, end="")
 
@@ -80,8 +75,8 @@ def add(
 ) -> None:
     """Add a sending domain: make its DKIM keys and print the DNS records to publish."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.domains
         view = await service.add(domain, rsa_key_file=rsa_key, ed25519_key_file=ed25519_key)
         records = await service.records(view.name.ascii)
         return {"domain": view.to_dict(), "dns": records.to_dict()}
@@ -105,8 +100,8 @@ def add(
 def dns(domain: DomainArgument, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """The DNS records to publish for a domain (zone-file snippet, or JSON)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        records = await _service(settings, store).records(domain)
+    async def work(services: "Services") -> dict[str, Any]:
+        records = await services.domains.records(domain)
         document: dict[str, Any] = records.to_dict()
         return document
 
@@ -129,8 +124,8 @@ def verify(
 ) -> None:
     """Query DNS and judge every record: ok, missing or wrong, each with a remedy."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        document: dict[str, Any] = (await _service(settings, store).verify(domain)).to_dict()
+    async def work(services: "Services") -> dict[str, Any]:
+        document: dict[str, Any] = (await services.domains.verify(domain)).to_dict()
         return document
 
     result = _run(config, as_json, work)
@@ -161,8 +156,8 @@ def rotate_dkim(
 ) -> None:
     """Make new DKIM keys; signing switches to them once `domain verify` sees them in DNS."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.domains
         view = await service.rotate_dkim(domain)
         records = await service.records(domain)
         return {"domain": view.to_dict(), "dns": records.to_dict()}
@@ -184,8 +179,8 @@ def rotate_dkim(
 def list_(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """The sending domains and their state."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        return [view.to_dict() for view in await _service(settings, store).list_domains()]
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        return [view.to_dict() for view in await services.domains.list_domains()]
 
     rows = _run(config, as_json, work)
     if as_json:
@@ -214,8 +209,8 @@ def list_(as_json: JsonOption = False, config: ConfigOption = None) -> None:
 def show(domain: DomainArgument, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """A domain's keys, state and last findings (never a private key)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        document: dict[str, Any] = (await _service(settings, store).show(domain)).to_dict()
+    async def work(services: "Services") -> dict[str, Any]:
+        document: dict[str, Any] = (await services.domains.show(domain)).to_dict()
         return document
 
     info = _run(config, as_json, work)
@@ -248,8 +243,8 @@ def remove(
     if not yes and not as_json:
         typer.confirm(f"Remove {domain} and destroy its DKIM keys?", abort=True)
 
-    async def work(settings: Settings, store: Store) -> None:
-        await _service(settings, store).remove(domain)
+    async def work(services: "Services") -> None:
+        await services.domains.remove(domain)
 
     _run(config, as_json, work)
     if as_json:

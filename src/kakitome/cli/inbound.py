@@ -1,6 +1,7 @@
 """``kakitome smtp-user create|list|remove`` and ``kakitome suppression list|add|remove``.
 
-Thin over ``InboundStore``; the same conventions as ``kakitome.cli.main`` (``--json`` prints
+Thin over ``InboundStore`` (``services.inbound_store``: the one built with the configured
+suppression thresholds); the same conventions as ``kakitome.cli.main`` (``--json`` prints
 one document, exit 2 for bad input, 1 for anything else).
 """
 
@@ -10,16 +11,16 @@ import getpass
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from kakitome.config import Settings
 from kakitome.errors import InputError
 from kakitome.inbound.users import hash_password, validate_username
-from kakitome.store.inbound_store import InboundStore
-from kakitome.store.repository import Store
 from kakitome.suppression import REASONS, suppression_key
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ def _cli() -> Any:
     return main
 
 
-def _run(config: Path | None, as_json: bool, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
+def _run(config: Path | None, as_json: bool, work: Callable[["Services"], Awaitable[T]]) -> T:
     result: T = _cli()._run(config, as_json, work)
     return result
 
@@ -80,10 +81,10 @@ def smtp_user_create(
     else:
         password = getpass.getpass("Password: ")
 
-    async def work(settings: Settings, store: Store) -> int:
+    async def work(services: "Services") -> int:
         name = validate_username(username)
         hashed = hash_password(password)
-        inbound = InboundStore(store.engine)
+        inbound = services.inbound_store
         if await inbound.smtp_user_hash(name) is not None:
             raise _failure(f"user {name!r} exists already")
         return await inbound.create_smtp_user(name, hashed, now=time.time())
@@ -99,8 +100,8 @@ def smtp_user_create(
 def smtp_user_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List submission users."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        users = await InboundStore(store.engine).list_smtp_users()
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        users = await services.inbound_store.list_smtp_users()
         return [
             {
                 "id": u.id,
@@ -127,8 +128,8 @@ def smtp_user_remove(
 ) -> None:
     """Remove a submission user."""
 
-    async def work(settings: Settings, store: Store) -> bool:
-        return await InboundStore(store.engine).remove_smtp_user(username)
+    async def work(services: "Services") -> bool:
+        return await services.inbound_store.remove_smtp_user(username)
 
     removed = _run(config, as_json, work)
     if not removed:
@@ -149,8 +150,8 @@ def suppression_list(
 ) -> None:
     """List suppressed addresses."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        rows = await InboundStore(store.engine).list_suppressions(
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        rows = await services.inbound_store.list_suppressions(
             limit=limit, offset=offset, reason=reason
         )
         return [
@@ -182,12 +183,12 @@ def suppression_add(
 ) -> None:
     """Suppress an address (delivery to it bounces with 5.7.1 from now on)."""
 
-    async def work(settings: Settings, store: Store) -> bool:
+    async def work(services: "Services") -> bool:
         if reason not in REASONS:
             raise _failure(f"reason must be one of {', '.join(REASONS)}")
         if "@" not in address:
             raise InputError(f"{address!r} is not an address")
-        inbound = InboundStore(store.engine)
+        inbound = services.inbound_store
         return await inbound.add_suppression(address, reason=reason, detail=detail, now=time.time())
 
     added = _run(config, as_json, work)
@@ -206,8 +207,8 @@ def suppression_remove(
 ) -> None:
     """Lift a suppression (and forget the address's bounce counts)."""
 
-    async def work(settings: Settings, store: Store) -> bool:
-        return await InboundStore(store.engine).remove_suppression(address)
+    async def work(services: "Services") -> bool:
+        return await services.inbound_store.remove_suppression(address)
 
     removed = _run(config, as_json, work)
     if as_json:

@@ -5,9 +5,10 @@ has no route). ``release`` hands one held message to a ``forward`` route (the ru
 service's forwarder POSTs it within seconds); ``delete`` removes held messages for good.
 TLS-RPT reports are those other senders sent to our reporting addresses (RFC 8460).
 
-Thin over ``InboundStore`` and ``kakitome.inbound.held`` (release and delete, shared with
-the HTTP API); the conventions of ``kakitome.cli.main`` (``--json`` prints one
-document, exit 2 for bad input, 1 when something named is not there).
+Thin over ``InboundStore`` (``services.inbound_store``) and ``kakitome.inbound.held``
+(release and delete, shared with the HTTP API); the conventions of ``kakitome.cli.main``
+(``--json`` prints one document, exit 2 for bad input, 1 when something named is not
+there).
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -18,17 +19,16 @@ import time
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kakitome.cli.inbound import ConfigOption, JsonOption, _cli, _emit_json, _run, _say
-from kakitome.config import Settings
 from kakitome.inbound.held import delete_held, release_held
-from kakitome.settings_overlay import current_settings
-from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
-from kakitome.store.repository import Store
-from kakitome.store.settings_store import SettingsStore
+from kakitome.inbound.store import InboundRow, TLSReportRecord
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 __all__ = ["inbound_app", "tlsrpt_app"]
 
@@ -85,8 +85,8 @@ def inbound_held(
 ) -> None:
     """List held mail, newest first."""
 
-    async def work(settings: Settings, store: Store) -> list[InboundRow]:
-        return await InboundStore(store.engine).list_inbound_page(
+    async def work(services: "Services") -> list[InboundRow]:
+        return await services.inbound_store.list_inbound_page(
             status="held", limit=limit, offset=offset
         )
 
@@ -110,8 +110,8 @@ def inbound_show(
 ) -> None:
     """Show one received message: envelope, TLS, main header fields (or --raw)."""
 
-    async def work(settings: Settings, store: Store) -> InboundRow | None:
-        return await InboundStore(store.engine).get_inbound(inbound_id)
+    async def work(services: "Services") -> InboundRow | None:
+        return await services.inbound_store.get_inbound(inbound_id)
 
     row = _run(config, as_json, work)
     if row is None:
@@ -143,11 +143,10 @@ def inbound_release(
 ) -> None:
     """Hand a held message to a forward route; the running service POSTs it."""
 
-    async def work(settings: Settings, store: Store) -> str:
-        current = await current_settings(settings, SettingsStore(store.engine))
+    async def work(services: "Services") -> str:
         chosen = await release_held(
-            InboundStore(store.engine),
-            current.inbound.routes,  # as changed at run time (settings overlay)
+            services.inbound_store,
+            services.settings.inbound.routes,  # as changed at run time (settings overlay)
             inbound_id,
             route=route,
             now=time.time(),
@@ -169,8 +168,8 @@ def inbound_delete(
 ) -> None:
     """Delete held messages for good."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, bool]:
-        return await delete_held(InboundStore(store.engine), inbound_ids)
+    async def work(services: "Services") -> dict[str, bool]:
+        return await delete_held(services.inbound_store, inbound_ids)
 
     results = _run(config, as_json, work)
     missing = [i for i, done in results.items() if not done]
@@ -211,8 +210,8 @@ def tlsrpt_list(
 ) -> None:
     """List received TLS-RPT reports, newest first."""
 
-    async def work(settings: Settings, store: Store) -> list[TLSReportRecord]:
-        return await InboundStore(store.engine).list_tls_report_records(limit=limit, offset=offset)
+    async def work(services: "Services") -> list[TLSReportRecord]:
+        return await services.inbound_store.list_tls_report_records(limit=limit, offset=offset)
 
     records = _run(config, as_json, work)
     if as_json:
@@ -235,8 +234,8 @@ def tlsrpt_show(
 ) -> None:
     """Show one TLS-RPT report, with its policies and failure details."""
 
-    async def work(settings: Settings, store: Store) -> TLSReportRecord | None:
-        return await InboundStore(store.engine).get_tls_report(report_id)
+    async def work(services: "Services") -> TLSReportRecord | None:
+        return await services.inbound_store.get_tls_report(report_id)
 
     record = _run(config, as_json, work)
     if record is None:

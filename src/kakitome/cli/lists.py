@@ -7,11 +7,12 @@
   ``subscriber export|add|remove|list``;
 - ``segment create|list|show|test|remove``: saved filters in the segment language.
 
-Thin over ``kakitome.lists.ListService``. As every ``kakitome`` command (see
-``kakitome.cli.main``): ``--config PATH`` and ``--json`` (then exactly one JSON document on
-stdout, ``{"error": {"code", "message"}}`` on failure); exit status 0 success, 2 bad input,
-1 anything else (unknown list, database unavailable). An import with rejected rows still
-exits 0: the report says which rows and why.
+Thin over ``kakitome.lists.ListService``: ``services.lists``, whose injector signs the
+double opt-in confirmations and gives them a VERP return path, as every producer of mail.
+As every ``kakitome`` command (see ``kakitome.cli.main``): ``--config PATH`` and ``--json``
+(then exactly one JSON document on stdout, ``{"error": {"code", "message"}}`` on failure);
+exit status 0 success, 2 bad input, 1 anything else (unknown list, database unavailable).
+An import with rejected rows still exits 0: the report says which rows and why.
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -21,7 +22,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Annotated, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,11 +36,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kakitome.config import Settings
 from kakitome.errors import InputError
-from kakitome.injection import Injector
-from kakitome.lists import STATUSES, ImportReport, ListService, NewList, OptIn
-from kakitome.store.repository import Store
+from kakitome.lists import STATUSES, ImportReport, NewList, OptIn
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 __all__ = ["list_app", "segment_app", "subscriber_app"]
 
@@ -68,7 +69,7 @@ REJECTED_SHOWN = 200  # rejected rows printed in text mode (--json has them all)
 # -- plumbing: the helpers of cli.main (imported when called: main imports this module) --
 
 
-def _run(config: Path | None, as_json: bool, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
+def _run(config: Path | None, as_json: bool, work: Callable[["Services"], Awaitable[T]]) -> T:
     from kakitome.cli.main import _run as run
 
     return run(config, as_json, work)
@@ -85,11 +86,6 @@ def _failure(message: str) -> Exception:
     from kakitome.cli.main import CliFailure
 
     return CliFailure(message)
-
-
-def _service(settings: Settings, store: Store, *, mail: bool = False) -> ListService:
-    injector = Injector(store, settings) if mail else None
-    return ListService(store, settings, injector=injector)
 
 
 def _list_ref(value: str) -> int | str:
@@ -175,7 +171,7 @@ def list_create(
 ) -> None:
     """Create a list."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         if opt_in not in ("single", "double"):
             raise _failure(f"--opt-in must be single or double, not {opt_in!r}")
         spec = NewList(
@@ -194,7 +190,7 @@ def list_create(
             encoding=encoding,
             mail_domain=mail_domain,
         )
-        return (await _service(settings, store).create_list(spec)).to_dict()
+        return (await services.lists.create_list(spec)).to_dict()
 
     result = _run(config, as_json, work)
     if as_json:
@@ -211,8 +207,8 @@ def list_create(
 def list_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """All lists with their member counts."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        service = services.lists
         out = []
         for found in await service.lists():
             counts = await service.count_members(found.id)
@@ -246,8 +242,8 @@ def list_show(
 ) -> None:
     """One list: settings, member counts, its segments."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         found = await service.get_list(_list_ref(name))
         counts = await service.count_members(found.id)
         own = [s.to_dict() for s in await service.segments() if s.list_id in (None, found.id)]
@@ -284,8 +280,8 @@ def list_remove(
 ) -> None:
     """Delete a list with its memberships and segments (subscribers and history stay)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         found = await service.get_list(_list_ref(name))
         await service.remove_list(found.id)
         return {"removed": found.name, "id": found.id}
@@ -356,9 +352,9 @@ def subscriber_import(
             2,
         )
 
-    async def work(settings: Settings, store: Store, progress: Callable[[int], None]) -> Any:
+    async def work(services: "Services", progress: Callable[[int], None]) -> Any:
         columns = parse_map(mapping)
-        service = _service(settings, store)
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         try:
             handle = file.open("rb")
@@ -380,7 +376,7 @@ def subscriber_import(
         return found.name, report
 
     if as_json:
-        name, report = _run(config, as_json, lambda s, st: work(s, st, lambda n: None))
+        name, report = _run(config, as_json, lambda services: work(services, lambda n: None))
         _emit_json({"list": name, "file": str(file), **report.to_dict()})
         return
     try:
@@ -398,7 +394,7 @@ def subscriber_import(
     ) as bar:
         task: TaskID = bar.add_task(f"Importing {file.name}", total=size or None)
         name, report = _run(
-            config, as_json, lambda s, st: work(s, st, lambda n: bar.advance(task, n))
+            config, as_json, lambda services: work(services, lambda n: bar.advance(task, n))
         )
     _print_import(name, report)
 
@@ -443,10 +439,10 @@ def subscriber_export(
 ) -> None:
     """Export members as CSV (formula-like cells neutralised for spreadsheets)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         if as_json and output is None:
             raise _failure("--json needs -o FILE (stdout carries the JSON document)")
-        service = _service(settings, store)
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         if output is None:
             count = await service.export_csv(
@@ -490,8 +486,8 @@ def subscriber_add(
     """Add (or re-subscribe) an address; on a double opt-in list a confirmation mail is
     queued unless --confirmed."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store, mail=not no_mail)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         member = await service.add_subscriber(
             found.id,
@@ -529,8 +525,8 @@ def subscriber_remove(
     """Unsubscribe an address from a list (the opt-in record and history are kept), or
     with --delete remove the membership altogether."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         if delete:
             done = await service.remove_subscriber(found.id, address)
@@ -564,8 +560,8 @@ def subscriber_list(
 ) -> None:
     """Members of a list in subscriber-id order (page with --after)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         members = await service.members(
             found.id, status=status, after_subscriber_id=after, limit=limit
@@ -626,8 +622,8 @@ def segment_create(
 ) -> None:
     """Save a segment (checked first: a bad expression is refused with its position)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         ref = None if list_name is None else _list_ref(list_name)
         saved = await service.save_segment(name, _expression(expression), list_ref=ref)
         return saved.to_dict()
@@ -643,8 +639,8 @@ def segment_create(
 def segment_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """All saved segments."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        return [s.to_dict() for s in await _service(settings, store).segments()]
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        return [s.to_dict() for s in await services.lists.segments()]
 
     rows = _run(config, as_json, work)
     if as_json:
@@ -671,8 +667,8 @@ def segment_show(
 ) -> None:
     """One segment, with its audience size when it belongs to a list."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         saved = await service.get_segment(_list_ref(name))
         audience = None
         if saved.list_id is not None:
@@ -703,10 +699,10 @@ def segment_test(
     """How many members of a list an expression (or a saved segment) selects, with a
     sample of addresses. Saves nothing."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         if expression is None and segment is None:
             raise _failure("give an EXPRESSION or --segment NAME")
-        service = _service(settings, store)
+        service = services.lists
         found = await service.get_list(_list_ref(list_name))
         parsed = None if expression is None else _expression(expression)
         canonical = None
@@ -749,8 +745,8 @@ def segment_remove(
 ) -> None:
     """Delete a saved segment."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        service = _service(settings, store)
+    async def work(services: "Services") -> dict[str, Any]:
+        service = services.lists
         saved = await service.get_segment(_list_ref(name))
         await service.remove_segment(saved.id)
         return {"removed": saved.name, "id": saved.id}

@@ -1,9 +1,13 @@
-"""``kakitome``: thin commands over the injector and the store.
+"""``kakitome``: thin commands over the services (``kakitome.services.Services``).
 
 Every command takes ``--config PATH`` and ``--json``. With ``--json`` exactly one JSON
 document goes to stdout (on failure: ``{"error": {"code", "message"}}``) and nothing else;
 messages for people go to stderr. Exit status: 0 success, 2 bad input (addresses,
 messages, settings, usage), 1 anything else (unknown id, database unavailable).
+
+Commands run on one ``Services`` opened by ``_run`` (``kakitome.cli.context.services_for``):
+the effective settings (file, environment, the database overlay), the one injector (DKIM
+signer, VERP return path), the parts' stores and services. None builds its own.
 """
 
 # No `from __future__ import annotations`: Typer reads the parameter annotations at run
@@ -16,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,12 +28,13 @@ from rich.table import Table
 
 from kakitome.cli.campaigns import campaign_app, sequence_app
 from kakitome.cli.check import check as check_command
+from kakitome.cli.context import services_for
 from kakitome.cli.domain import domain_app
 from kakitome.cli.inbound import register_inbound_admin, smtp_user_app, suppression_app
 from kakitome.cli.lists import list_app, segment_app, subscriber_app
 from kakitome.cli.policy import policy_app
 from kakitome.cli.users import user_app
-from kakitome.config import Settings, load_settings
+from kakitome.config import load_settings
 from kakitome.errors import (
     AddressError,
     ConfigError,
@@ -39,10 +44,13 @@ from kakitome.errors import (
     NotFound,
     StorageError,
 )
-from kakitome.injection import Injector
 from kakitome.message import Attachment, MessageTooLarge
 from kakitome.receipts import is_settled, iso_utc, queue_row_to_dict, receipt_to_dict
-from kakitome.store.repository import Store
+
+if TYPE_CHECKING:
+    # Imported when a command opens them (kakitome.cli.context): every service comes
+    # with it, and `kakitome --help` needs none.
+    from kakitome.services import Services
 
 T = TypeVar("T")
 
@@ -119,26 +127,20 @@ def _fail(as_json: bool, code: str, message: str, exit_code: int) -> NoReturn:
     raise typer.Exit(exit_code)
 
 
-def _run(config: Path | None, as_json: bool, work: Callable[[Settings, Store], Awaitable[T]]) -> T:
-    """Read settings once, open the store, apply the settings overlay, run ``work``, close
-    the store; map errors to exit codes."""
+def _run(config: Path | None, as_json: bool, work: Callable[["Services"], Awaitable[T]]) -> T:
+    """Read settings once, open the services (the database, the settings overlay, the DKIM
+    keys: ``services_for``), run ``work`` on them, close them; map errors to exit codes.
+    ``work`` reads the effective settings as ``services.settings``: what the running
+    service uses (keys changed in the UI or the API over file and defaults, under the
+    environment)."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(as_json, "invalid_settings", str(exc), 2)
 
     async def go() -> T:
-        from kakitome.settings_overlay import current_settings
-        from kakitome.store.settings_store import SettingsStore
-
-        store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
-        try:
-            # What the running service uses: the database overlay (keys changed in the UI
-            # or the API) over file and defaults, under the environment.
-            effective = await current_settings(settings, SettingsStore(store.engine))
-            return await work(effective, store)
-        finally:
-            await store.close()
+        async with services_for(settings) as services:
+            return await work(services)
 
     try:
         return asyncio.run(go())
@@ -289,14 +291,9 @@ def send(
 ) -> None:
     """Queue a message; print its id (or, with --wait, its receipt)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        # The same signing and return path as the service: one injection path.
-        from kakitome.domains.signing import DomainSigning
-
-        signing = await DomainSigning.load(store, settings)
-        injector = Injector(
-            store, settings, signer=signing.sign, return_path=signing.return_path
-        )
+    async def work(services: "Services") -> dict[str, Any]:
+        # The service's injector: the same signing and return path as every producer.
+        injector = services.injector
         if raw is not None:
             if subject or text or html or attach or header:
                 raise CliFailure("--raw cannot be combined with --subject/--text/--html/...")
@@ -337,7 +334,7 @@ def send(
             return {"id": message_id, "recipients": len(message.recipients)}
         deadline = time.monotonic() + timeout
         while True:
-            receipt = await store.receipt(message_id)
+            receipt = await services.queue.receipt(message_id)
             if is_settled(receipt):
                 return receipt_to_dict(receipt)
             if time.monotonic() >= deadline:
@@ -369,8 +366,8 @@ def receipt(
 ) -> None:
     """Show how a message travelled to each recipient (status, MX, reply, TLS)."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        return receipt_to_dict(await store.receipt(message_id))
+    async def work(services: "Services") -> dict[str, Any]:
+        return receipt_to_dict(await services.queue.receipt(message_id))
 
     result = _run(config, as_json, work)
     if as_json:
@@ -389,8 +386,8 @@ def queue_list(
 ) -> None:
     """List deliveries, newest state first."""
 
-    async def work(settings: Settings, store: Store) -> list[dict[str, Any]]:
-        rows = await store.list_deliveries(status=status, domain=domain, limit=limit)
+    async def work(services: "Services") -> list[dict[str, Any]]:
+        rows = await services.queue.list_deliveries(status=status, domain=domain, limit=limit)
         return [queue_row_to_dict(row) for row in rows]
 
     rows = _run(config, as_json, work)
@@ -421,9 +418,9 @@ def queue_show(
 ) -> None:
     """A message's receipt and its events."""
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
-        found = receipt_to_dict(await store.receipt(message_id))
-        events = await store.events_for(message_id)
+    async def work(services: "Services") -> dict[str, Any]:
+        found = receipt_to_dict(await services.queue.receipt(message_id))
+        events = await services.queue.events_for(message_id)
         return {"receipt": found, "events": [_event(e) for e in events]}
 
     result = _run(config, as_json, work)
@@ -456,12 +453,12 @@ def _queue_action(
     as_json: bool,
     config: Path | None,
 ) -> None:
-    async def work(settings: Settings, store: Store) -> int:
+    async def work(services: "Services") -> int:
         if not message_ids and domain is None and not everything:
             raise CliFailure(f"say what to {action}: message ids, --domain D, or --all")
         if everything and (message_ids or domain is not None):
             raise CliFailure("--all cannot be combined with ids or --domain")
-        return await store.queue_action(
+        return await services.queue.queue_action(
             action, now=time.time(), message_ids=message_ids or None, domain=domain
         )
 
@@ -538,13 +535,13 @@ def apikey_create(
     """Create an API key and print it once (only its hash is kept)."""
     scopes = tuple(dict.fromkeys(scope or ALL_SCOPES))
 
-    async def work(settings: Settings, store: Store) -> str:
+    async def work(services: "Services") -> str:
         unknown = [s for s in scopes if s not in ALL_SCOPES]
         if unknown:
             raise CliFailure(f"unknown scope(s) {', '.join(unknown)}; use send, read or admin")
         if not name.strip():
             raise CliFailure("the key needs a name")
-        return await store.create_api_key(name, scopes, now=time.time())
+        return await services.api_keys.create_api_key(name, scopes, now=time.time())
 
     key = _run(config, as_json, work)
     if as_json:

@@ -13,14 +13,14 @@ could resolve, 1 when DNS or the database failed, 2 on bad input.
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from kakitome.config import Settings
-from kakitome.store.repository import Store
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 policy_app = typer.Typer(
     help="TLS policy of destinations: DANE, MTA-STS, history.", no_args_is_help=True
@@ -44,14 +44,12 @@ def explain(
     """The effective TLS policy for each MX of DOMAIN and where each part came from."""
     from kakitome.cli.main import _emit_json, _run
 
-    async def work(settings: Settings, store: Store) -> dict[str, Any]:
+    async def work(services: "Services") -> dict[str, Any]:
         from kakitome.dns.resolver import Resolver
-        from kakitome.store.tls_store import TLSStore
         from kakitome.tls.explain import explain_policy
 
-        return await explain_policy(
-            settings, Resolver(settings.dns), TLSStore(store.engine), domain
-        )
+        settings = services.settings
+        return await explain_policy(settings, Resolver(settings.dns), services.tls_store, domain)
 
     result = _run(config, as_json, work)
     if as_json:

@@ -3,6 +3,7 @@
 Passwords are asked for twice without echo, or read from ``--password-file`` (first line;
 ``-`` reads standard input), never taken on the command line where ``ps`` would show it.
 Exit status: 0 success, 2 bad input, 1 anything else (unknown user, database unavailable).
+Thin over ``WebStore`` (``services.web_store``, opened by ``kakitome.cli.context``).
 """
 
 # No `from __future__ import annotations`: Typer reads the annotations at run time.
@@ -17,10 +18,10 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from kakitome.accounts.store import ROLES, WebStore
+from kakitome.cli.context import services_for
 from kakitome.config import Settings, load_settings
-from kakitome.errors import ConfigError, InputError, StorageError
-from kakitome.store.repository import Store
-from kakitome.store.web_store import ROLES, WebStore
+from kakitome.errors import ConfigError, InputError, KakitomeError, StorageError
 
 T = TypeVar("T")
 
@@ -57,11 +58,8 @@ def _run(
         _fail(as_json, "invalid_settings", str(exc), 2)
 
     async def go() -> T:
-        store = await Store.open(settings.database.url, pool_size=settings.database.pool_size)
-        try:
-            return await work(settings, WebStore(store.engine))
-        finally:
-            await store.close()
+        async with services_for(settings) as services:
+            return await work(services.settings, services.web_store)
 
     try:
         return asyncio.run(go())
@@ -71,6 +69,8 @@ def _run(
         _fail(as_json, "not_found", str(exc), 1)
     except StorageError as exc:
         _fail(as_json, "storage_unavailable", f"the database is unavailable: {exc}", 1)
+    except KakitomeError as exc:  # e.g. the DKIM key secret (loaded with the services)
+        _fail(as_json, "error", str(exc), 1)
 
 
 def _password(password_file: Path | None, as_json: bool) -> str:

@@ -3,7 +3,7 @@ and per minute the delivery agents of ALL worker processes may use towards one r
 
 Talks to: nothing on the network. It keeps its shared state in a ``ShapingState``: in
 this process (``MemoryShapingState``, enough for SQLite's single worker process) or in
-the database (``kakitome.store.shaping_store.ShapingStore``, for many workers on one
+the database (``kakitome.delivery.shaping_store.ShapingStore``, for many workers on one
 PostgreSQL). Trusts: the SMTP replies the agent reports (only servers' replies, never
 the agent's own policy deferrals).
 

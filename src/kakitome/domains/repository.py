@@ -1,6 +1,6 @@
 """Storage of sending domains and their DKIM keys (tables in ``kakitome.store.schema_domains``).
 
-Each public function is one transaction on the ``Store``'s engine, on SQLite and PostgreSQL
+Each public function is one transaction on the ``Database``'s engine, on SQLite and PostgreSQL
 alike; writes on SQLite take the write lock at BEGIN (``sqlite_begin="IMMEDIATE"``, see
 ``kakitome.store.db``). Database failures become ``StorageError``. Private keys pass
 through here only sealed (``kakitome.domains.keybox``); rows read back carry the sealed
@@ -20,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kakitome.errors import InputError, StorageError
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema_domains import dkim_keys, sending_domains
 
 __all__ = [
@@ -94,7 +94,7 @@ class KeyChange:
 class DomainRepository:
     """Domains and keys on the store's database."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._engine = store.engine
         self._writer = store.engine.execution_options(sqlite_begin="IMMEDIATE")
 

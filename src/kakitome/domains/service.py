@@ -56,7 +56,8 @@ from kakitome.domains.repository import (
 )
 from kakitome.domains.verify import DomainDNSError, Verification, resolver_lookup, verify_domain
 from kakitome.errors import InputError, NotFound
-from kakitome.store.repository import Store
+from kakitome.queue.store import QueueStore
+from kakitome.store.database import Database
 
 __all__ = ["DomainService", "DomainView"]
 
@@ -118,7 +119,7 @@ class DomainService:
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
@@ -126,6 +127,7 @@ class DomainService:
         keybox: KeyBox | None = None,
     ) -> None:
         self._store = store
+        self._queue = QueueStore(store)
         self._settings = settings
         self._repo = DomainRepository(store)
         self._clock = clock
@@ -230,7 +232,7 @@ class DomainService:
         changes += [KeyChange(k.id, RETIRED, wipe=True) for k in retired]
         await self._repo.change_keys(changes)
         if promoted:
-            await self._store.add_event(
+            await self._queue.add_event(
                 EVENT_ROTATED,
                 now=now,
                 data={
@@ -240,7 +242,7 @@ class DomainService:
                 },
             )
         if retired:
-            await self._store.add_event(
+            await self._queue.add_event(
                 EVENT_RETIRED,
                 now=now,
                 data={"domain": row.name, "retired": [k.selector for k in retired]},
@@ -267,7 +269,7 @@ class DomainService:
             row.id, state=verification.state, findings=document, now=now
         )
         if previous is not None and previous != verification.state:
-            await self._store.add_event(
+            await self._queue.add_event(
                 EVENT_STATE,
                 now=now,
                 data={

@@ -28,14 +28,14 @@ from collections.abc import Callable
 
 import structlog
 
-from kakitome.auth.dkim_keys import DKIMKeyPair, ascii_domain, load_private_key
+from kakitome.auth.dkim_keys import DKIMKeyError, DKIMKeyPair, ascii_domain, load_private_key
 from kakitome.auth.dkim_sign import DKIMSigner
 from kakitome.config import Settings
 from kakitome.domains.keybox import KeyBox
 from kakitome.domains.repository import ACTIVE, DomainRepository, DomainRow
 from kakitome.domains.verp import make_return_path
 from kakitome.errors import MessageError
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 __all__ = ["DomainSigning", "UnconfiguredDomainError"]
 
@@ -68,7 +68,7 @@ class DomainSigning:
 
     @classmethod
     async def load(
-        cls, store: Store, settings: Settings, *, clock: Callable[[], float] = time.time
+        cls, store: Database, settings: Settings, *, clock: Callable[[], float] = time.time
     ) -> DomainSigning:
         signing = cls(settings, KeyBox.from_settings(settings), clock=clock)
         await signing.refresh(store)
@@ -82,7 +82,7 @@ class DomainSigning:
         entry = self._entries.get(ascii_domain(domain))
         return entry.signer.selectors if entry is not None else ()
 
-    async def refresh(self, store: Store) -> None:
+    async def refresh(self, store: Database) -> None:
         """Reload the domains and their active keys; keys already open are kept."""
         rows = await DomainRepository(store).all()
         entries: dict[str, _Entry] = {}
@@ -123,6 +123,21 @@ class DomainSigning:
             "domains.allow_unconfigured_from to send unsigned mail)"
         )
 
+    def sign_notice(self, content: bytes, from_domain: str) -> bytes:
+        """``notice_signer`` for the injector (DSNs): sign with the keys of ``from_domain``
+        or of the nearest parent domain that is configured (``MAILER-DAEMON@mx.example.jp``
+        is signed ``d=example.jp``: aligned for DMARC in relaxed mode); unchanged when none
+        is. Never refuses."""
+        try:
+            labels = ascii_domain(from_domain).split(".")
+        except DKIMKeyError:
+            return content
+        for start in range(len(labels) - 1):
+            entry = self._entries.get(".".join(labels[start:]))
+            if entry is not None:
+                return entry.signer.sign(content)
+        return content
+
     def return_path(self, from_domain: str, sender: str) -> str:
         """The envelope sender: a VERP address for configured domains, else ``sender``."""
         entry = self._entries.get(ascii_domain(from_domain))
@@ -130,7 +145,7 @@ class DomainSigning:
             return sender
         return make_return_path(self._keybox.verp_key, entry.return_path).address
 
-    async def run_refresh(self, store: Store, stop: asyncio.Event) -> None:
+    async def run_refresh(self, store: Database, stop: asyncio.Event) -> None:
         """Reload every ``domains.signer_refresh`` seconds until ``stop``."""
         interval = self._settings.domains.signer_refresh
         while not stop.is_set():

@@ -28,7 +28,7 @@ import structlog
 
 from kakitome.config import InboundRoute, InboundSettings
 from kakitome.errors import StorageError
-from kakitome.store.inbound_store import InboundRow, InboundStore
+from kakitome.inbound.store import InboundRow, InboundStore
 
 __all__ = ["Forwarder", "sign_body", "verify_signature"]
 

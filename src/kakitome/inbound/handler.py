@@ -45,11 +45,11 @@ from kakitome.inbound.policy import InboundPolicy, RecipientDecision
 from kakitome.inbound.processor import MXProcessor, Received
 from kakitome.inbound.protocol import InboundEnvelope, InboundSession, KakitomeSMTP, tls_info
 from kakitome.inbound.senders import SendingDomains, from_domains, refusal
+from kakitome.inbound.store import NewInbound
 from kakitome.inbound.users import Authenticator, AuthOutcome
 from kakitome.injection import Injector
 from kakitome.message import MessageTooLarge
 from kakitome.store.ids import new_message_id
-from kakitome.store.inbound_store import NewInbound
 
 __all__ = ["GroupCommit", "MXHandler", "SubmissionHandler", "has_bare_cr_or_lf"]
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from kakitome.config import InboundRoute
 from kakitome.errors import InputError, NotFound
 from kakitome.inbound.policy import match_route
-from kakitome.store.inbound_store import InboundRow, InboundStore
+from kakitome.inbound.store import InboundRow, InboundStore
 
 __all__ = ["delete_held", "forward_route_for", "release_held"]
 

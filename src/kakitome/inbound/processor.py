@@ -26,7 +26,7 @@ from kakitome.inbound.bounces import BounceReport, parse_bounce
 from kakitome.inbound.headers import TLSInfo
 from kakitome.inbound.policy import RecipientClass, RecipientDecision
 from kakitome.inbound.reports import ReportError, parse_arf, parse_tlsrpt, tlsrpt_json
-from kakitome.store.inbound_store import (
+from kakitome.inbound.store import (
     ComplaintEffect,
     DeliveryFailure,
     InboundStore,

@@ -24,15 +24,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from kakitome.config import InboundSettings, Settings
-from kakitome.domains.repository import DomainRepository
 from kakitome.errors import StorageError
 from kakitome.inbound.forward import Forwarder
 from kakitome.inbound.handler import GroupCommit, MXHandler, SubmissionHandler
@@ -41,15 +40,15 @@ from kakitome.inbound.policy import InboundPolicy
 from kakitome.inbound.processor import MXProcessor
 from kakitome.inbound.protocol import ConnectionLimits, ConnectionTracker, KakitomeSMTP
 from kakitome.inbound.senders import SendingDomains
+from kakitome.inbound.store import InboundStore, NewInbound
 from kakitome.inbound.tls import CertificateSource, ensure_certificate
 from kakitome.inbound.users import Authenticator, AuthGuard
 from kakitome.injection import Injector
-from kakitome.lists import ListService
 from kakitome.settings_overlay import LiveSettings
-from kakitome.store.inbound_store import InboundStore, NewInbound
-from kakitome.store.repository import Store
-from kakitome.store.settings_store import SettingsStore
-from kakitome.suppression import Thresholds
+from kakitome.store.database import Database
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 __all__ = ["InboundService"]
 
@@ -88,10 +87,15 @@ class _Bound:
 class InboundService:
     """All listeners of one process. ``await start()``; ``await stop()``."""
 
-    settings: Settings
-    store: Store
-    injector: Injector
-    clock: Callable[[], float] = time.time
+    services: Services
+    # False: the process's settings overlay is reloaded by its owner (``serve``), not here.
+    follow_settings: bool = True
+    # False: no forwarder (SMTP children: the parent's forwarder forwards for all).
+    forward: bool = True
+    settings: Settings = field(init=False)
+    store: Database = field(init=False)
+    injector: Injector = field(init=False)
+    clock: Callable[[], float] = field(init=False)
     inbound_store: InboundStore = field(init=False)
     # None: no certificate configured and ``inbound.self_signed_certificate`` off, so no
     # TLS (T4: no STARTTLS offered, 454 4.7.0 when asked; 465 is not started).
@@ -100,20 +104,23 @@ class InboundService:
     guard: AuthGuard = field(init=False)
     ports: dict[str, int] = field(default_factory=dict)
     _servers: list[_Bound] = field(default_factory=list)
-    # The settings changed at run time (routes, domains): given by `serve`, which reloads
-    # them for the whole process; else the service reloads them itself while it runs.
-    live: LiveSettings | None = None
+    # The settings changed at run time (routes, domains): ``services.live``, reloaded by
+    # ``serve`` for the whole process, or by this service while it runs.
+    live: LiveSettings = field(init=False)
     _forwarder_task: asyncio.Task[None] | None = None
     _reload_task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self._own_live = self.live is None
-        if self.live is None:
-            self.live = LiveSettings(self.settings, SettingsStore(self.store.engine))
+        services = self.services
+        self.settings = services.settings
+        self.store = services.store
+        self.injector = services.injector
+        self.clock = services.clock
+        self.live = services.live
+        self.inbound_store = services.inbound_store
         inbound = self.settings.inbound
         self.hostname = inbound.hostname or self.settings.delivery.helo_hostname
-        self.inbound_store = InboundStore(self.store.engine, Thresholds.from_settings(inbound))
         pair = ensure_certificate(
             inbound.cert_file,
             inbound.key_file,
@@ -140,9 +147,7 @@ class InboundService:
         # Newsletter lists (issue 7): the MX takes list addresses (blank-mail sign-up,
         # mailto unsubscribe) and hands them to the ListService; confirmation mails of
         # double opt-in lists go out through the injector.
-        self.lists = ListService(
-            self.store, self.settings, injector=self.injector, clock=self.clock
-        )
+        self.lists = services.lists
         self.mx_handler = MXHandler(
             hostname=self.hostname,
             authserv_id=inbound.authserv_id or self.hostname,
@@ -169,11 +174,10 @@ class InboundService:
         )
 
     def _current_inbound(self) -> InboundSettings:
-        assert self.live is not None
         return self.live.current.inbound
 
     async def _sending_domain_names(self) -> list[str]:
-        return [row.name for row in await DomainRepository(self.store).all()]
+        return [view.name.ascii for view in await self.services.domains.list_domains()]
 
     def _factory(self, kind: str) -> Callable[[], KakitomeSMTP]:
         inbound = self.settings.inbound
@@ -260,15 +264,17 @@ class InboundService:
         except BaseException:
             await self.stop()
             raise
-        if self._own_live:
-            assert self.live is not None
+        if self.follow_settings:
             with contextlib.suppress(StorageError):
                 await self.live.refresh()
             self._reload_task = asyncio.create_task(self.live.run(self._stop), name="settings")
-        forwarder = Forwarder(
-            self.inbound_store, inbound, clock=self.clock, current=self._current_inbound
-        )
-        self._forwarder_task = asyncio.create_task(forwarder.run(self._stop), name="forwarder")
+        if self.forward:
+            forwarder = Forwarder(
+                self.inbound_store, inbound, clock=self.clock, current=self._current_inbound
+            )
+            self._forwarder_task = asyncio.create_task(
+                forwarder.run(self._stop), name="forwarder"
+            )
 
     async def stop(self) -> None:
         self._stop.set()

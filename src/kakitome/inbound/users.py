@@ -26,7 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from kakitome.config import InboundSettings
 from kakitome.errors import InputError
-from kakitome.store.inbound_store import InboundStore
+from kakitome.inbound.store import InboundStore
 
 __all__ = ["AuthGuard", "AuthOutcome", "Authenticator", "hash_password", "validate_username"]
 

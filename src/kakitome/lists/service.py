@@ -2,7 +2,7 @@
 
 This is the one entry point other parts call (web, CLI, campaigns, inbound). It never
 sends mail itself except through the ``Injector`` (confirmation mails), and it reads and
-writes only through ``kakitome.store.lists_store.ListsStore``.
+writes only through ``kakitome.lists.store.ListsStore``.
 
 For the campaign engine:
 
@@ -85,9 +85,9 @@ from kakitome.lists.segments import (
     parse_any,
     to_text,
 )
+from kakitome.lists.store import IMPORT_BATCH_MAX, MAX_BATCH, ImportRow, ListsStore
 from kakitome.lists.tokens import TokenSigner
-from kakitome.store.lists_store import IMPORT_BATCH_MAX, MAX_BATCH, ImportRow, ListsStore
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 
 __all__ = ["ListRef", "ListService", "SegmentRef"]
 
@@ -112,7 +112,7 @@ class ListService:
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         settings: Settings,
         *,
         injector: Injector | None = None,
@@ -273,8 +273,10 @@ class ListService:
         status: str | None = None,
         after_subscriber_id: int = 0,
         limit: int = 100,
+        search: str = "",
     ) -> list[Membership]:
-        """Members of a list in subscriber-id order (paging with ``after_subscriber_id``)."""
+        """Members of a list in subscriber-id order (paging with ``after_subscriber_id``);
+        ``search``: only those whose address or name contains it (case-insensitive)."""
         mailing_list = await self.get_list(ref)
         if status is not None and status not in STATUSES:
             raise InputError(f"unknown status {status!r}; known: {', '.join(STATUSES)}")
@@ -283,7 +285,22 @@ class ListService:
             status=status,
             after=after_subscriber_id,
             limit=max(1, min(limit, 10_000)),
+            search=search,
         )
+
+    async def update_subscriber(
+        self, subscriber_id: int, *, name: str, attributes: Mapping[str, Any]
+    ) -> None:
+        """Replace a subscriber's name and attributes (not merged: the admin UI's edit
+        form, the preference page). InputError for a name over 255 characters or
+        attributes that are not small JSON; NotFound when there is no such subscriber."""
+        if len(name) > 255:
+            raise InputError("the name is longer than 255 characters")
+        _check_attributes(attributes)
+        if not await self._db.update_subscriber(
+            subscriber_id, name=name, attributes=attributes, now=self._clock()
+        ):
+            raise NotFound(f"no subscriber {subscriber_id}")
 
     async def remove_subscriber(self, ref: ListRef, address: str) -> bool:
         """Delete one membership (no consent history kept: prefer ``unsubscribe``)."""

@@ -7,7 +7,7 @@ file is created. Every connection gets these PRAGMAs:
 - ``synchronous=FULL``: each commit fsyncs the WAL, so a message acknowledged after its
   commit survives a power loss, not only a process crash. The cost is one fsync per
   commit (about 1-10 ms on real disks); callers amortise it with group commits
-  (``Store.inject_many``, ``Store.record_results``);
+  (``QueueStore.inject_many``, ``QueueStore.record_results``);
 - ``busy_timeout``: another process holding the write lock makes us wait, not fail;
   writers also queue on a file lock first (``kakitome.store.write_lock``), which wakes
   them the moment the lock is free instead of after SQLite's sleeps of up to 100 ms;
@@ -93,7 +93,7 @@ def _sqlite_engine(parsed: URL, *, pool_size: int, busy_timeout_ms: int) -> Asyn
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         parsed,
-        # Writers are serialised by the Store; extra connections serve concurrent readers.
+        # Writers are serialised by the Database; extra connections serve concurrent readers.
         pool_size=max(1, min(pool_size, 8)),
         max_overflow=0,
     )

@@ -1,6 +1,6 @@
 """Run the packaged Alembic migrations on a live connection (both engines).
 
-``upgrade_to_head`` is called by ``Store.open(migrate=True)`` through
+``upgrade_to_head`` is called by ``Database.open(migrate=True)`` through
 ``AsyncConnection.run_sync``: Alembic is synchronous, and SQLAlchemy runs it on the async
 driver (aiosqlite or asyncpg), so no second driver is needed. On PostgreSQL a transaction
 advisory lock makes concurrent starters (web, SMTP and worker processes starting together)

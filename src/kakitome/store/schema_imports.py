@@ -5,7 +5,7 @@ imported at the end of schema.py.
 report outlive the web process that ran it and every web process can show them. The
 process running the import moves ``position`` (bytes of the upload read) and
 ``heartbeat_at`` about once a second; a ``running`` job whose heartbeat stops (its process
-died or was restarted) is marked ``interrupted`` (kakitome.store.import_jobs_store).
+died or was restarted) is marked ``interrupted`` (kakitome.lists.import_jobs_store).
 ``rejected`` keeps the first rows refused (line, reason, value); ``rejected_count`` all.
 """
 

@@ -32,7 +32,7 @@ class OverlayEntry:
 
 
 class SettingsStore:
-    """The overlay table on the engine of a ``Store``."""
+    """The overlay table on the engine of a ``Database``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine

@@ -8,7 +8,7 @@ as delivery would.
 
 Talks to: DNS (MX, TLSA) and MTA-STS policy hosts, through the resolver and
 ``PolicyResolver``. Knows nothing of storage: the caller passes the state (in the
-service, ``kakitome.store.tls_store.TLSStore``).
+service, ``kakitome.tls.store.TLSStore``).
 """
 
 from __future__ import annotations

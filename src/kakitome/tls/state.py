@@ -2,7 +2,7 @@
 
 ``TLSState`` is the interface the delivery agent, the policy resolver and the TLS-RPT
 reporter use. ``MemoryTLSState`` keeps everything in this process (tests, and agents
-without a database); ``kakitome.store.tls_store.TLSStore`` keeps it in the database so
+without a database); ``kakitome.tls.store.TLSStore`` keeps it in the database so
 that the MTA-STS cache survives restarts (T22) and counts from many workers add up.
 
 Talks to: nothing (this module); trusts what the agent observed.

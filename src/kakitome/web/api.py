@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakitome.config import Settings
+from kakitome.accounts.api_keys import ApiKeyInfo
 from kakitome.errors import InputError
 from kakitome.injection import Injector
 from kakitome.message import Attachment
+from kakitome.queue.types import NewMessage
 from kakitome.receipts import receipt_to_dict
-from kakitome.store.repository import ApiKeyInfo, NewMessage, Store
 from kakitome.web.auth import require_scope
+from kakitome.web.deps import ServicesDep
 from kakitome.web.errors import ApiError, input_error_status
 
 
@@ -150,46 +150,49 @@ def _prepare_batch(injector: Injector, bodies: list[MessageIn]) -> list[NewMessa
     return prepared
 
 
-def api_router(
-    store: Store, injector: Injector, clock: Callable[[], float], settings: Settings
-) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
-    # Dependencies as defaults, not Annotated: with postponed annotations FastAPI could not
-    # see these closure variables.
-    can_send = Depends(require_scope(store, "send", clock))
-    can_read = Depends(require_scope(store, "read", clock))
+router = APIRouter(prefix="/api/v1")
+# Dependencies as defaults, not Annotated (as every router of the API).
+can_send = Depends(require_scope("send"))
+can_read = Depends(require_scope("read"))
 
-    @router.post("/messages", status_code=202, response_model=Accepted)
-    async def submit_message(body: MessageIn, key: ApiKeyInfo = can_send) -> Accepted:
-        """Queue a message. 202 means it is committed and will be delivered."""
-        message = _prepare(injector, body)
-        message_id = await injector.submit(message)
-        return Accepted(id=message_id, recipients=len(message.recipients))
 
-    @router.post("/messages/batch", status_code=202, response_model=BatchAccepted)
-    async def submit_batch(body: BatchIn, key: ApiKeyInfo = can_send) -> JSONResponse:
-        """Queue many messages in one request: all are checked first (an error names the
-        message's index and nothing is queued), then committed together. 202 means every
-        one is committed and will be delivered."""
-        limit = settings.http.max_batch_messages
-        if len(body.messages) > limit:
-            raise ApiError(
-                413,
-                "batch_too_large",
-                f"{len(body.messages):,} messages in one batch; the limit is {limit:,}",
-            )
-        messages = _prepare_batch(injector, body.messages)
-        ids = await injector.submit_many(messages)
-        # The BatchAccepted shape, written directly: a model per message and the response
-        # model's validation cost more than the commit.
-        accepted = [
-            {"id": i, "recipients": len(m.recipients)} for i, m in zip(ids, messages, strict=True)
-        ]
-        return JSONResponse({"messages": accepted}, status_code=202)
+@router.post("/messages", status_code=202, response_model=Accepted)
+async def submit_message(
+    body: MessageIn, services: ServicesDep, key: ApiKeyInfo = can_send
+) -> Accepted:
+    """Queue a message. 202 means it is committed and will be delivered."""
+    injector = services.injector
+    message = _prepare(injector, body)
+    message_id = await injector.submit(message)
+    return Accepted(id=message_id, recipients=len(message.recipients))
 
-    @router.get("/messages/{message_id}")
-    async def get_receipt(message_id: str, key: ApiKeyInfo = can_read) -> Any:
-        """The receipt: each recipient's status, attempts, MX, reply and TLS receipt."""
-        return receipt_to_dict(await store.receipt(message_id))
 
-    return router
+@router.post("/messages/batch", status_code=202, response_model=BatchAccepted)
+async def submit_batch(
+    body: BatchIn, services: ServicesDep, key: ApiKeyInfo = can_send
+) -> JSONResponse:
+    """Queue many messages in one request: all are checked first (an error names the
+    message's index and nothing is queued), then committed together. 202 means every
+    one is committed and will be delivered."""
+    limit = services.settings.http.max_batch_messages
+    if len(body.messages) > limit:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"{len(body.messages):,} messages in one batch; the limit is {limit:,}",
+        )
+    injector = services.injector
+    messages = _prepare_batch(injector, body.messages)
+    ids = await injector.submit_many(messages)
+    # The BatchAccepted shape, written directly: a model per message and the response
+    # model's validation cost more than the commit.
+    accepted = [
+        {"id": i, "recipients": len(m.recipients)} for i, m in zip(ids, messages, strict=True)
+    ]
+    return JSONResponse({"messages": accepted}, status_code=202)
+
+
+@router.get("/messages/{message_id}")
+async def get_receipt(message_id: str, services: ServicesDep, key: ApiKeyInfo = can_read) -> Any:
+    """The receipt: each recipient's status, attempts, MX, reply and TLS receipt."""
+    return receipt_to_dict(await services.queue.receipt(message_id))

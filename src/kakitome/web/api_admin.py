@@ -7,17 +7,17 @@ paginated with a cursor: pass ``next_before`` from one page as ``before`` for th
 
 from __future__ import annotations
 
-import time as _time
-from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from kakitome.accounts.api_keys import ApiKeyInfo
+from kakitome.accounts.store import MessageQuery
+from kakitome.queue.types import PENDING
 from kakitome.receipts import iso_utc, queue_row_to_dict
-from kakitome.store.repository import PENDING, ApiKeyInfo, Store
-from kakitome.store.web_store import MessageQuery, WebStore
 from kakitome.web.auth import SCOPES, require_scope
+from kakitome.web.deps import ServicesDep
 from kakitome.web.errors import ApiError
 
 StatusName = Literal["queued", "deferred", "delivered", "bounced", "held"]
@@ -135,149 +135,158 @@ def _bucket(item: Any, start: float | None) -> StatsBucket:
     )
 
 
-def admin_api_router(
-    store: Store, clock: Callable[[], float] = _time.time, web: WebStore | None = None
-) -> APIRouter:
-    """The router; ``web`` defaults to a WebStore on the store's engine."""
-    web_store = web or WebStore(store.engine)
-    router = APIRouter(prefix="/api/v1")
-    can_read = Depends(require_scope(store, "read", clock))
-    can_admin = Depends(require_scope(store, "admin", clock))
+router = APIRouter(prefix="/api/v1")
+can_read = Depends(require_scope("read"))
+can_admin = Depends(require_scope("admin"))
 
-    @router.get("/messages", response_model=MessageList, response_model_by_alias=True)
-    async def search_messages(
-        q: str = Query(
-            "",
-            max_length=500,
-            description="id, address, @domain or subject words (each a case-insensitive "
-            "substring, all required; Japanese needs no spaces)",
-        ),
-        status: StatusName | None = None,
-        since: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
-        until: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
-        before: str | None = Query(None, max_length=26, description="next_before of a page"),
-        limit: int = Query(50, ge=1, le=500),
-        key: ApiKeyInfo = can_read,
-    ) -> MessageList:
-        """Messages, newest first, matching every filter."""
-        page = await web_store.search_messages(
-            MessageQuery(q=q, status=status, since=since, until=until, before=before, limit=limit)
-        )
-        return MessageList(
-            items=[
-                MessageItem(
-                    id=m.id,
-                    created_at=iso_utc(m.created_at),
-                    from_=m.header_from,
-                    sender=m.sender,
-                    subject=m.subject,
-                    size=m.size,
-                    recipients=m.recipients,
-                    first_recipient=m.first_recipient,
-                    statuses=m.statuses,
-                )
-                for m in page.items
-            ],
-            next_before=page.next_before,
-            query_kind=page.kind,
-            searched_window=page.window,
-        )
 
-    @router.get("/queue")
-    async def list_queue(
-        status: PendingName | None = None,
-        domain: str | None = Query(None, max_length=255),
-        before: str | None = Query(None, max_length=26),
-        limit: int = Query(100, ge=1, le=1000),
-        key: ApiKeyInfo = can_read,
-    ) -> dict[str, Any]:
-        """Deliveries not yet final, newest message first."""
-        statuses = (status,) if status else PENDING
-        rows, next_before = await web_store.queue_page(
-            statuses, domain=domain, before=before, limit=limit
-        )
-        return {"items": [queue_row_to_dict(r) for r in rows], "next_before": next_before}
-
-    @router.post("/queue/actions", response_model=QueueActionOut)
-    async def queue_actions(body: QueueActionIn, key: ApiKeyInfo = can_admin) -> QueueActionOut:
-        """Hold, release, retry or delete the selected pending deliveries."""
-        if not body.message_ids and body.domain is None and body.status is None and not body.all:
-            raise ApiError(
-                422, "invalid_request", "select deliveries (message_ids, domain, status) or all"
+@router.get("/messages", response_model=MessageList, response_model_by_alias=True)
+async def search_messages(
+    services: ServicesDep,
+    q: str = Query(
+        "",
+        max_length=500,
+        description="id, address, @domain or subject words (each a case-insensitive "
+        "substring, all required; Japanese needs no spaces)",
+    ),
+    status: StatusName | None = None,
+    since: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
+    until: float | None = Query(None, description="epoch seconds", ge=0, le=1e11),
+    before: str | None = Query(None, max_length=26, description="next_before of a page"),
+    limit: int = Query(50, ge=1, le=500),
+    key: ApiKeyInfo = can_read,
+) -> MessageList:
+    """Messages, newest first, matching every filter."""
+    page = await services.web_store.search_messages(
+        MessageQuery(q=q, status=status, since=since, until=until, before=before, limit=limit)
+    )
+    return MessageList(
+        items=[
+            MessageItem(
+                id=m.id,
+                created_at=iso_utc(m.created_at),
+                from_=m.header_from,
+                sender=m.sender,
+                subject=m.subject,
+                size=m.size,
+                recipients=m.recipients,
+                first_recipient=m.first_recipient,
+                statuses=m.statuses,
             )
-        count = await store.queue_action(
-            body.action,
-            now=clock(),
-            message_ids=body.message_ids or None,
-            domain=body.domain,
-            status=body.status,
+            for m in page.items
+        ],
+        next_before=page.next_before,
+        query_kind=page.kind,
+        searched_window=page.window,
+    )
+
+
+@router.get("/queue")
+async def list_queue(
+    services: ServicesDep,
+    status: PendingName | None = None,
+    domain: str | None = Query(None, max_length=255),
+    before: str | None = Query(None, max_length=26),
+    limit: int = Query(100, ge=1, le=1000),
+    key: ApiKeyInfo = can_read,
+) -> dict[str, Any]:
+    """Deliveries not yet final, newest message first."""
+    statuses = (status,) if status else PENDING
+    rows, next_before = await services.web_store.queue_page(
+        statuses, domain=domain, before=before, limit=limit
+    )
+    return {"items": [queue_row_to_dict(r) for r in rows], "next_before": next_before}
+
+
+@router.post("/queue/actions", response_model=QueueActionOut)
+async def queue_actions(
+    body: QueueActionIn, services: ServicesDep, key: ApiKeyInfo = can_admin
+) -> QueueActionOut:
+    """Hold, release, retry or delete the selected pending deliveries."""
+    if not body.message_ids and body.domain is None and body.status is None and not body.all:
+        raise ApiError(
+            422, "invalid_request", "select deliveries (message_ids, domain, status) or all"
         )
-        return QueueActionOut(action=body.action, count=count)
+    count = await services.queue.queue_action(
+        body.action,
+        now=services.clock(),
+        message_ids=body.message_ids or None,
+        domain=body.domain,
+        status=body.status,
+    )
+    return QueueActionOut(action=body.action, count=count)
 
-    @router.get("/stats", response_model=StatsOut)
-    async def stats(
-        hours: int = Query(24, ge=1, le=24 * 90), key: ApiKeyInfo = can_read
-    ) -> StatsOut:
-        """Per hour and per receiving domain: volume, outcomes, share encrypted/verified."""
-        now = clock()
-        _, more = await web_store.refresh_rollup(now=now)
-        since = now - (hours - 1) * 3600
-        result = await web_store.stats(since=since, until=now, top_domains=50)
-        return StatsOut(
-            since=iso_utc(since),
-            until=iso_utc(now),
-            total=_bucket(result.total, None),
-            hours=[_bucket(h, float(h.key)) for h in result.hours],
-            domains=[
-                DomainStats(
-                    domain=str(d.key),
-                    delivered=d.delivered,
-                    delivered_tls=d.delivered_tls,
-                    delivered_verified=d.delivered_verified,
-                    downgraded=d.downgraded,
-                    deferred=d.deferred,
-                    bounced=d.bounced,
-                    verified_share=d.verified_share,
-                    encrypted_share=d.encrypted_share,
-                )
-                for d in result.domains
-            ],
-            queue=await web_store.pending_counts(),
-            complete=not more,
-        )
 
-    def key_out(record: Any) -> ApiKeyOut:
-        return ApiKeyOut(
-            id=record.id,
-            name=record.name,
-            prefix=record.prefix,
-            scopes=list(record.scopes),
-            created_at=iso_utc(record.created_at),
-            last_used_at=iso_utc(record.last_used_at),
-            revoked_at=iso_utc(record.revoked_at),
-        )
+@router.get("/stats", response_model=StatsOut)
+async def stats(
+    services: ServicesDep, hours: int = Query(24, ge=1, le=24 * 90), key: ApiKeyInfo = can_read
+) -> StatsOut:
+    """Per hour and per receiving domain: volume, outcomes, share encrypted/verified."""
+    web_store = services.web_store
+    now = services.clock()
+    _, more = await web_store.refresh_rollup(now=now)
+    since = now - (hours - 1) * 3600
+    result = await web_store.stats(since=since, until=now, top_domains=50)
+    return StatsOut(
+        since=iso_utc(since),
+        until=iso_utc(now),
+        total=_bucket(result.total, None),
+        hours=[_bucket(h, float(h.key)) for h in result.hours],
+        domains=[
+            DomainStats(
+                domain=str(d.key),
+                delivered=d.delivered,
+                delivered_tls=d.delivered_tls,
+                delivered_verified=d.delivered_verified,
+                downgraded=d.downgraded,
+                deferred=d.deferred,
+                bounced=d.bounced,
+                verified_share=d.verified_share,
+                encrypted_share=d.encrypted_share,
+            )
+            for d in result.domains
+        ],
+        queue=await web_store.pending_counts(),
+        complete=not more,
+    )
 
-    @router.get("/api-keys", response_model=list[ApiKeyOut])
-    async def list_keys(key: ApiKeyInfo = can_admin) -> list[ApiKeyOut]:
-        """Every key (never the secret)."""
-        return [key_out(k) for k in await store.list_api_keys()]
 
-    @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
-    async def create_key(body: ApiKeyIn, key: ApiKeyInfo = can_admin) -> ApiKeyCreated:
-        """Create a key; the answer holds the key itself, shown this once."""
-        scopes = [s for s in SCOPES if s in body.scopes]
-        if not body.name.strip():
-            raise ApiError(422, "invalid_request", "name: the key needs a name")
-        secret = await store.create_api_key(body.name.strip(), scopes, now=clock())
-        record = next(
-            k for k in await store.list_api_keys() if secret.startswith(f"kk_{k.prefix}_")
-        )
-        return ApiKeyCreated(**key_out(record).model_dump(), key=secret)
+def key_out(record: Any) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=record.id,
+        name=record.name,
+        prefix=record.prefix,
+        scopes=list(record.scopes),
+        created_at=iso_utc(record.created_at),
+        last_used_at=iso_utc(record.last_used_at),
+        revoked_at=iso_utc(record.revoked_at),
+    )
 
-    @router.delete("/api-keys/{key_id}", status_code=204)
-    async def revoke_key(key_id: int = Path(ge=1, le=2**62), key: ApiKeyInfo = can_admin) -> None:
-        """Revoke a key; 404 when there is no such active key."""
-        if not await store.revoke_api_key(key_id, now=clock()):
-            raise ApiError(404, "not_found", f"no active API key {key_id}")
 
-    return router
+@router.get("/api-keys", response_model=list[ApiKeyOut])
+async def list_keys(services: ServicesDep, key: ApiKeyInfo = can_admin) -> list[ApiKeyOut]:
+    """Every key (never the secret)."""
+    return [key_out(k) for k in await services.api_keys.list_api_keys()]
+
+
+@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated)
+async def create_key(
+    body: ApiKeyIn, services: ServicesDep, key: ApiKeyInfo = can_admin
+) -> ApiKeyCreated:
+    """Create a key; the answer holds the key itself, shown this once."""
+    scopes = [s for s in SCOPES if s in body.scopes]
+    if not body.name.strip():
+        raise ApiError(422, "invalid_request", "name: the key needs a name")
+    keys = services.api_keys
+    secret = await keys.create_api_key(body.name.strip(), scopes, now=services.clock())
+    record = next(k for k in await keys.list_api_keys() if secret.startswith(f"kk_{k.prefix}_"))
+    return ApiKeyCreated(**key_out(record).model_dump(), key=secret)
+
+
+@router.delete("/api-keys/{key_id}", status_code=204)
+async def revoke_key(
+    services: ServicesDep, key_id: int = Path(ge=1, le=2**62), key: ApiKeyInfo = can_admin
+) -> None:
+    """Revoke a key; 404 when there is no such active key."""
+    if not await services.api_keys.revoke_api_key(key_id, now=services.clock()):
+        raise ApiError(404, "not_found", f"no active API key {key_id}")

@@ -13,19 +13,23 @@ Bounded time: a check is cut at ``CHECK_TIMEOUT`` seconds and an explanation at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict
 
-from kakitome.config import Settings
+from kakitome.accounts.api_keys import ApiKeyInfo
 from kakitome.errors import DeliveryError, InputError, KakitomeError
-from kakitome.store.repository import ApiKeyInfo, Store
 from kakitome.web.api_lists import Text
 from kakitome.web.auth import require_scope
+from kakitome.web.deps import ServicesDep
 from kakitome.web.errors import ApiError
+
+if TYPE_CHECKING:
+    from kakitome.dns.resolver import Resolver
+    from kakitome.services import Services
 
 CHECK_TIMEOUT = 90.0
 EXPLAIN_TIMEOUT = 30.0
@@ -81,46 +85,56 @@ def _domain(name: str) -> str:
         raise InputError(f"not a domain name: {name!r}") from exc
 
 
-def checker_api_router(settings: Settings, store: Store, clock: Callable[[], float]) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["checker"])
-    can_read = Depends(require_scope(store, "read", clock))
+def _resolver(services: Services) -> Resolver:
+    """A resolver for one explanation (made per request, as the ``Checker`` of a check
+    is; ``Services`` holds no resolver today)."""
+    from kakitome.dns.resolver import Resolver
 
-    @router.get("/checker/{domain}", response_model=CheckReportOut)
-    async def check_domain(domain: DomainPath, key: ApiKeyInfo = can_read) -> CheckReportOut:
-        """Grade a domain's receiving side; for one of our sending domains, the sending
-        findings (DKIM, SPF, DMARC, PTR) too."""
-        from kakitome.checker.sending import domain_service_verifier, sending_findings
-        from kakitome.checker.service import Checker
-        from kakitome.domains.service import DomainService
+    return Resolver(services.settings.dns)
 
-        name = _domain(domain)
 
-        async def work() -> dict[str, Any]:
-            checker = Checker(settings)
-            report = await checker.check_domain(name)
-            verifier = domain_service_verifier(DomainService(store, settings, clock=clock))
-            try:
-                side = await sending_findings(report.domain, settings, checker.resolver, verifier)
-            except KakitomeError:
-                side = None
-            if side is not None:
-                report = replace(report, sending=tuple(side))
-            document: dict[str, Any] = report.to_dict()
-            return document
+router = APIRouter(prefix="/api/v1", tags=["checker"])
+can_read = Depends(require_scope("read"))
 
-        return CheckReportOut(**await _bounded(work(), CHECK_TIMEOUT, "the check"))
 
-    @router.get("/policy/{domain}", response_model=PolicyOut)
-    async def explain_policy(domain: DomainPath, key: ApiKeyInfo = can_read) -> PolicyOut:
-        """For each MX of the destination: the TLS level delivery would use now, and
-        where every part came from (table, DANE, MTA-STS, history, default)."""
-        from kakitome.dns.resolver import Resolver
-        from kakitome.store.tls_store import TLSStore
-        from kakitome.tls.explain import explain_policy as explain
+@router.get("/checker/{domain}", response_model=CheckReportOut)
+async def check_domain(
+    domain: DomainPath, services: ServicesDep, key: ApiKeyInfo = can_read
+) -> CheckReportOut:
+    """Grade a domain's receiving side; for one of our sending domains, the sending
+    findings (DKIM, SPF, DMARC, PTR) too."""
+    from kakitome.checker.sending import domain_service_verifier, sending_findings
+    from kakitome.checker.service import Checker
 
-        name = _domain(domain)
-        work = explain(settings, Resolver(settings.dns), TLSStore(store.engine), name)
-        document = await _bounded(work, EXPLAIN_TIMEOUT, "explain")
-        return PolicyOut(**document)
+    name = _domain(domain)
+    settings = services.settings
 
-    return router
+    async def work() -> dict[str, Any]:
+        checker = Checker(settings)
+        report = await checker.check_domain(name)
+        verifier = domain_service_verifier(services.domains)
+        try:
+            side = await sending_findings(report.domain, settings, checker.resolver, verifier)
+        except KakitomeError:
+            side = None
+        if side is not None:
+            report = replace(report, sending=tuple(side))
+        document: dict[str, Any] = report.to_dict()
+        return document
+
+    return CheckReportOut(**await _bounded(work(), CHECK_TIMEOUT, "the check"))
+
+
+@router.get("/policy/{domain}", response_model=PolicyOut)
+async def explain_policy(
+    domain: DomainPath, services: ServicesDep, key: ApiKeyInfo = can_read
+) -> PolicyOut:
+    """For each MX of the destination: the TLS level delivery would use now, and
+    where every part came from (table, DANE, MTA-STS, history, default)."""
+    from kakitome.tls.explain import explain_policy as explain
+
+    name = _domain(domain)
+    settings = services.settings
+    work = explain(settings, _resolver(services), services.tls_store, name)
+    document = await _bounded(work, EXPLAIN_TIMEOUT, "explain")
+    return PolicyOut(**document)

@@ -21,20 +21,19 @@ live here.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from kakitome.config import Settings
+from kakitome.accounts.api_keys import ApiKeyInfo
 from kakitome.errors import InputError, NotFound
-from kakitome.injection import Injector
 from kakitome.lists.model import MailingList, Membership, NewList, OptIn, Segment
 from kakitome.lists.service import ListService
 from kakitome.receipts import iso_utc
-from kakitome.store.repository import ApiKeyInfo, Store
 from kakitome.web.auth import require_scope
+from kakitome.web.deps import ServicesDep
 
 T = TypeVar("T")
 
@@ -265,253 +264,288 @@ _CSV_BODY: dict[str, Any] = {
 }
 
 
-def lists_api_router(
-    settings: Settings,
-    store: Store,
-    injector: Injector,
-    clock: Callable[[], float],
-    service: ListService | None = None,
-) -> APIRouter:
-    """The router; ``service`` defaults to a ListService on the store."""
-    lists = service or ListService(store, settings, injector=injector, clock=clock)
-    router = APIRouter(prefix="/api/v1", tags=["lists"])
-    can_read = Depends(require_scope(store, "read", clock))
-    can_send = Depends(require_scope(store, "send", clock))
-    can_admin = Depends(require_scope(store, "admin", clock))
+router = APIRouter(prefix="/api/v1", tags=["lists"])
+can_read = Depends(require_scope("read"))
+can_send = Depends(require_scope("send"))
+can_admin = Depends(require_scope("admin"))
 
-    # -- lists -----------------------------------------------------------------------
 
-    @router.get("/lists", response_model=Page[ListOut])
-    async def all_lists(
-        limit: Limit = 100, cursor: Cursor = None, offset: Offset = 0, key: ApiKeyInfo = can_read
-    ) -> Page[ListOut]:
-        """Every list, by name."""
-        found = await lists.lists()
-        page = paginate(found, limit, cursor, offset)
-        return Page[ListOut](items=[list_out(x) for x in page.items], next=page.next)
+# -- lists -----------------------------------------------------------------------
 
-    @router.post("/lists", status_code=201, response_model=ListOut)
-    async def create_list(body: ListIn, key: ApiKeyInfo = can_admin) -> ListOut:
-        """Create a list; 422 for a bad field or a name already taken."""
-        created = await lists.create_list(NewList(**body.model_dump()))
-        return list_out(created)
 
-    @router.get("/lists/{list_id}", response_model=ListOut)
-    async def show_list(list_id: Id, key: ApiKeyInfo = can_read) -> ListOut:
-        """One list with its member counts per status."""
-        found = await lists.get_list(list_id)
-        return list_out(found, await lists.count_members(found.id))
+@router.get("/lists", response_model=Page[ListOut])
+async def all_lists(
+    services: ServicesDep,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    offset: Offset = 0,
+    key: ApiKeyInfo = can_read,
+) -> Page[ListOut]:
+    """Every list, by name."""
+    found = await services.lists.lists()
+    page = paginate(found, limit, cursor, offset)
+    return Page[ListOut](items=[list_out(x) for x in page.items], next=page.next)
 
-    @router.patch("/lists/{list_id}", response_model=ListOut)
-    async def update_list(list_id: Id, body: ListUpdate, key: ApiKeyInfo = can_admin) -> ListOut:
-        """Change a list's settings (validated as on create; 422 and nothing changed when
-        a field is invalid). The name cannot change."""
-        changes = body.model_dump(exclude_unset=True)
-        null = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
-        if null:
-            raise InputError(f"{', '.join(null)} cannot be null")
-        updated = await lists.update_list(list_id, **changes)
-        return list_out(updated, await lists.count_members(updated.id))
 
-    @router.delete("/lists/{list_id}", status_code=204)
-    async def delete_list(list_id: Id, key: ApiKeyInfo = can_admin) -> None:
-        """Delete a list, its memberships and segments (subscribers and history stay)."""
-        await lists.remove_list(list_id)
+@router.post("/lists", status_code=201, response_model=ListOut)
+async def create_list(services: ServicesDep, body: ListIn, key: ApiKeyInfo = can_admin) -> ListOut:
+    """Create a list; 422 for a bad field or a name already taken."""
+    created = await services.lists.create_list(NewList(**body.model_dump()))
+    return list_out(created)
 
-    # -- subscribers -----------------------------------------------------------------
 
-    @router.get("/lists/{list_id}/subscribers", response_model=Page[SubscriberOut])
-    async def list_subscribers(
-        list_id: Id,
-        status: Status | None = None,
-        q: Annotated[Text | None, Query(max_length=320, description="address contains")] = None,
-        limit: Limit = 100,
-        cursor: Cursor = None,
-        offset: Offset = 0,
-        key: ApiKeyInfo = can_read,
-    ) -> Page[SubscriberOut]:
-        """Members in subscriber-id order; filters: ``status``, ``q`` (address contains).
-        ``next`` is a cursor (the last subscriber id of the page)."""
-        after = int(cursor) if cursor is not None else 0
-        to_skip = 0 if cursor is not None else offset
-        needle = q.lower() if q else None
-        items: list[SubscriberOut] = []
-        last = after
-        exhausted = False
-        # Read in chunks until the page is full (filters may drop rows), at most 20 reads.
-        for _ in range(20):
-            chunk = await lists.members(
-                list_id, status=status, after_subscriber_id=last, limit=MAX_LIMIT
-            )
-            if not chunk:
-                exhausted = True
-                break
-            for member in chunk:
-                last = member.subscriber.id
-                if needle and needle not in member.subscriber.address.lower():
-                    continue
-                if to_skip:
-                    to_skip -= 1
-                    continue
-                items.append(subscriber_out(member))
-                if len(items) >= limit:
-                    break
+@router.get("/lists/{list_id}", response_model=ListOut)
+async def show_list(services: ServicesDep, list_id: Id, key: ApiKeyInfo = can_read) -> ListOut:
+    """One list with its member counts per status."""
+    found = await services.lists.get_list(list_id)
+    return list_out(found, await services.lists.count_members(found.id))
+
+
+@router.patch("/lists/{list_id}", response_model=ListOut)
+async def update_list(
+    services: ServicesDep, list_id: Id, body: ListUpdate, key: ApiKeyInfo = can_admin
+) -> ListOut:
+    """Change a list's settings (validated as on create; 422 and nothing changed when
+    a field is invalid). The name cannot change."""
+    changes = body.model_dump(exclude_unset=True)
+    null = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
+    if null:
+        raise InputError(f"{', '.join(null)} cannot be null")
+    updated = await services.lists.update_list(list_id, **changes)
+    return list_out(updated, await services.lists.count_members(updated.id))
+
+
+@router.delete("/lists/{list_id}", status_code=204)
+async def delete_list(services: ServicesDep, list_id: Id, key: ApiKeyInfo = can_admin) -> None:
+    """Delete a list, its memberships and segments (subscribers and history stay)."""
+    await services.lists.remove_list(list_id)
+
+
+# -- subscribers -----------------------------------------------------------------
+
+
+@router.get("/lists/{list_id}/subscribers", response_model=Page[SubscriberOut])
+async def list_subscribers(
+    services: ServicesDep,
+    list_id: Id,
+    status: Status | None = None,
+    q: Annotated[Text | None, Query(max_length=320, description="address contains")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    offset: Offset = 0,
+    key: ApiKeyInfo = can_read,
+) -> Page[SubscriberOut]:
+    """Members in subscriber-id order; filters: ``status``, ``q`` (address contains).
+    ``next`` is a cursor (the last subscriber id of the page)."""
+    after = int(cursor) if cursor is not None else 0
+    to_skip = 0 if cursor is not None else offset
+    needle = q.lower() if q else None
+    items: list[SubscriberOut] = []
+    last = after
+    exhausted = False
+    # Read in chunks until the page is full (filters may drop rows), at most 20 reads.
+    for _ in range(20):
+        chunk = await services.lists.members(
+            list_id, status=status, after_subscriber_id=last, limit=MAX_LIMIT
+        )
+        if not chunk:
+            exhausted = True
+            break
+        for member in chunk:
+            last = member.subscriber.id
+            if needle and needle not in member.subscriber.address.lower():
+                continue
+            if to_skip:
+                to_skip -= 1
+                continue
+            items.append(subscriber_out(member))
             if len(items) >= limit:
                 break
-            if len(chunk) < MAX_LIMIT:
-                exhausted = True
-                break
-        return Page[SubscriberOut](items=items, next=None if exhausted else str(last))
+        if len(items) >= limit:
+            break
+        if len(chunk) < MAX_LIMIT:
+            exhausted = True
+            break
+    return Page[SubscriberOut](items=items, next=None if exhausted else str(last))
 
-    @router.post("/lists/{list_id}/subscribers", status_code=201, response_model=SubscriberOut)
-    async def add_subscriber(
-        list_id: Id, body: SubscriberIn, key: ApiKeyInfo = can_send
-    ) -> SubscriberOut:
-        """Subscribe an address (upsert); on a double opt-in list it is ``unconfirmed`` and
-        a confirmation mail is queued, unless ``confirmed``."""
-        member = await lists.add_subscriber(
+
+@router.post("/lists/{list_id}/subscribers", status_code=201, response_model=SubscriberOut)
+async def add_subscriber(
+    services: ServicesDep, list_id: Id, body: SubscriberIn, key: ApiKeyInfo = can_send
+) -> SubscriberOut:
+    """Subscribe an address (upsert); on a double opt-in list it is ``unconfirmed`` and
+    a confirmation mail is queued, unless ``confirmed``."""
+    member = await services.lists.add_subscriber(
+        list_id,
+        body.email,
+        name=body.name,
+        attributes=body.attributes,
+        optin=OptIn("api", key.name),
+        confirmed=body.confirmed,
+        send_confirmation=body.send_confirmation,
+    )
+    return subscriber_out(member)
+
+
+@router.get("/lists/{list_id}/subscribers/export", response_class=Response)
+async def export_subscribers(
+    services: ServicesDep,
+    list_id: Id,
+    status: Status | None = None,
+    segment: Annotated[Text | None, Query(max_length=64)] = None,
+    encoding: Literal["utf-8-sig", "utf-8", "cp932"] = "utf-8-sig",
+    key: ApiKeyInfo = can_read,
+) -> Response:
+    """Members as CSV (formula-like cells neutralised)."""
+    out = io.BytesIO()
+    await services.lists.export_csv(list_id, out, status=status, segment=segment, encoding=encoding)
+    return Response(
+        out.getvalue(),
+        media_type=f"text/csv; charset={'shift_jis' if encoding == 'cp932' else 'utf-8'}",
+        headers={"Content-Disposition": f'attachment; filename="list-{list_id}.csv"'},
+    )
+
+
+@router.post(
+    "/lists/{list_id}/subscribers/import",
+    response_model=ImportReportOut,
+    openapi_extra=_CSV_BODY,
+)
+async def import_subscribers(
+    services: ServicesDep,
+    list_id: Id,
+    request: Request,
+    status: Literal["subscribed", "unconfirmed", "unsubscribed"] = "subscribed",
+    encoding: Literal["utf-8", "utf-8-sig", "shift_jis", "cp932"] | None = None,
+    update_existing: bool = True,
+    key: ApiKeyInfo = can_send,
+) -> ImportReportOut:
+    """Import a CSV file (the request body, ``text/csv``); the report lists every
+    refused row with its line and reason."""
+    await services.lists.get_list(list_id)
+    data = await request.body()
+    try:
+        report = await services.lists.import_csv(
             list_id,
-            body.email,
+            io.BytesIO(data),
+            encoding=encoding,
+            optin=OptIn("import", f"api:{key.name}"),
+            status=status,
+            update_existing=update_existing,
+        )
+    except (UnicodeError, ValueError) as exc:
+        raise InputError(f"the CSV file cannot be read: {exc}") from exc
+    return ImportReportOut(**report.to_dict())
+
+
+async def _membership(lists: ListService, list_id: int, subscriber_id: int) -> Membership:
+    return await lists.membership(list_id, subscriber_id)
+
+
+@router.get("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
+async def show_subscriber(
+    services: ServicesDep, list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_read
+) -> SubscriberOut:
+    """One member of the list."""
+    return subscriber_out(await _membership(services.lists, list_id, subscriber_id))
+
+
+@router.patch("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
+async def update_subscriber(
+    services: ServicesDep,
+    list_id: Id,
+    subscriber_id: Id,
+    body: SubscriberUpdate,
+    key: ApiKeyInfo = can_send,
+) -> SubscriberOut:
+    """Change name and attributes (merged) and/or the status (recorded in the history)."""
+    member = await _membership(services.lists, list_id, subscriber_id)
+    if body.name is not None or body.attributes is not None:
+        await services.lists.add_subscriber(
+            list_id,
+            member.subscriber.address,
             name=body.name,
             attributes=body.attributes,
             optin=OptIn("api", key.name),
-            confirmed=body.confirmed,
-            send_confirmation=body.send_confirmation,
+            confirmed=member.status == "subscribed",
+            send_confirmation=False,
         )
-        return subscriber_out(member)
+    if body.status is not None and body.status != member.status:
+        await services.lists.set_status(list_id, subscriber_id, body.status, reason=body.reason)
+    return subscriber_out(await _membership(services.lists, list_id, subscriber_id))
 
-    @router.get("/lists/{list_id}/subscribers/export", response_class=Response)
-    async def export_subscribers(
-        list_id: Id,
-        status: Status | None = None,
-        segment: Annotated[Text | None, Query(max_length=64)] = None,
-        encoding: Literal["utf-8-sig", "utf-8", "cp932"] = "utf-8-sig",
-        key: ApiKeyInfo = can_read,
-    ) -> Response:
-        """Members as CSV (formula-like cells neutralised)."""
-        out = io.BytesIO()
-        await lists.export_csv(list_id, out, status=status, segment=segment, encoding=encoding)
-        return Response(
-            out.getvalue(),
-            media_type=f"text/csv; charset={'shift_jis' if encoding == 'cp932' else 'utf-8'}",
-            headers={"Content-Disposition": f'attachment; filename="list-{list_id}.csv"'},
-        )
 
-    @router.post(
-        "/lists/{list_id}/subscribers/import",
-        response_model=ImportReportOut,
-        openapi_extra=_CSV_BODY,
+@router.delete("/lists/{list_id}/subscribers/{subscriber_id}", status_code=204)
+async def delete_subscriber(
+    services: ServicesDep, list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_send
+) -> None:
+    """Remove the membership (no consent history kept: prefer status unsubscribed)."""
+    member = await _membership(services.lists, list_id, subscriber_id)
+    if not await services.lists.remove_subscriber(list_id, member.subscriber.address):
+        raise NotFound(f"subscriber {subscriber_id} is not on list {list_id}")
+
+
+# -- segments --------------------------------------------------------------------
+
+
+@router.get("/segments", response_model=Page[SegmentOut])
+async def all_segments(
+    services: ServicesDep,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    offset: Offset = 0,
+    key: ApiKeyInfo = can_read,
+) -> Page[SegmentOut]:
+    """Every saved segment, by name."""
+    page = paginate(await services.lists.segments(), limit, cursor, offset)
+    return Page[SegmentOut](items=[segment_out(s) for s in page.items], next=page.next)
+
+
+@router.post("/segments", status_code=201, response_model=SegmentOut)
+async def save_segment(
+    services: ServicesDep, body: SegmentIn, key: ApiKeyInfo = can_send
+) -> SegmentOut:
+    """Save a new segment; 422 when the expression is invalid or the name is taken."""
+    return segment_out(
+        await services.lists.save_segment(body.name, body.expression, list_ref=body.list_id)
     )
-    async def import_subscribers(
-        list_id: Id,
-        request: Request,
-        status: Literal["subscribed", "unconfirmed", "unsubscribed"] = "subscribed",
-        encoding: Literal["utf-8", "utf-8-sig", "shift_jis", "cp932"] | None = None,
-        update_existing: bool = True,
-        key: ApiKeyInfo = can_send,
-    ) -> ImportReportOut:
-        """Import a CSV file (the request body, ``text/csv``); the report lists every
-        refused row with its line and reason."""
-        await lists.get_list(list_id)
-        data = await request.body()
-        try:
-            report = await lists.import_csv(
-                list_id,
-                io.BytesIO(data),
-                encoding=encoding,
-                optin=OptIn("import", f"api:{key.name}"),
-                status=status,
-                update_existing=update_existing,
-            )
-        except (UnicodeError, ValueError) as exc:
-            raise InputError(f"the CSV file cannot be read: {exc}") from exc
-        return ImportReportOut(**report.to_dict())
 
-    async def _membership(list_id: int, subscriber_id: int) -> Membership:
-        return await lists.membership(list_id, subscriber_id)
 
-    @router.get("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
-    async def show_subscriber(
-        list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_read
-    ) -> SubscriberOut:
-        """One member of the list."""
-        return subscriber_out(await _membership(list_id, subscriber_id))
+@router.get("/segments/{segment_id}", response_model=SegmentOut)
+async def show_segment(
+    services: ServicesDep, segment_id: Id, key: ApiKeyInfo = can_read
+) -> SegmentOut:
+    return segment_out(await services.lists.get_segment(segment_id))
 
-    @router.patch("/lists/{list_id}/subscribers/{subscriber_id}", response_model=SubscriberOut)
-    async def update_subscriber(
-        list_id: Id, subscriber_id: Id, body: SubscriberUpdate, key: ApiKeyInfo = can_send
-    ) -> SubscriberOut:
-        """Change name and attributes (merged) and/or the status (recorded in the history)."""
-        member = await _membership(list_id, subscriber_id)
-        if body.name is not None or body.attributes is not None:
-            await lists.add_subscriber(
-                list_id,
-                member.subscriber.address,
-                name=body.name,
-                attributes=body.attributes,
-                optin=OptIn("api", key.name),
-                confirmed=member.status == "subscribed",
-                send_confirmation=False,
-            )
-        if body.status is not None and body.status != member.status:
-            await lists.set_status(list_id, subscriber_id, body.status, reason=body.reason)
-        return subscriber_out(await _membership(list_id, subscriber_id))
 
-    @router.delete("/lists/{list_id}/subscribers/{subscriber_id}", status_code=204)
-    async def delete_subscriber(list_id: Id, subscriber_id: Id, key: ApiKeyInfo = can_send) -> None:
-        """Remove the membership (no consent history kept: prefer status unsubscribed)."""
-        member = await _membership(list_id, subscriber_id)
-        if not await lists.remove_subscriber(list_id, member.subscriber.address):
-            raise NotFound(f"subscriber {subscriber_id} is not on list {list_id}")
+@router.put("/segments/{segment_id}", response_model=SegmentOut)
+async def replace_segment(
+    services: ServicesDep, segment_id: Id, body: SegmentIn, key: ApiKeyInfo = can_send
+) -> SegmentOut:
+    """Replace a segment's name, expression and list, in place: the id stays (422 and
+    nothing changed when the expression is invalid or the name is taken)."""
+    updated = await services.lists.update_segment(
+        segment_id, body.name, body.expression, list_ref=body.list_id
+    )
+    return segment_out(updated)
 
-    # -- segments --------------------------------------------------------------------
 
-    @router.get("/segments", response_model=Page[SegmentOut])
-    async def all_segments(
-        limit: Limit = 100, cursor: Cursor = None, offset: Offset = 0, key: ApiKeyInfo = can_read
-    ) -> Page[SegmentOut]:
-        """Every saved segment, by name."""
-        page = paginate(await lists.segments(), limit, cursor, offset)
-        return Page[SegmentOut](items=[segment_out(s) for s in page.items], next=page.next)
+@router.delete("/segments/{segment_id}", status_code=204)
+async def delete_segment(services: ServicesDep, segment_id: Id, key: ApiKeyInfo = can_send) -> None:
+    await services.lists.remove_segment(segment_id)
 
-    @router.post("/segments", status_code=201, response_model=SegmentOut)
-    async def save_segment(body: SegmentIn, key: ApiKeyInfo = can_send) -> SegmentOut:
-        """Save a new segment; 422 when the expression is invalid or the name is taken."""
-        return segment_out(
-            await lists.save_segment(body.name, body.expression, list_ref=body.list_id)
-        )
 
-    @router.get("/segments/{segment_id}", response_model=SegmentOut)
-    async def show_segment(segment_id: Id, key: ApiKeyInfo = can_read) -> SegmentOut:
-        return segment_out(await lists.get_segment(segment_id))
-
-    @router.put("/segments/{segment_id}", response_model=SegmentOut)
-    async def replace_segment(
-        segment_id: Id, body: SegmentIn, key: ApiKeyInfo = can_send
-    ) -> SegmentOut:
-        """Replace a segment's name, expression and list, in place: the id stays (422 and
-        nothing changed when the expression is invalid or the name is taken)."""
-        updated = await lists.update_segment(
-            segment_id, body.name, body.expression, list_ref=body.list_id
-        )
-        return segment_out(updated)
-
-    @router.delete("/segments/{segment_id}", status_code=204)
-    async def delete_segment(segment_id: Id, key: ApiKeyInfo = can_send) -> None:
-        await lists.remove_segment(segment_id)
-
-    @router.get("/segments/{segment_id}/count", response_model=CountOut)
-    async def count_segment(
-        segment_id: Id,
-        list_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-        key: ApiKeyInfo = can_read,
-    ) -> CountOut:
-        """How many subscribed, not bounced members the segment selects now (on its own
-        list, or on ``list_id`` for a segment not tied to one)."""
-        segment = await lists.get_segment(segment_id)
-        target = segment.list_id if segment.list_id is not None else list_id
-        if target is None:
-            raise InputError("this segment is not tied to a list: give list_id")
-        return CountOut(count=await lists.count_audience(target, segment=segment.id))
-
-    return router
+@router.get("/segments/{segment_id}/count", response_model=CountOut)
+async def count_segment(
+    services: ServicesDep,
+    segment_id: Id,
+    list_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    key: ApiKeyInfo = can_read,
+) -> CountOut:
+    """How many subscribed, not bounced members the segment selects now (on its own
+    list, or on ``list_id`` for a segment not tied to one)."""
+    segment = await services.lists.get_segment(segment_id)
+    target = segment.list_id if segment.list_id is not None else list_id
+    if target is None:
+        raise InputError("this segment is not tied to a list: give list_id")
+    return CountOut(count=await services.lists.count_audience(target, segment=segment.id))

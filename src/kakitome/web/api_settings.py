@@ -20,13 +20,12 @@ change takes effect are ``kakitome.settings_overlay``'s; this router is thin ove
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from kakitome.config import Settings
+from kakitome.accounts.api_keys import ApiKeyInfo
 from kakitome.receipts import iso_utc
 from kakitome.settings_overlay import (
     ROUTES,
@@ -37,11 +36,13 @@ from kakitome.settings_overlay import (
     validate_changes,
     validate_resets,
 )
-from kakitome.store.repository import ApiKeyInfo, Store
-from kakitome.store.settings_store import SettingsStore
 from kakitome.web.api_lists import Model, Text
 from kakitome.web.auth import require_scope
+from kakitome.web.deps import ServicesDep
 from kakitome.web.errors import ApiError
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 PRECEDENCE = ["environment", "database", "file", "default"]
 
@@ -101,83 +102,95 @@ def _refused(exc: SettingsInvalid) -> ApiError:
     return ApiError(422, "invalid_settings", str(exc))
 
 
-def settings_api_router(settings: Settings, store: Store, clock: Callable[[], float]) -> APIRouter:
-    overlay = SettingsStore(store.engine)
-    router = APIRouter(prefix="/api/v1", tags=["settings"])
-    can_read = Depends(require_scope(store, "read", clock))
-    can_admin = Depends(require_scope(store, "admin", clock))
+router = APIRouter(prefix="/api/v1", tags=["settings"])
+can_read = Depends(require_scope("read"))
+can_admin = Depends(require_scope("admin"))
 
-    async def settings_out() -> SettingsOut:
-        views = describe(settings, await overlay.entries())
-        return SettingsOut(
-            precedence=PRECEDENCE,
-            settings=[
-                SettingOut(
-                    key=v.key,
-                    value=v.value,
-                    source=v.source,  # type: ignore[arg-type]
-                    editable=v.editable,
-                    applies=("at_once" if v.live else "at_next_start") if v.editable else None,
-                    updated_at=iso_utc(v.updated_at),
-                    updated_by=v.updated_by,
-                )
-                for v in views
-            ],
-        )
 
-    async def routes_out() -> RoutesOut:
-        entries = await overlay.entries()
-        current = apply_overlay(settings, {k: e.value for k, e in entries.items()})
-        view = next(v for v in describe(settings, entries) if v.key == ROUTES)
-        inbound = current.inbound
-        return RoutesOut(
-            routes=[
-                RouteOut(match=r.match, action=r.action, url=r.url, has_secret=r.secret is not None)
-                for r in inbound.routes
-            ],
-            source=view.source,  # type: ignore[arg-type]
-            editable=view.editable,
-            domains=list(inbound.domains),
-            return_path_domains=list(inbound.return_path_domains),
-        )
+async def settings_out(services: Services) -> SettingsOut:
+    views = describe(services.settings, await services.settings_store.entries())
+    return SettingsOut(
+        precedence=PRECEDENCE,
+        settings=[
+            SettingOut(
+                key=v.key,
+                value=v.value,
+                source=v.source,  # type: ignore[arg-type]
+                editable=v.editable,
+                applies=("at_once" if v.live else "at_next_start") if v.editable else None,
+                updated_at=iso_utc(v.updated_at),
+                updated_by=v.updated_by,
+            )
+            for v in views
+        ],
+    )
 
-    @router.get("/settings", response_model=SettingsOut)
-    async def get_settings(key: ApiKeyInfo = can_admin) -> SettingsOut:
-        """Every setting: effective value (secrets hidden), source, editable, applies."""
-        return await settings_out()
 
-    @router.patch("/settings", response_model=SettingsOut)
-    async def patch_settings(body: dict[str, Any], key: ApiKeyInfo = can_admin) -> SettingsOut:
-        """Change editable settings: ``{"section.key": value}``; ``null`` resets a key to
-        the file's or default value. All or nothing."""
-        changes = {k: v for k, v in body.items() if v is not None}
-        reset = [k for k, v in body.items() if v is None]
-        try:
-            values = validate_changes(settings, changes)
-            validate_resets(settings, reset)
-        except SettingsInvalid as exc:
-            raise _refused(exc) from exc
-        await overlay.change(values, reset, now=clock(), by=f"api key {key.name}")
-        return await settings_out()
+async def routes_out(services: Services) -> RoutesOut:
+    settings = services.settings
+    entries = await services.settings_store.entries()
+    current = apply_overlay(settings, {k: e.value for k, e in entries.items()})
+    view = next(v for v in describe(settings, entries) if v.key == ROUTES)
+    inbound = current.inbound
+    return RoutesOut(
+        routes=[
+            RouteOut(match=r.match, action=r.action, url=r.url, has_secret=r.secret is not None)
+            for r in inbound.routes
+        ],
+        source=view.source,  # type: ignore[arg-type]
+        editable=view.editable,
+        domains=list(inbound.domains),
+        return_path_domains=list(inbound.return_path_domains),
+    )
 
-    @router.get("/routes", response_model=RoutesOut)
-    async def get_routes(key: ApiKeyInfo = can_read) -> RoutesOut:
-        """The inbound routes in the order they are tried, and the inbound domains."""
-        return await routes_out()
 
-    @router.put("/routes", response_model=RoutesOut)
-    async def put_routes(body: RoutesIn, key: ApiKeyInfo = can_admin) -> RoutesOut:
-        """Replace the routes (the whole ordered list). Leaving ``secret`` out keeps the
-        current secret of the route with the same ``match``."""
-        current = apply_overlay(settings, await overlay.values())
-        routes = keep_route_secrets(
-            [r.model_dump(exclude_unset=True) for r in body.routes], current.inbound.routes
-        )
-        try:
-            values = validate_changes(settings, {ROUTES: routes})
-        except SettingsInvalid as exc:
-            raise _refused(exc) from exc
-        await overlay.change(values, now=clock(), by=f"api key {key.name}")
-        return await routes_out()
+@router.get("/settings", response_model=SettingsOut)
+async def get_settings(services: ServicesDep, key: ApiKeyInfo = can_admin) -> SettingsOut:
+    """Every setting: effective value (secrets hidden), source, editable, applies."""
+    return await settings_out(services)
 
-    return router
+
+@router.patch("/settings", response_model=SettingsOut)
+async def patch_settings(
+    body: dict[str, Any], services: ServicesDep, key: ApiKeyInfo = can_admin
+) -> SettingsOut:
+    """Change editable settings: ``{"section.key": value}``; ``null`` resets a key to
+    the file's or default value. All or nothing."""
+    settings = services.settings
+    changes = {k: v for k, v in body.items() if v is not None}
+    reset = [k for k, v in body.items() if v is None]
+    try:
+        values = validate_changes(settings, changes)
+        validate_resets(settings, reset)
+    except SettingsInvalid as exc:
+        raise _refused(exc) from exc
+    await services.settings_store.change(
+        values, reset, now=services.clock(), by=f"api key {key.name}"
+    )
+    return await settings_out(services)
+
+
+@router.get("/routes", response_model=RoutesOut)
+async def get_routes(services: ServicesDep, key: ApiKeyInfo = can_read) -> RoutesOut:
+    """The inbound routes in the order they are tried, and the inbound domains."""
+    return await routes_out(services)
+
+
+@router.put("/routes", response_model=RoutesOut)
+async def put_routes(
+    body: RoutesIn, services: ServicesDep, key: ApiKeyInfo = can_admin
+) -> RoutesOut:
+    """Replace the routes (the whole ordered list). Leaving ``secret`` out keeps the
+    current secret of the route with the same ``match``."""
+    settings = services.settings
+    overlay = services.settings_store
+    current = apply_overlay(settings, await overlay.values())
+    routes = keep_route_secrets(
+        [r.model_dump(exclude_unset=True) for r in body.routes], current.inbound.routes
+    )
+    try:
+        values = validate_changes(settings, {ROUTES: routes})
+    except SettingsInvalid as exc:
+        raise _refused(exc) from exc
+    await overlay.change(values, now=services.clock(), by=f"api key {key.name}")
+    return await routes_out(services)

@@ -33,27 +33,25 @@ Language: ``?lang=ja|en``, else the first of ja/en in ``Accept-Language``, else 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from kakitome.config import Settings
 from kakitome.errors import InputError, NotFound
-from kakitome.injection import Injector
 from kakitome.lists.model import SUBSCRIBED, UNSUBSCRIBED, MailingList, OptIn, TokenError
-from kakitome.lists.service import ListService
 from kakitome.settings_overlay import current_settings
-from kakitome.store.repository import Store
-from kakitome.store.settings_store import SettingsStore
+from kakitome.web.deps import ServicesDep
 
-__all__ = ["MAX_FORM_BYTES", "TEXTS", "choose_language", "mta_sts_policy", "public_router"]
+if TYPE_CHECKING:
+    from kakitome.lists.service import ListService
+    from kakitome.services import Services
+
+__all__ = ["MAX_FORM_BYTES", "TEXTS", "choose_language", "mta_sts_policy", "router"]
 
 MAX_FORM_BYTES = 8 * 1024
 LANGUAGES = ("ja", "en")
@@ -179,11 +177,9 @@ ARCHIVE_CSP = (
 DEFAULT_STS_MAX_AGE = 604_800
 
 
-async def mta_sts_policy(settings: Settings, store: Store, host: str) -> str | None:
+async def mta_sts_policy(services: Services, host: str) -> str | None:
     """The MTA-STS policy file (RFC 8461 §3.2) for ``Host: mta-sts.<domain>`` when
     ``<domain>`` is one of our sending or inbound domains; None otherwise."""
-    from kakitome.domains.service import DomainService
-
     name = host.strip().lower().rstrip(".")
     if name.startswith("[") or name.count(":") > 1:
         return None
@@ -191,9 +187,10 @@ async def mta_sts_policy(settings: Settings, store: Store, host: str) -> str | N
     if not name.startswith("mta-sts."):
         return None
     domain = name[len("mta-sts.") :]
-    settings = await current_settings(settings, SettingsStore(store.engine))  # domains may change
+    # The inbound domains may change at run time: read the overlay as stored now.
+    settings = await current_settings(services.settings, services.settings_store)
     ours = {d.lower().rstrip(".") for d in settings.inbound.domains}
-    ours |= {view.name.ascii for view in await DomainService(store, settings).list_domains()}
+    ours |= {view.name.ascii for view in await services.domains.list_domains()}
     if not domain or domain not in ours:
         return None
     policy = settings.mta_sts
@@ -210,371 +207,370 @@ async def mta_sts_policy(settings: Settings, store: Store, host: str) -> str | N
     return "\r\n".join(lines) + "\r\n"
 
 
-def public_router(
-    settings: Settings,
-    store: Store,
-    injector: Injector | None,
-    clock: Callable[[], float] = time.time,
+def archive_lists(services: Services) -> tuple[str, ...]:
+    """Names of the lists whose sent campaigns are public (``lists.public_archive``)."""
+    return tuple(getattr(services.settings.lists, "public_archive", ()) or ())
+
+
+_env = Environment(
+    loader=FileSystemLoader(str(_TEMPLATES)),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    auto_reload=False,
+)
+router = APIRouter(include_in_schema=False)
+
+
+def render(
+    request: Request,
+    status: int,
+    title_key: str,
+    lines: list[str],
     *,
-    service: ListService | None = None,
-    archive_lists: tuple[str, ...] | None = None,
-) -> APIRouter:
-    """The public pages, over a ListService made from the arguments (or ``service``).
-    ``archive_lists``: names of lists whose sent campaigns are public (default: the
-    setting ``lists.public_archive`` when there is one, else none)."""
-    lists = service or ListService(store, settings, injector=injector, clock=clock)
-    if archive_lists is None:
-        archive_lists = tuple(getattr(settings.lists, "public_archive", ()) or ())
-    env = Environment(
-        loader=FileSystemLoader(str(_TEMPLATES)),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        auto_reload=False,
+    mailing_list: MailingList | None = None,
+    action: str | None = None,
+    button_key: str | None = None,
+    fields: list[_Field] | None = None,
+    error: bool = False,
+) -> HTMLResponse:
+    lang = choose_language(request)
+    texts = TEXTS[lang]
+    sender = ""
+    if mailing_list is not None:
+        sender = " ".join(
+            p for p in (mailing_list.sender_organization, mailing_list.sender_postal_address) if p
+        )
+    html = _env.get_template("public/page.html").render(
+        lang=lang,
+        title=texts[title_key],
+        list_title=mailing_list.display_title if mailing_list else "",
+        lines=lines,
+        action=action,
+        button=texts[button_key] if button_key else "",
+        fields=fields or [],
+        error=error,
+        sender=sender,
+        note=texts["note_no_cookie"] if action else "",
     )
-    page = env.get_template("public/page.html")
-    router = APIRouter(include_in_schema=False)
+    return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
-    def render(
-        request: Request,
-        status: int,
-        title_key: str,
-        lines: list[str],
-        *,
-        mailing_list: MailingList | None = None,
-        action: str | None = None,
-        button_key: str | None = None,
-        fields: list[_Field] | None = None,
-        error: bool = False,
-    ) -> HTMLResponse:
-        lang = choose_language(request)
-        texts = TEXTS[lang]
-        sender = ""
-        if mailing_list is not None:
-            sender = " ".join(
-                p
-                for p in (mailing_list.sender_organization, mailing_list.sender_postal_address)
-                if p
-            )
-        html = page.render(
-            lang=lang,
-            title=texts[title_key],
-            list_title=mailing_list.display_title if mailing_list else "",
-            lines=lines,
-            action=action,
-            button=texts[button_key] if button_key else "",
-            fields=fields or [],
-            error=error,
-            sender=sender,
-            note=texts["note_no_cookie"] if action else "",
-        )
-        return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
-    def fail(request: Request, exc: Exception) -> HTMLResponse:
-        texts = TEXTS[choose_language(request)]
-        if isinstance(exc, TokenError):
-            key = "expired" if exc.reason == "expired" else "bad_link"
-            return render(request, 400, "error_title", [texts[key]], error=True)
-        if isinstance(exc, NotFound):
-            return render(request, 404, "error_title", [texts["not_found"]], error=True)
-        reason = str(exc)
-        return render(
-            request, 400, "error_title", [texts["bad_input"].format(reason=reason)], error=True
-        )
+def fail(request: Request, exc: Exception) -> HTMLResponse:
+    texts = TEXTS[choose_language(request)]
+    if isinstance(exc, TokenError):
+        key = "expired" if exc.reason == "expired" else "bad_link"
+        return render(request, 400, "error_title", [texts[key]], error=True)
+    if isinstance(exc, NotFound):
+        return render(request, 404, "error_title", [texts["not_found"]], error=True)
+    reason = str(exc)
+    return render(
+        request, 400, "error_title", [texts["bad_input"].format(reason=reason)], error=True
+    )
 
-    def here(request: Request) -> str:
-        lang = request.query_params.get("lang")
-        return request.url.path + (f"?lang={lang}" if lang in LANGUAGES else "")
 
-    @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
-    async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
-        """Show what a POST would do; change nothing."""
-        texts = TEXTS[choose_language(request)]
-        try:
-            mailing_list, member = await lists.describe_token(token)
-        except (TokenError, NotFound) as exc:
-            return fail(request, exc)
-        address = member.subscriber.address
-        if member.status == UNSUBSCRIBED:
-            return render(
-                request,
-                200,
-                "unsub_done_title",
-                [texts["unsub_already"].format(address=address)],
-                mailing_list=mailing_list,
-            )
-        return render(
-            request,
-            200,
-            "unsub_title",
-            [texts["unsub_ask"].format(address=address)],
-            mailing_list=mailing_list,
-            action=here(request),
-            button_key="unsub_button",
-        )
+def here(request: Request) -> str:
+    lang = request.query_params.get("lang")
+    return request.url.path + (f"?lang={lang}" if lang in LANGUAGES else "")
 
-    @router.post("/unsubscribe/{token}", response_class=HTMLResponse)
-    async def unsubscribe(token: str, request: Request) -> HTMLResponse:
-        """Unsubscribe (RFC 8058 one-click or our page's button); 200, never a redirect."""
-        texts = TEXTS[choose_language(request)]
-        body = await _read_body(request)
-        one_click = b"list-unsubscribe=one-click" in body.lower()
-        try:
-            mailing_list, subscriber, changed = await lists.unsubscribe_by_token(
-                token, method="one_click" if one_click else "link", ip=_client_ip(request)
-            )
-        except (TokenError, NotFound) as exc:
-            return fail(request, exc)
-        key = "unsub_done" if changed else "unsub_already"
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe_page(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Show what a POST would do; change nothing."""
+    texts = TEXTS[choose_language(request)]
+    try:
+        mailing_list, member = await services.lists.describe_token(token)
+    except (TokenError, NotFound) as exc:
+        return fail(request, exc)
+    address = member.subscriber.address
+    if member.status == UNSUBSCRIBED:
         return render(
             request,
             200,
             "unsub_done_title",
-            [texts[key].format(address=subscriber.address)],
+            [texts["unsub_already"].format(address=address)],
             mailing_list=mailing_list,
         )
+    return render(
+        request,
+        200,
+        "unsub_title",
+        [texts["unsub_ask"].format(address=address)],
+        mailing_list=mailing_list,
+        action=here(request),
+        button_key="unsub_button",
+    )
 
-    @router.get("/confirm/{token}", response_class=HTMLResponse)
-    async def confirm_page(token: str, request: Request) -> HTMLResponse:
-        """Show the confirmation button; change nothing."""
-        texts = TEXTS[choose_language(request)]
-        try:
-            list_id, subscriber_id = lists.verify_confirmation_token(token)
-            mailing_list = await lists.get_list(list_id)
-            subscriber = await lists.get_subscriber(subscriber_id)
-        except (TokenError, NotFound) as exc:
-            return fail(request, exc)
-        return render(
-            request,
-            200,
-            "confirm_title",
-            [texts["confirm_ask"].format(address=subscriber.address)],
-            mailing_list=mailing_list,
-            action=here(request),
-            button_key="confirm_button",
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+async def unsubscribe(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Unsubscribe (RFC 8058 one-click or our page's button); 200, never a redirect."""
+    texts = TEXTS[choose_language(request)]
+    body = await _read_body(request)
+    one_click = b"list-unsubscribe=one-click" in body.lower()
+    try:
+        mailing_list, subscriber, changed = await services.lists.unsubscribe_by_token(
+            token, method="one_click" if one_click else "link", ip=_client_ip(request)
         )
+    except (TokenError, NotFound) as exc:
+        return fail(request, exc)
+    key = "unsub_done" if changed else "unsub_already"
+    return render(
+        request,
+        200,
+        "unsub_done_title",
+        [texts[key].format(address=subscriber.address)],
+        mailing_list=mailing_list,
+    )
 
-    @router.post("/confirm/{token}", response_class=HTMLResponse)
-    async def confirm(token: str, request: Request) -> HTMLResponse:
-        """Confirm a double opt-in subscription."""
-        texts = TEXTS[choose_language(request)]
-        try:
-            member = await lists.confirm(token, ip=_client_ip(request))
-            mailing_list = await lists.get_list(member.list_id)
-        except (TokenError, NotFound) as exc:
-            return fail(request, exc)
-        address = member.subscriber.address
-        if member.status != SUBSCRIBED:
-            return render(request, 409, "error_title", [texts["confirm_gone"]], error=True)
-        return render(
-            request,
-            200,
-            "confirm_done_title",
-            [texts["confirm_done"].format(address=address)],
-            mailing_list=mailing_list,
-        )
 
-    def signup_fields(texts: dict[str, str]) -> list[_Field]:
-        return [
-            _Field("email", texts["signup_email"], "email", True),
-            _Field("name", texts["signup_name"], "text", False),
-        ]
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+async def confirm_page(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Show the confirmation button; change nothing."""
+    texts = TEXTS[choose_language(request)]
+    lists = services.lists
+    try:
+        list_id, subscriber_id = lists.verify_confirmation_token(token)
+        mailing_list = await lists.get_list(list_id)
+        subscriber = await lists.get_subscriber(subscriber_id)
+    except (TokenError, NotFound) as exc:
+        return fail(request, exc)
+    return render(
+        request,
+        200,
+        "confirm_title",
+        [texts["confirm_ask"].format(address=subscriber.address)],
+        mailing_list=mailing_list,
+        action=here(request),
+        button_key="confirm_button",
+    )
 
-    @router.get("/subscribe/{name}", response_class=HTMLResponse)
-    async def signup_page(name: str, request: Request) -> HTMLResponse:
-        """The sign-up form of a list."""
-        texts = TEXTS[choose_language(request)]
-        try:
-            mailing_list = await lists.get_list(name)
-        except NotFound as exc:
-            return fail(request, exc)
-        lines = [mailing_list.description] if mailing_list.description else []
-        return render(
-            request,
-            200,
-            "signup_title",
-            lines,
-            mailing_list=mailing_list,
-            action=here(request),
-            button_key="signup_button",
-            fields=signup_fields(texts),
-        )
 
-    @router.post("/subscribe/{name}", response_class=HTMLResponse)
-    async def signup(name: str, request: Request) -> HTMLResponse:
-        """Sign up from the form (urlencoded ``email`` and optional ``name``)."""
-        texts = TEXTS[choose_language(request)]
-        body = await _read_body(request)
-        form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
-        address = (form.get("email") or [""])[0].strip()
-        person = (form.get("name") or [""])[0].strip()[:255]
-        try:
-            mailing_list = await lists.get_list(name)
-            if not address:
-                raise InputError(
-                    "email is required"
-                    if choose_language(request) == "en"
-                    else "メールアドレスを入力してください"
-                )
-            member = await lists.add_subscriber(
-                mailing_list.id,
-                address,
-                name=person or None,
-                optin=OptIn("form", source=str(request.url), ip=_client_ip(request)),
+@router.post("/confirm/{token}", response_class=HTMLResponse)
+async def confirm(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Confirm a double opt-in subscription."""
+    texts = TEXTS[choose_language(request)]
+    lists = services.lists
+    try:
+        member = await lists.confirm(token, ip=_client_ip(request))
+        mailing_list = await lists.get_list(member.list_id)
+    except (TokenError, NotFound) as exc:
+        return fail(request, exc)
+    address = member.subscriber.address
+    if member.status != SUBSCRIBED:
+        return render(request, 409, "error_title", [texts["confirm_gone"]], error=True)
+    return render(
+        request,
+        200,
+        "confirm_done_title",
+        [texts["confirm_done"].format(address=address)],
+        mailing_list=mailing_list,
+    )
+
+
+def signup_fields(texts: dict[str, str]) -> list[_Field]:
+    return [
+        _Field("email", texts["signup_email"], "email", True),
+        _Field("name", texts["signup_name"], "text", False),
+    ]
+
+
+@router.get("/subscribe/{name}", response_class=HTMLResponse)
+async def signup_page(name: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """The sign-up form of a list."""
+    texts = TEXTS[choose_language(request)]
+    try:
+        mailing_list = await services.lists.get_list(name)
+    except NotFound as exc:
+        return fail(request, exc)
+    lines = [mailing_list.description] if mailing_list.description else []
+    return render(
+        request,
+        200,
+        "signup_title",
+        lines,
+        mailing_list=mailing_list,
+        action=here(request),
+        button_key="signup_button",
+        fields=signup_fields(texts),
+    )
+
+
+@router.post("/subscribe/{name}", response_class=HTMLResponse)
+async def signup(name: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Sign up from the form (urlencoded ``email`` and optional ``name``)."""
+    texts = TEXTS[choose_language(request)]
+    lists = services.lists
+    body = await _read_body(request)
+    form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    address = (form.get("email") or [""])[0].strip()
+    person = (form.get("name") or [""])[0].strip()[:255]
+    try:
+        mailing_list = await lists.get_list(name)
+        if not address:
+            raise InputError(
+                "email is required"
+                if choose_language(request) == "en"
+                else "メールアドレスを入力してください"
             )
-        except (InputError, NotFound) as exc:
-            return fail(request, exc)
-        shown = member.subscriber.address
-        if member.status == SUBSCRIBED:
-            return render(
-                request,
-                200,
-                "signup_done_title",
-                [texts["signup_done"].format(address=shown)],
-                mailing_list=mailing_list,
-            )
+        member = await lists.add_subscriber(
+            mailing_list.id,
+            address,
+            name=person or None,
+            optin=OptIn("form", source=str(request.url), ip=_client_ip(request)),
+        )
+    except (InputError, NotFound) as exc:
+        return fail(request, exc)
+    shown = member.subscriber.address
+    if member.status == SUBSCRIBED:
         return render(
             request,
             200,
-            "signup_sent_title",
-            [texts["signup_sent"].format(address=shown)],
+            "signup_done_title",
+            [texts["signup_done"].format(address=shown)],
             mailing_list=mailing_list,
         )
+    return render(
+        request,
+        200,
+        "signup_sent_title",
+        [texts["signup_sent"].format(address=shown)],
+        mailing_list=mailing_list,
+    )
 
-    @router.get("/.well-known/mta-sts.txt", response_class=PlainTextResponse)
-    async def mta_sts(request: Request) -> Response:
-        """The MTA-STS policy of one of our domains (by the Host header)."""
-        policy = await mta_sts_policy(settings, store, request.headers.get("host", ""))
-        if policy is None:
-            return PlainTextResponse("not found\n", status_code=404)
-        return PlainTextResponse(policy, headers={"Cache-Control": "max-age=300"})
 
-    async def memberships(subscriber_id: int) -> list[tuple[MailingList, str]]:
-        found: list[tuple[MailingList, str]] = []
-        for item in await lists.lists():
-            try:
-                member = await lists.membership(item.id, subscriber_id)
-            except NotFound:
-                continue
-            found.append((item, member.status))
-        return found
+@router.get("/.well-known/mta-sts.txt", response_class=PlainTextResponse)
+async def mta_sts(request: Request, services: ServicesDep) -> Response:
+    """The MTA-STS policy of one of our domains (by the Host header)."""
+    policy = await mta_sts_policy(services, request.headers.get("host", ""))
+    if policy is None:
+        return PlainTextResponse("not found\n", status_code=404)
+    return PlainTextResponse(policy, headers={"Cache-Control": "max-age=300"})
 
-    def render_prefs(
-        request: Request, token: str, address: str, name: str, rows: list[tuple[MailingList, str]],
-        saved: bool,
-    ) -> HTMLResponse:  # fmt: skip
-        lang = choose_language(request)
-        texts = TEXTS[lang]
-        html = env.get_template("public/preferences.html").render(
-            lang=lang,
-            texts=texts,
-            title=texts["prefs_title"],
-            intro=texts["prefs_intro"].format(address=address),
-            name=name,
-            rows=rows,
-            action=here(request),
-            saved=saved,
-            note=texts["note_no_cookie"],
-        )
-        return HTMLResponse(html, headers=_HEADERS)
 
-    @router.get("/preferences/{token}", response_class=HTMLResponse)
-    async def preferences_page(token: str, request: Request) -> HTMLResponse:
-        """The preference page: change nothing, show a form whose POST saves."""
+async def memberships(lists: ListService, subscriber_id: int) -> list[tuple[MailingList, str]]:
+    found: list[tuple[MailingList, str]] = []
+    for item in await lists.lists():
         try:
-            _, member = await lists.describe_token(token)
-        except (TokenError, NotFound) as exc:
-            return fail(request, exc)
-        person = member.subscriber
-        rows = await memberships(person.id)
-        return render_prefs(request, token, person.address, person.name, rows, False)
-
-    @router.post("/preferences/{token}", response_class=HTMLResponse)
-    async def preferences(token: str, request: Request) -> HTMLResponse:
-        """Save the name; unsubscribe from the lists left unticked (token in the path, no
-        cookie, no redirect)."""
-        from kakitome.web.ui.areas.lists import update_subscriber
-
-        body = await _read_body(request)
-        form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=200)
-        try:
-            _, member = await lists.describe_token(token)
-            person = member.subscriber
-            name = (form.get("name") or [person.name])[0].strip()[:255]
-            if name != person.name:
-                await update_subscriber(store, person.id, name, person.attributes, now=clock())
-            keep = set(form.get("keep") or [])
-            for item, status in await memberships(person.id):
-                if status in (SUBSCRIBED, "unconfirmed") and str(item.id) not in keep:
-                    await lists.unsubscribe(
-                        item.id, person.id, method="preferences", ip=_client_ip(request)
-                    )
-        except (TokenError, NotFound, InputError) as exc:
-            return fail(request, exc)
-        rows = await memberships(person.id)
-        return render_prefs(request, token, person.address, name, rows, True)
-
-    async def archive_list(name: str) -> MailingList | None:
-        if name not in archive_lists:
-            return None
-        try:
-            return await lists.get_list(name)
+            member = await lists.membership(item.id, subscriber_id)
         except NotFound:
-            return None
+            continue
+        found.append((item, member.status))
+    return found
 
-    def campaigns() -> Any:
-        from kakitome.campaigns.service import CampaignService
 
-        return CampaignService(
-            store, settings, lists, injector or Injector(store, settings), clock=clock
-        )
+def render_prefs(
+    request: Request, token: str, address: str, name: str, rows: list[tuple[MailingList, str]],
+    saved: bool,
+) -> HTMLResponse:  # fmt: skip
+    lang = choose_language(request)
+    texts = TEXTS[lang]
+    html = _env.get_template("public/preferences.html").render(
+        lang=lang,
+        texts=texts,
+        title=texts["prefs_title"],
+        intro=texts["prefs_intro"].format(address=address),
+        name=name,
+        rows=rows,
+        action=here(request),
+        saved=saved,
+        note=texts["note_no_cookie"],
+    )
+    return HTMLResponse(html, headers=_HEADERS)
 
-    @router.get("/archive/{name}", response_class=HTMLResponse)
-    async def archive(name: str, request: Request) -> HTMLResponse:
-        """バックナンバー: the sent campaigns of a public list, newest first."""
-        mailing_list = await archive_list(name)
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+async def preferences_page(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """The preference page: change nothing, show a form whose POST saves."""
+    lists = services.lists
+    try:
+        _, member = await lists.describe_token(token)
+    except (TokenError, NotFound) as exc:
+        return fail(request, exc)
+    person = member.subscriber
+    rows = await memberships(lists, person.id)
+    return render_prefs(request, token, person.address, person.name, rows, False)
+
+
+@router.post("/preferences/{token}", response_class=HTMLResponse)
+async def preferences(token: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """Save the name; unsubscribe from the lists left unticked (token in the path, no
+    cookie, no redirect)."""
+    lists = services.lists
+    body = await _read_body(request)
+    form = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=200)
+    try:
+        _, member = await lists.describe_token(token)
+        person = member.subscriber
+        name = (form.get("name") or [person.name])[0].strip()[:255]
+        if name != person.name:
+            await lists.update_subscriber(person.id, name=name, attributes=person.attributes)
+        keep = set(form.get("keep") or [])
+        for item, status in await memberships(lists, person.id):
+            if status in (SUBSCRIBED, "unconfirmed") and str(item.id) not in keep:
+                await lists.unsubscribe(
+                    item.id, person.id, method="preferences", ip=_client_ip(request)
+                )
+    except (TokenError, NotFound, InputError) as exc:
+        return fail(request, exc)
+    rows = await memberships(lists, person.id)
+    return render_prefs(request, token, person.address, name, rows, True)
+
+
+async def archive_list(services: Services, name: str) -> MailingList | None:
+    if name not in archive_lists(services):
+        return None
+    try:
+        return await services.lists.get_list(name)
+    except NotFound:
+        return None
+
+
+@router.get("/archive/{name}", response_class=HTMLResponse)
+async def archive(name: str, request: Request, services: ServicesDep) -> HTMLResponse:
+    """バックナンバー: the sent campaigns of a public list, newest first."""
+    mailing_list = await archive_list(services, name)
+    if mailing_list is None:
+        return fail(request, NotFound(name))
+    lang = choose_language(request)
+    texts = TEXTS[lang]
+    rows = [
+        c
+        for c in reversed(await services.campaigns.db.campaigns())
+        if c.list_id == mailing_list.id and c.status == "finished"
+    ]
+    html = _env.get_template("public/archive.html").render(
+        lang=lang,
+        title=texts["archive_title"],
+        list_title=mailing_list.display_title,
+        rows=rows,
+        none=texts["archive_none"],
+        name=mailing_list.name,
+        sender=" ".join(
+            p for p in (mailing_list.sender_organization, mailing_list.sender_postal_address) if p
+        ),
+    )
+    return HTMLResponse(html, headers=_HEADERS)
+
+
+@router.get("/archive/{name}/{campaign_id}", response_class=HTMLResponse)
+async def archive_item(
+    name: str, campaign_id: int, request: Request, services: ServicesDep
+) -> Response:
+    """One archived campaign, as a blank subscriber would get it (no personal data)."""
+    mailing_list = await archive_list(services, name)
+    campaigns = services.campaigns
+    try:
         if mailing_list is None:
-            return fail(request, NotFound(name))
-        lang = choose_language(request)
-        texts = TEXTS[lang]
-        rows = [
-            c
-            for c in reversed(await campaigns().db.campaigns())
-            if c.list_id == mailing_list.id and c.status == "finished"
-        ]
-        html = env.get_template("public/archive.html").render(
-            lang=lang,
-            title=texts["archive_title"],
-            list_title=mailing_list.display_title,
-            rows=rows,
-            none=texts["archive_none"],
-            name=mailing_list.name,
-            sender=" ".join(
-                p
-                for p in (mailing_list.sender_organization, mailing_list.sender_postal_address)
-                if p
-            ),
-        )
-        return HTMLResponse(html, headers=_HEADERS)
-
-    @router.get("/archive/{name}/{campaign_id}", response_class=HTMLResponse)
-    async def archive_item(name: str, campaign_id: int, request: Request) -> Response:
-        """One archived campaign, as a blank subscriber would get it (no personal data)."""
-        mailing_list = await archive_list(name)
-        service = campaigns()
-        try:
-            if mailing_list is None:
-                raise NotFound(name)
-            row = await service.get(campaign_id)
-            if row.list_id != mailing_list.id or row.status != "finished":
-                raise NotFound(str(campaign_id))
-            shown = await service.preview(row.id, None, tracking=False)
-        except (NotFound, InputError) as exc:
-            return fail(request, exc if isinstance(exc, NotFound) else NotFound(str(exc)))
-        headers = {**_HEADERS, "Content-Security-Policy": ARCHIVE_CSP}
-        if shown.html is None:
-            return PlainTextResponse(f"{shown.subject}\n\n{shown.text or ''}", headers=headers)
-        return HTMLResponse(shown.html, headers=headers)
-
-    return router
+            raise NotFound(name)
+        row = await campaigns.get(campaign_id)
+        if row.list_id != mailing_list.id or row.status != "finished":
+            raise NotFound(str(campaign_id))
+        shown = await campaigns.preview(row.id, None, tracking=False)
+    except (NotFound, InputError) as exc:
+        return fail(request, exc if isinstance(exc, NotFound) else NotFound(str(exc)))
+    headers = {**_HEADERS, "Content-Security-Policy": ARCHIVE_CSP}
+    if shown.html is None:
+        return PlainTextResponse(f"{shown.subject}\n\n{shown.text or ''}", headers=headers)
+    return HTMLResponse(shown.html, headers=headers)
 
 
 async def _read_body(request: Request) -> bytes:

@@ -15,20 +15,15 @@ constant time). What it enforces:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import structlog
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
-from kakitome.campaigns.tracking import LinkSigner, TrackingTokenError
-from kakitome.config import Settings
+from kakitome.campaigns.tracking import TrackingTokenError
 from kakitome.errors import StorageError
-from kakitome.store.campaigns_store import CampaignStore
-from kakitome.store.repository import Store
+from kakitome.web.deps import ServicesDep
 
-__all__ = ["PIXEL", "tracking_router"]
+__all__ = ["PIXEL", "router"]
 
 log = structlog.get_logger("kakitome.web.tracking")
 
@@ -39,48 +34,44 @@ PIXEL = bytes.fromhex(
 _HEADERS = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
 
 
-def tracking_router(
-    settings: Settings,
-    store: Store,
-    clock: Callable[[], float] = time.time,
-    *,
-    signer: LinkSigner | None = None,
-) -> APIRouter:
-    from kakitome.runtime import public_url
+router = APIRouter(include_in_schema=False)
 
-    links = signer or LinkSigner.from_settings(settings, public_url(settings))
-    db = CampaignStore(store)
-    router = APIRouter(include_in_schema=False)
 
-    def refused() -> Response:
-        return PlainTextResponse(
-            "This link is damaged or was not made by this server.\n",
-            status_code=400,
-            headers=_HEADERS,
+def refused() -> Response:
+    return PlainTextResponse(
+        "This link is damaged or was not made by this server.\n",
+        status_code=400,
+        headers=_HEADERS,
+    )
+
+
+@router.get("/t/c/{token}")
+async def click(token: str, services: ServicesDep) -> Response:
+    campaigns = services.campaigns  # its signer made the links; its store counts
+    try:
+        hit = campaigns.signer.check_click(token)
+    except TrackingTokenError:
+        return refused()
+    try:
+        await campaigns.db.record_event(
+            "click", hit.ref, hit.subscriber_id, url=hit.url, now=services.clock()
         )
+    except StorageError as exc:
+        log.warning("click not recorded", error=str(exc))
+    return RedirectResponse(hit.url, status_code=302, headers=_HEADERS)
 
-    @router.get("/t/c/{token}")
-    async def click(token: str) -> Response:
-        try:
-            hit = links.check_click(token)
-        except TrackingTokenError:
-            return refused()
-        try:
-            await db.record_event("click", hit.ref, hit.subscriber_id, url=hit.url, now=clock())
-        except StorageError as exc:
-            log.warning("click not recorded", error=str(exc))
-        return RedirectResponse(hit.url, status_code=302, headers=_HEADERS)
 
-    @router.get("/t/o/{token}.gif")
-    async def pixel(token: str) -> Response:
-        try:
-            hit = links.check_open(token)
-        except TrackingTokenError:
-            return refused()
-        try:
-            await db.record_event("open", hit.ref, hit.subscriber_id, url=None, now=clock())
-        except StorageError as exc:
-            log.warning("open not recorded", error=str(exc))
-        return Response(PIXEL, media_type="image/gif", headers=_HEADERS)
-
-    return router
+@router.get("/t/o/{token}.gif")
+async def pixel(token: str, services: ServicesDep) -> Response:
+    campaigns = services.campaigns
+    try:
+        hit = campaigns.signer.check_open(token)
+    except TrackingTokenError:
+        return refused()
+    try:
+        await campaigns.db.record_event(
+            "open", hit.ref, hit.subscriber_id, url=None, now=services.clock()
+        )
+    except StorageError as exc:
+        log.warning("open not recorded", error=str(exc))
+    return Response(PIXEL, media_type="image/gif", headers=_HEADERS)

@@ -5,5 +5,5 @@
 - ``dispatcher`` the worker-role task: read new events by id cursor, enqueue a delivery
   per subscribed endpoint, POST with bounded concurrency, retry with back-off, log attempts
 
-Storage is ``kakitome.store.webhooks_store``; the UI is ``web/ui/areas/webhooks.py``.
+Storage is ``kakitome.webhooks.store``; the UI is ``web/ui/areas/webhooks.py``.
 """

@@ -24,9 +24,9 @@ import httpx
 import structlog
 
 from kakitome.config import Settings, WebhookSettings
-from kakitome.store.repository import Store
-from kakitome.store.webhooks_store import DueDelivery, WebhooksStore
+from kakitome.store.database import Database
 from kakitome.webhooks.signing import HEADER, sign
+from kakitome.webhooks.store import DueDelivery, WebhooksStore
 
 log = structlog.get_logger("kakitome.webhooks")
 
@@ -45,7 +45,7 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: Database,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
@@ -158,7 +158,7 @@ class WebhookDispatcher:
             await self.aclose()
 
 
-async def webhook_task(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+async def webhook_task(store: Database, settings: Settings, stop: asyncio.Event) -> None:
     """The worker role's webhook task (nothing when ``webhooks.enabled`` is off)."""
     if not settings.webhooks.enabled:
         return

@@ -1,1 +1,1 @@
-"""Alembic migrations, shipped inside the package and run by ``Store.open(migrate=True)``."""
+"""Alembic migrations, shipped inside the package and run by ``Database.open(migrate=True)``."""

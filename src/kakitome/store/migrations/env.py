@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection that ``kakitome.store.migrate`` hands over.
 
-Kakitome runs migrations programmatically (``Store.open(url, migrate=True)``), passing a
+Kakitome runs migrations programmatically (``Database.open(url, migrate=True)``), passing a
 live synchronous connection in ``config.attributes["connection"]``; running ``alembic``
 from the command line is not supported. SQLite migrations use batch mode so that later
 revisions can alter tables.

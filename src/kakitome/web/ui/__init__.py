@@ -1,6 +1,6 @@
 """The admin web UI: server-rendered pages (Jinja2, htmx), English and Japanese.
 
-``mount_ui(app, settings, store)`` adds, under ``/ui``: every area found by
+``mount_ui(app, services)`` adds, under ``/ui``: every area found by
 ``kakitome.web.ui.nav.discover_areas`` (dashboard, messages, queue, API keys, users,
 settings, and whatever areas other parts add), the static files, the security headers;
 and ``/`` (a redirect to ``/ui/``) and ``/metrics`` (Prometheus).
@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from kakitome.config import Settings
-from kakitome.store.repository import Store
-from kakitome.store.web_store import WebStore
+from kakitome.accounts.store import WebStore
 from kakitome.web.ui.context import STATIC, UI, Forbidden, LoginRequired
 from kakitome.web.ui.metrics import metrics_router
 from kakitome.web.ui.nav import UIArea, discover_areas
 from kakitome.web.ui.security import LockoutPolicy, SecurityHeaders
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 __all__ = ["UI", "UIArea", "ensure_first_admin", "mount_ui"]
 
@@ -40,21 +40,17 @@ FIRST_ADMIN = "admin"
 
 def mount_ui(
     app: FastAPI,
-    settings: Settings,
-    store: Store,
+    services: Services,
     *,
-    clock: Callable[[], float] = time.time,
-    web: WebStore | None = None,
     areas: list[UIArea] | None = None,
     lockout: LockoutPolicy | None = None,
 ) -> UI:
     """Add the admin UI, ``/`` and ``/metrics`` to ``app``; returns the ``UI``."""
-    web = web or WebStore(store.engine)
-    ui = UI(settings, store, web, clock, areas or discover_areas(), lockout=lockout)
+    ui = UI(services, areas or discover_areas(), lockout=lockout)
     for area in ui.areas:
         app.include_router(area.router(ui), prefix="/ui")
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")
-    app.include_router(metrics_router(store, web))
+    app.include_router(metrics_router(services))
     app.add_middleware(SecurityHeaders)
 
     async def login_required(request: Request, _: Exception) -> Response:
@@ -78,9 +74,8 @@ def mount_ui(
     return ui
 
 
-async def ensure_first_admin(store: Store, out: TextIO, *, web: WebStore | None = None) -> None:
+async def ensure_first_admin(web: WebStore, out: TextIO) -> None:
     """With no UI users yet, make ``admin`` (role admin) and print its password once."""
-    web = web or WebStore(store.engine)
     if await web.count_users():
         return
     password = secrets.token_urlsafe(15)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 import jinja2
@@ -27,12 +27,13 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
-from kakitome.config import Settings
-from kakitome.store.repository import Store
-from kakitome.store.web_store import SessionInfo, UserRecord, WebStore
+from kakitome.accounts.store import SessionInfo, UserRecord
 from kakitome.web.ui.i18n import LANGUAGES, Catalogue, negotiate
 from kakitome.web.ui.nav import NavItem, UIArea, navigation, role_allows
 from kakitome.web.ui.security import HOME, LockoutPolicy
+
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 SESSION_COOKIE = "kakitome_session"
 CSRF_COOKIE = "kakitome_csrf"
@@ -97,19 +98,17 @@ class UI:
 
     def __init__(
         self,
-        settings: Settings,
-        store: Store,
-        web: WebStore,
-        clock: Callable[[], float],
+        services: Services,
         areas: list[UIArea],
         *,
         lockout: LockoutPolicy | None = None,
         session_lifetime: float = SESSION_LIFETIME,
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.web = web
-        self.clock = clock
+        self.services = services
+        self.settings = services.settings
+        self.store = services.store
+        self.web = services.web_store
+        self.clock = services.clock
         self.areas = areas
         self.lockout = lockout or LockoutPolicy()
         self.session_lifetime = session_lifetime

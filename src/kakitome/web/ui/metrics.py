@@ -13,17 +13,20 @@ follow the database-wide gauges.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from kakitome.store.repository import Store
-from kakitome.store.web_store import WebStore
+if TYPE_CHECKING:
+    from kakitome.services import Services
 
 
-def metrics_router(store: Store, web: WebStore) -> APIRouter:
+def metrics_router(services: Services) -> APIRouter:
     router = APIRouter()
+    web = services.web_store
+    api_keys = services.api_keys
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
@@ -38,7 +41,7 @@ def metrics_router(store: Store, web: WebStore) -> APIRouter:
         for status, count in (await web.pending_counts()).items():
             queue.labels(status=status).set(count)
         keys = Gauge("kakitome_api_keys_active", "API keys not revoked.", registry=registry)
-        keys.set(sum(1 for k in await store.list_api_keys() if k.revoked_at is None))
+        keys.set(sum(1 for k in await api_keys.list_api_keys() if k.revoked_at is None))
         now = time.time()
         await web.refresh_rollup(now=now)
         stats = await web.stats(since=now - 3600, until=now)

@@ -21,7 +21,7 @@ def router(ui: UI) -> APIRouter:
     async def page(
         request: Request, viewer: Viewer, status: int = 200, **extra: object
     ) -> Response:
-        keys = await ui.store.list_api_keys()
+        keys = await ui.services.api_keys.list_api_keys()
         return ui.render(
             request, viewer, "apikeys/index.html", status, keys=keys, scopes=SCOPES, **extra
         )
@@ -39,16 +39,18 @@ def router(ui: UI) -> APIRouter:
             raise Forbidden(viewer.t("error.role", role=viewer.t("role.admin")))
         if not name or not scopes:
             return await page(request, viewer, 422, error=viewer.t("apikeys.invalid"))
-        key = await ui.store.create_api_key(name, scopes, now=ui.clock())
+        key = await ui.services.api_keys.create_api_key(name, scopes, now=ui.clock())
         return await page(request, viewer, 201, new_key=key, new_name=name)
 
     @r.post("/api-keys/{key_id}/revoke", include_in_schema=False)
     async def revoke(request: Request, key_id: int, viewer: Viewer = need_sender) -> Response:
         await ui.form(request, viewer)
-        target = next((k for k in await ui.store.list_api_keys() if k.id == key_id), None)
+        target = next(
+            (k for k in await ui.services.api_keys.list_api_keys() if k.id == key_id), None
+        )
         if target is not None and "admin" in target.scopes and not viewer.can("admin"):
             raise Forbidden(viewer.t("error.role", role=viewer.t("role.admin")))
-        await ui.store.revoke_api_key(key_id, now=ui.clock())
+        await ui.services.api_keys.revoke_api_key(key_id, now=ui.clock())
         return ui.redirect("/ui/api-keys")
 
     return r

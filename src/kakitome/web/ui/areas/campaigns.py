@@ -16,23 +16,18 @@ Roles: viewers read; ``sender`` edits, tests, schedules and sends. Every POST ch
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from kakitome.campaigns.service import CampaignService
 from kakitome.campaigns.stats import CampaignStats
+from kakitome.campaigns.store import CampaignRow
 from kakitome.campaigns.templates import BODY_FORMATS, TemplateSource, compile_template
-from kakitome.domains.signing import DomainSigning
 from kakitome.errors import InputError, NotFound
-from kakitome.injection import Injector
 from kakitome.lists.model import MailingList
-from kakitome.lists.service import ListService
-from kakitome.store.campaigns_store import CampaignRow
-from kakitome.web.ui.areas.lists import list_service, need, not_found
+from kakitome.web.ui.areas.lists import need, not_found
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -41,28 +36,6 @@ PREVIEW_CSP = (
     "font-src data: https:; frame-ancestors 'self'; form-action 'none'; base-uri 'none'"
 )
 ACTIONS = ("send", "pause", "resume", "cancel")
-
-_SERVICES: weakref.WeakKeyDictionary[UI, CampaignService] = weakref.WeakKeyDictionary()
-
-
-def campaign_service(ui: UI) -> CampaignService:
-    """The CampaignService for reading, previews and state changes (sending itself is the
-    worker's campaign task)."""
-    found = _SERVICES.get(ui)
-    if found is None:
-        found = CampaignService(
-            ui.store, ui.settings, list_service(ui), Injector(ui.store, ui.settings), clock=ui.clock
-        )
-        _SERVICES[ui] = found
-    return found
-
-
-async def signing_service(ui: UI) -> CampaignService:
-    """A CampaignService whose injector DKIM-signs with the domains' keys (test sends)."""
-    keys = await DomainSigning.load(ui.store, ui.settings)
-    injector = Injector(ui.store, ui.settings, signer=keys.sign, return_path=keys.return_path)
-    lists = ListService(ui.store, ui.settings, injector=injector, clock=ui.clock)
-    return CampaignService(ui.store, ui.settings, lists, injector, clock=ui.clock)
 
 
 def local_input(value: float | None, time_zone: str) -> str:
@@ -92,9 +65,9 @@ def router(ui: UI) -> APIRouter:
     async def index_page(
         request: Request, viewer: Viewer, status: int = 200, **extra: Any
     ) -> Response:
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         rows: list[tuple[CampaignRow, CampaignStats, str]] = []
-        names = {item.id: item.display_title for item in await list_service(ui).lists()}
+        names = {item.id: item.display_title for item in await ui.services.lists.lists()}
         for row in reversed(await service.db.campaigns()):
             rows.append((row, await service.stats(row.id), names.get(row.list_id, "?")))
         return ui.render(
@@ -103,7 +76,7 @@ def router(ui: UI) -> APIRouter:
             "campaigns/index.html",
             status,
             rows=rows,
-            lists=await list_service(ui).lists(),
+            lists=await ui.services.lists.lists(),
             formats=BODY_FORMATS,
             form=extra.pop("form", {}),
             **extra,
@@ -120,7 +93,7 @@ def router(ui: UI) -> APIRouter:
         body_format = form.get("body_format") or "html"
         try:
             list_id = int(form.get("list_id") or "0")
-            row = await campaign_service(ui).create(
+            row = await ui.services.campaigns.create(
                 form.get("name").strip()[:200] or form.get("subject").strip()[:200],
                 list_id,
                 subject=form.get("subject"),
@@ -136,8 +109,8 @@ def router(ui: UI) -> APIRouter:
 
     async def load(campaign_id: int) -> tuple[CampaignRow, MailingList] | None:
         try:
-            row = await campaign_service(ui).get(campaign_id)
-            return row, await list_service(ui).get_list(row.list_id)
+            row = await ui.services.campaigns.get(campaign_id)
+            return row, await ui.services.lists.get_list(row.list_id)
         except NotFound:
             return None
 
@@ -149,7 +122,7 @@ def router(ui: UI) -> APIRouter:
         status: int = 200,
         **extra: Any,
     ) -> Response:
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         subscriber = request.query_params.get("subscriber", "")[:254]
         template_error = extra.pop("template_error", None)
         if template_error is None:
@@ -203,7 +176,7 @@ def router(ui: UI) -> APIRouter:
         }
         try:
             compile_template(TemplateSource(subject, body, body_format, text))  # type: ignore[arg-type]
-            await campaign_service(ui).db.update_campaign(row.id, now=ui.clock(), **values)
+            await ui.services.campaigns.db.update_campaign(row.id, now=ui.clock(), **values)
         except InputError as exc:
             shown = dataclasses.replace(row, **values)
             return await editor(request, viewer, shown, mailing_list, 422, template_error=str(exc))
@@ -223,7 +196,7 @@ def router(ui: UI) -> APIRouter:
             "Cache-Control": "no-store",
         }
         try:
-            shown = await campaign_service(ui).preview(campaign_id, subscriber[:254] or None)
+            shown = await ui.services.campaigns.preview(campaign_id, subscriber[:254] or None)
         except (InputError, NotFound) as exc:
             return PlainTextResponse(str(exc), 422, headers=headers)
         if part == "text":
@@ -248,8 +221,7 @@ def router(ui: UI) -> APIRouter:
             return not_found(ui, request, viewer)
         address = form.get("address").strip()
         try:
-            service = await signing_service(ui)
-            await service.test_send(
+            await ui.services.campaigns.test_send(
                 campaign_id, [address], subscriber=form.get("subscriber").strip() or None
             )
         except (InputError, NotFound) as exc:
@@ -267,7 +239,7 @@ def router(ui: UI) -> APIRouter:
             return not_found(ui, request, viewer)
         try:
             at = parse_local(form.get("at"), found[1].time_zone)
-            await campaign_service(ui).schedule(campaign_id, at)
+            await ui.services.campaigns.schedule(campaign_id, at)
         except (InputError, NotFound) as exc:
             return await editor(request, viewer, *found, 422, error=str(exc))
         return ui.redirect(f"/ui/campaigns/{campaign_id}?done=scheduled")
@@ -281,7 +253,7 @@ def router(ui: UI) -> APIRouter:
         found = await load(campaign_id)
         if found is None or action not in ACTIONS:
             return not_found(ui, request, viewer)
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         try:
             if action == "send":
                 await service.send_now(campaign_id)

@@ -23,7 +23,6 @@ from kakitome.checker.bulk import AddressList, check_list, collect_addresses, re
 from kakitome.checker.report import DomainReport
 from kakitome.checker.service import Checker
 from kakitome.errors import KakitomeError
-from kakitome.lists.service import ListService
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -66,7 +65,7 @@ def router(ui: UI) -> APIRouter:
         request: Request, viewer: Viewer, status: int = 200, **extra: object
     ) -> Response:
         try:
-            lists = await ListService(ui.store, ui.settings).lists()
+            lists = await ui.services.lists.lists()
         except KakitomeError:
             lists = []
         return ui.render(request, viewer, "checker/index.html", status, lists=lists, **extra)
@@ -96,7 +95,7 @@ def router(ui: UI) -> APIRouter:
         addresses: AddressList | None = None
         source = ""
         if form.get("list_id").isdigit():
-            service = ListService(ui.store, ui.settings)
+            service = ui.services.lists
             try:
                 found = await service.get_list(int(form.get("list_id")))
             except KakitomeError as exc:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from kakitome.store.web_store import HourlyStats
+from kakitome.accounts.store import HourlyStats
 from kakitome.web.ui import charts
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea

@@ -69,7 +69,7 @@ def router(ui: UI) -> APIRouter:
     need_admin = Depends(ui.require("admin"))
 
     def service() -> DomainService:
-        return DomainService(ui.store, ui.settings, clock=ui.clock)
+        return ui.services.domains
 
     async def index(
         request: Request, viewer: Viewer, status: int = 200, **extra: object

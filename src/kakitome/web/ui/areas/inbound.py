@@ -22,9 +22,8 @@ from fastapi.responses import Response
 
 from kakitome.errors import InputError, NotFound
 from kakitome.inbound.held import delete_held, release_held
+from kakitome.inbound.store import InboundRow, InboundStore, TLSReportRecord
 from kakitome.settings_overlay import current_settings
-from kakitome.store.inbound_store import InboundRow, InboundStore, TLSReportRecord
-from kakitome.store.settings_store import SettingsStore
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -79,10 +78,10 @@ def router(ui: UI) -> APIRouter:
     r = APIRouter()
     need_viewer = Depends(ui.require("viewer"))
     need_admin = Depends(ui.require("admin"))
-    overlay = SettingsStore(ui.store.engine)
+    overlay = ui.services.settings_store
 
     def store() -> InboundStore:
-        return InboundStore(ui.store.engine)
+        return ui.services.inbound_store
 
     async def held_page(
         request: Request, viewer: Viewer, status: int = 200, **extra: object

@@ -12,15 +12,15 @@ does for url-encoded forms).
 
 What it trusts: nothing from the form before validation by ``ListService``; uploads are
 limited to ``MAX_IMPORT_BYTES``. Import jobs are rows of ``list_import_jobs``
-(kakitome.store.import_jobs_store): the upload is imported by a task of the process that
+(kakitome.lists.import_jobs_store): the upload is imported by a task of the process that
 received it, which records progress about once a second; any web process shows the
 progress and the report, a job whose process died is shown as interrupted, and finished
 jobs are forgotten ``JOB_TTL`` seconds after they end.
 
-Departures: ``ListService`` has no "update subscriber" or "search members" yet, so this
-module does those two with short SQLAlchemy Core statements on the lists tables
-(validated with the service's own checks). They belong in the service. Editing a list
-goes through ``ListService.update_list``.
+Everything goes through the process's one ``ListService`` (``ui.services.lists``, whose
+injector DKIM-signs confirmation mails and gives them the VERP return path, as the API's
+does): searching members (``members(search=...)``), editing a subscriber
+(``update_subscriber``), editing a list (``update_list``). No table is touched here.
 """
 
 from __future__ import annotations
@@ -36,17 +36,15 @@ import os
 import secrets
 import socket
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import and_, func, or_, select, update
 
 from kakitome.errors import InputError, NotFound, StorageError
-from kakitome.injection import Injector
+from kakitome.lists.import_jobs_store import ImportJobStore
 from kakitome.lists.model import (
     ENCODINGS,
     STATUSES,
@@ -56,11 +54,7 @@ from kakitome.lists.model import (
     NewList,
     OptIn,
 )
-from kakitome.lists.service import ListService, _check_attributes
-from kakitome.store.import_jobs_store import ImportJobStore
-from kakitome.store.lists_store import _member
-from kakitome.store.repository import Store
-from kakitome.store.schema_lists import list_members, subscribers
+from kakitome.lists.service import ListService
 from kakitome.web.ui.context import CSRF_FIELD, UI, Forbidden, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -70,19 +64,7 @@ JOB_TTL = 7 * 86_400.0
 # How often the importing process records progress (also its heartbeat).
 PROGRESS_INTERVAL = 1.0
 
-_SERVICES: weakref.WeakKeyDictionary[UI, ListService] = weakref.WeakKeyDictionary()
-
 log = structlog.get_logger("kakitome.web.ui.lists")
-
-
-def list_service(ui: UI) -> ListService:
-    """The ListService of this UI (made once; its injector queues confirmation mails)."""
-    found = _SERVICES.get(ui)
-    if found is None:
-        injector = Injector(ui.store, ui.settings)
-        found = ListService(ui.store, ui.settings, injector=injector, clock=ui.clock)
-        _SERVICES[ui] = found
-    return found
 
 
 def need(viewer: Viewer, role: str) -> None:
@@ -104,7 +86,6 @@ class _Counting(io.BytesIO):
 
 # Which process runs a job (recorded with it; helps reading the table after a crash).
 _OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-_JOB_STORES: weakref.WeakKeyDictionary[UI, ImportJobStore] = weakref.WeakKeyDictionary()
 # Running imports: held so the event loop does not drop them.
 _TASKS: set[asyncio.Task[None]] = set()
 
@@ -118,10 +99,7 @@ class _ProgressList:
 
 
 def import_jobs(ui: UI) -> ImportJobStore:
-    found = _JOB_STORES.get(ui)
-    if found is None:
-        found = _JOB_STORES[ui] = ImportJobStore(ui.store.engine)
-    return found
+    return ui.services.import_jobs
 
 
 def _position(source: _Counting) -> int:
@@ -204,48 +182,6 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
     return fields, files
 
 
-# -- queries the service lacks --------------------------------------------------------------
-
-
-async def search_members(
-    ui: UI, list_id: int, *, q: str, status: str | None, after: int, limit: int
-) -> list[Membership]:
-    query = (
-        select(list_members, subscribers)
-        .join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
-        .where(list_members.c.list_id == list_id, list_members.c.subscriber_id > after)
-        .order_by(list_members.c.subscriber_id)
-        .limit(limit)
-    )
-    if status:
-        query = query.where(list_members.c.status == status)
-    if q:
-        like = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(
-            or_(
-                subscribers.c.address_key.like(like, escape="\\"),
-                func.lower(subscribers.c.name).like(like, escape="\\"),
-            )
-        )
-    async with ui.store.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [_member(r) for r in rows]
-
-
-async def update_subscriber(
-    store: Store, subscriber_id: int, name: str, attributes: dict[str, Any], *, now: float
-) -> None:
-    if len(name) > 255:
-        raise InputError("the name is longer than 255 characters")
-    _check_attributes(attributes)
-    async with store.engine.begin() as conn:
-        await conn.execute(
-            update(subscribers)
-            .where(and_(subscribers.c.id == subscriber_id))
-            .values(name=name, attributes=attributes, updated_at=now)
-        )
-
-
 def spec_from(form: Any, name: str) -> NewList:
     def opt(key: str) -> str | None:
         value = str(form.get(key)).strip()
@@ -276,7 +212,7 @@ def router(ui: UI) -> APIRouter:
     async def index_page(
         request: Request, viewer: Viewer, status: int = 200, **extra: Any
     ) -> Response:
-        service = list_service(ui)
+        service = ui.services.lists
         rows = []
         for item in await service.lists():
             counts = await service.count_members(item.id)
@@ -301,7 +237,7 @@ def router(ui: UI) -> APIRouter:
         form = await ui.form(request, viewer)
         need(viewer, "admin")
         try:
-            created = await list_service(ui).create_list(spec_from(form, form.get("name").strip()))
+            created = await ui.services.lists.create_list(spec_from(form, form.get("name").strip()))
         except InputError as exc:
             return await index_page(request, viewer, 422, error=str(exc), form=form)
         return ui.redirect(f"/ui/lists/{created.id}?done=created")
@@ -313,18 +249,17 @@ def router(ui: UI) -> APIRouter:
         status: int = 200,
         **extra: Any,
     ) -> Response:
-        service = list_service(ui)
+        service = ui.services.lists
         params = request.query_params
         q = params.get("q", "")[:200].strip()
         member_status = params.get("status", "")
         after = int(params.get("after", "0")) if params.get("after", "").isdigit() else 0
-        members = await search_members(
-            ui,
+        members = await service.members(
             mailing_list.id,
-            q=q,
             status=member_status if member_status in STATUSES else None,
-            after=after,
+            after_subscriber_id=after,
             limit=PAGE_SIZE + 1,
+            search=q,
         )
         more = len(members) > PAGE_SIZE
         members = members[:PAGE_SIZE]
@@ -354,7 +289,7 @@ def router(ui: UI) -> APIRouter:
 
     async def get_list(list_id: int) -> MailingList | None:
         try:
-            return await list_service(ui).get_list(list_id)
+            return await ui.services.lists.get_list(list_id)
         except NotFound:
             return None
 
@@ -373,7 +308,7 @@ def router(ui: UI) -> APIRouter:
         if found is None:
             return not_found(ui, request, viewer)
         try:
-            await list_service(ui).update_list(found.id, **asdict(spec_from(form, found.name)))
+            await ui.services.lists.update_list(found.id, **asdict(spec_from(form, found.name)))
         except InputError as exc:
             return await detail_page(request, viewer, found, 422, error=str(exc))
         return ui.redirect(f"/ui/lists/{list_id}?done=saved")
@@ -383,7 +318,7 @@ def router(ui: UI) -> APIRouter:
         await ui.form(request, viewer)
         need(viewer, "admin")
         try:
-            await list_service(ui).remove_list(list_id)
+            await ui.services.lists.remove_list(list_id)
         except NotFound:
             return not_found(ui, request, viewer)
         return ui.redirect("/ui/lists")
@@ -399,7 +334,7 @@ def router(ui: UI) -> APIRouter:
             return not_found(ui, request, viewer)
         try:
             attributes = _attributes(form.get("attributes"))
-            await list_service(ui).add_subscriber(
+            await ui.services.lists.add_subscriber(
                 list_id,
                 form.get("address").strip(),
                 name=form.get("name").strip() or None,
@@ -417,7 +352,7 @@ def router(ui: UI) -> APIRouter:
 
     async def membership(list_id: int, subscriber_id: int) -> Membership | None:
         try:
-            return await list_service(ui).membership(list_id, subscriber_id)
+            return await ui.services.lists.membership(list_id, subscriber_id)
         except (NotFound, InputError):
             return None
 
@@ -429,7 +364,7 @@ def router(ui: UI) -> APIRouter:
         member = await membership(list_id, subscriber_id)
         if found is None or member is None:
             return not_found(ui, request, viewer)
-        history = await list_service(ui).history(member.subscriber.address, limit=50)
+        history = await ui.services.lists.history(member.subscriber.address, limit=50)
         return ui.render(
             request,
             viewer,
@@ -452,18 +387,18 @@ def router(ui: UI) -> APIRouter:
         if found is None or member is None:
             return not_found(ui, request, viewer)
         try:
-            await update_subscriber(
-                ui.store,
+            await ui.services.lists.update_subscriber(
                 subscriber_id,
-                form.get("name").strip(),
-                _attributes(form.get("attributes")),
-                now=ui.clock(),
+                name=form.get("name").strip(),
+                attributes=_attributes(form.get("attributes")),
             )
             new_status = form.get("status")
             if new_status in STATUSES and new_status != member.status:
-                await list_service(ui).set_status(
+                await ui.services.lists.set_status(
                     list_id, subscriber_id, new_status, reason="admin (web)"
                 )
+        except NotFound:  # removed meanwhile
+            return not_found(ui, request, viewer)
         except InputError as exc:
             return ui.render(
                 request,
@@ -488,7 +423,7 @@ def router(ui: UI) -> APIRouter:
         member = await membership(list_id, subscriber_id)
         if member is None:
             return not_found(ui, request, viewer)
-        await list_service(ui).remove_subscriber(list_id, member.subscriber.address)
+        await ui.services.lists.remove_subscriber(list_id, member.subscriber.address)
         return ui.redirect(f"/ui/lists/{list_id}?done=removed")
 
     # -- import / export ------------------------------------------------------------------
@@ -540,7 +475,7 @@ def router(ui: UI) -> APIRouter:
         await jobs.create(job_id, found.id, size=len(data), started_by=who, owner=_OWNER, now=now)
         task = asyncio.create_task(
             _run_import(
-                list_service(ui),
+                ui.services.lists,
                 jobs,
                 job_id,
                 found.id,
@@ -582,7 +517,7 @@ def router(ui: UI) -> APIRouter:
             return not_found(ui, request, viewer)
         status = request.query_params.get("status", "")
         out = io.BytesIO()
-        await list_service(ui).export_csv(
+        await ui.services.lists.export_csv(
             list_id, out, status=status if status in STATUSES else None
         )
         return Response(
@@ -603,7 +538,7 @@ def router(ui: UI) -> APIRouter:
         count: int | None = None
         error = None
         try:
-            count = await list_service(ui).count_audience(list_id, expression=expression)
+            count = await ui.services.lists.count_audience(list_id, expression=expression)
         except (InputError, NotFound) as exc:
             error = str(exc)
         return ui.render(
@@ -619,7 +554,7 @@ def router(ui: UI) -> APIRouter:
         if found is None:
             return not_found(ui, request, viewer)
         try:
-            await list_service(ui).save_segment(
+            await ui.services.lists.save_segment(
                 form.get("name").strip(), form.get("expression").strip(), list_ref=list_id
             )
         except InputError as exc:
@@ -633,7 +568,7 @@ def router(ui: UI) -> APIRouter:
         await ui.form(request, viewer)
         need(viewer, "sender")
         try:
-            await list_service(ui).remove_segment(segment_id)
+            await ui.services.lists.remove_segment(segment_id)
         except NotFound:
             return not_found(ui, request, viewer)
         return ui.redirect(f"/ui/lists/{list_id}")

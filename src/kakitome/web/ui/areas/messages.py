@@ -13,10 +13,10 @@ from datetime import UTC, date, datetime
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from kakitome.accounts.store import MessageQuery
 from kakitome.errors import InputError, NotFound
+from kakitome.queue.types import STATUSES
 from kakitome.receipts import delivery_to_dict
-from kakitome.store.repository import STATUSES
-from kakitome.store.web_store import MessageQuery
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -75,7 +75,7 @@ def router(ui: UI) -> APIRouter:
     @r.get("/messages/{message_id}", include_in_schema=False)
     async def message(request: Request, message_id: str, viewer: Viewer = need_viewer) -> Response:
         try:
-            receipt = await ui.store.receipt(message_id[:64])
+            receipt = await ui.services.queue.receipt(message_id[:64])
         except (NotFound, InputError):
             return ui.render(
                 request,
@@ -84,7 +84,7 @@ def router(ui: UI) -> APIRouter:
                 404,
                 message=viewer.t("messages.not_found"),
             )
-        history = await ui.store.events_for(receipt.id)
+        history = await ui.services.queue.events_for(receipt.id)
         by_delivery = {row.id: row.recipient for row in receipt.recipients}
         rows = [(row, delivery_to_dict(row)) for row in receipt.recipients]
         return ui.render(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from kakitome.store.repository import PENDING, QUEUE_ACTIONS
+from kakitome.queue.types import PENDING, QUEUE_ACTIONS
 from kakitome.web.ui.context import UI, Forbidden, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -59,7 +59,11 @@ def router(ui: UI) -> APIRouter:
         ids = sorted({i for i in form.getlist("message_id") if i})[:10_000]
         if action not in QUEUE_ACTIONS:
             return ui.redirect("/ui/queue")
-        count = await ui.store.queue_action(action, now=ui.clock(), message_ids=ids) if ids else 0
+        count = (
+            await ui.services.queue.queue_action(action, now=ui.clock(), message_ids=ids)
+            if ids
+            else 0
+        )
         return ui.redirect(f"/ui/queue?done={action}&count={count}")
 
     return r

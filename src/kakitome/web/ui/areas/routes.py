@@ -30,7 +30,6 @@ from kakitome.settings_overlay import (
     plain,
     validate_changes,
 )
-from kakitome.store.settings_store import SettingsStore
 from kakitome.web.ui.areas.settings import by, problem_text
 from kakitome.web.ui.context import UI, Form, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
@@ -76,7 +75,7 @@ def router(ui: UI) -> APIRouter:
     r = APIRouter()
     need_viewer = Depends(ui.require("viewer"))
     need_admin = Depends(ui.require("admin"))
-    overlay = SettingsStore(ui.store.engine)
+    overlay = ui.services.settings_store
 
     async def current() -> tuple[list[dict[str, Any]], Any, bool, str]:
         """(routes as plain data, inbound settings, editable here, source)."""

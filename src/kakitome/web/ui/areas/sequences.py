@@ -14,11 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from kakitome.campaigns.store import NewStep, SequenceRow
 from kakitome.campaigns.templates import BODY_FORMATS
 from kakitome.errors import InputError, NotFound
-from kakitome.store.campaigns_store import NewStep, SequenceRow
-from kakitome.web.ui.areas.campaigns import campaign_service
-from kakitome.web.ui.areas.lists import list_service, need, not_found
+from kakitome.web.ui.areas.lists import need, not_found
 from kakitome.web.ui.context import UI, Form, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -48,8 +47,8 @@ def router(ui: UI) -> APIRouter:
     async def index_page(
         request: Request, viewer: Viewer, status: int = 200, **extra: Any
     ) -> Response:
-        service = campaign_service(ui)
-        lists = await list_service(ui).lists()
+        service = ui.services.campaigns
+        lists = await ui.services.lists.lists()
         names = {item.id: item.display_title for item in lists}
         rows = [
             (s, names.get(s.list_id, "?"), len(await service.db.steps(s.id)))
@@ -68,7 +67,7 @@ def router(ui: UI) -> APIRouter:
         form = await ui.form(request, viewer)
         need(viewer, "sender")
         try:
-            row = await campaign_service(ui).create_sequence(
+            row = await ui.services.campaigns.create_sequence(
                 form.get("name").strip()[:200], int(form.get("list_id") or "0")
             )
         except (InputError, NotFound, ValueError) as exc:
@@ -77,21 +76,21 @@ def router(ui: UI) -> APIRouter:
 
     async def load(sequence_id: int) -> SequenceRow | None:
         try:
-            return await campaign_service(ui).db.get_sequence(sequence_id)
+            return await ui.services.campaigns.db.get_sequence(sequence_id)
         except NotFound:
             return None
 
     async def detail_page(
         request: Request, viewer: Viewer, sequence: SequenceRow, status: int = 200, **extra: Any
     ) -> Response:
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         return ui.render(
             request,
             viewer,
             "sequences/detail.html",
             status,
             s=sequence,
-            lst=await list_service(ui).get_list(sequence.list_id),
+            lst=await ui.services.lists.get_list(sequence.list_id),
             steps=await service.db.steps(sequence.id),
             formats=BODY_FORMATS,
             done=request.query_params.get("done", "")[:20],
@@ -115,7 +114,7 @@ def router(ui: UI) -> APIRouter:
         if found is None:
             return not_found(ui, request, viewer)
         status = "paused" if form.get("status") == "paused" else "active"
-        await campaign_service(ui).db.set_sequence_status(found.id, status, now=ui.clock())
+        await ui.services.campaigns.db.set_sequence_status(found.id, status, now=ui.clock())
         return ui.redirect(f"/ui/sequences/{found.id}?done=saved")
 
     @r.post("/sequences/{sequence_id}/steps", include_in_schema=False)
@@ -126,7 +125,7 @@ def router(ui: UI) -> APIRouter:
         if found is None:
             return not_found(ui, request, viewer)
         try:
-            await campaign_service(ui).add_step(found.id, NewStep(**_step_values(form)))
+            await ui.services.campaigns.add_step(found.id, NewStep(**_step_values(form)))
         except (InputError, NotFound) as exc:
             return await detail_page(request, viewer, found, 422, error=str(exc))
         return ui.redirect(f"/ui/sequences/{found.id}?done=added")
@@ -140,7 +139,7 @@ def router(ui: UI) -> APIRouter:
         found = await load(sequence_id)
         if found is None:
             return not_found(ui, request, viewer)
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         try:
             step = await service.db.get_step(step_id)
             if step.sequence_id != found.id:
@@ -159,7 +158,7 @@ def router(ui: UI) -> APIRouter:
         found = await load(sequence_id)
         if found is None:
             return not_found(ui, request, viewer)
-        service = campaign_service(ui)
+        service = ui.services.campaigns
         try:
             step = await service.db.get_step(step_id)
             if step.sequence_id != found.id:

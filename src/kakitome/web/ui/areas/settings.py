@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -35,7 +35,6 @@ from kakitome.settings_overlay import (
     validate_changes,
     validate_resets,
 )
-from kakitome.store.settings_store import SettingsStore
 from kakitome.web.ui.context import UI, Form, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -63,6 +62,13 @@ KNOWN_PROBLEMS = frozenset(
         "route_duplicate",
     }
 )
+
+
+
+class OverlayValues(Protocol):
+    """What ``_changes`` reads of the overlay store (``services.settings_store``)."""
+
+    async def values(self) -> dict[str, Any]: ...
 
 
 def problem_text(viewer: Viewer, problem: Problem) -> str:
@@ -129,7 +135,7 @@ class Field:
 def router(ui: UI) -> APIRouter:
     r = APIRouter()
     need_admin = Depends(ui.require("admin"))
-    overlay = SettingsStore(ui.store.engine)
+    overlay = ui.services.settings_store
 
     async def page(
         request: Request,
@@ -206,7 +212,7 @@ def _value(settings: Settings, key: str) -> Any:
 
 
 async def _changes(
-    form: Form, settings: Settings, overlay: SettingsStore
+    form: Form, settings: Settings, overlay: OverlayValues
 ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     """(values to check, keys to reset, what was typed) from the form. Values are those
     of editable keys the form sent; a key both reset and sent is reset."""

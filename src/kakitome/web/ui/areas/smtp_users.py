@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kakitome.errors import InputError
+from kakitome.inbound.store import InboundStore
 from kakitome.inbound.users import hash_password, validate_username
-from kakitome.store.inbound_store import InboundStore
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 
@@ -25,7 +25,7 @@ def router(ui: UI) -> APIRouter:
     need_admin = Depends(ui.require("admin"))
 
     def store() -> InboundStore:
-        return InboundStore(ui.store.engine)
+        return ui.services.inbound_store
 
     async def page(
         request: Request, viewer: Viewer, status: int = 200, **extra: object

@@ -1,6 +1,6 @@
 """The suppression list: search, add, remove, import (admins change it; everyone looks).
 
-Thin over ``kakitome.store.inbound_store.InboundStore`` (the list delivery obeys). The
+Thin over ``kakitome.inbound.store.InboundStore`` (the list delivery obeys). The
 import takes a CSV with an email column, or one address per line, pasted or read from a
 file by the page's script into the same form field (so the CSRF token travels in the form
 like everywhere else); at most ``context.MAX_FORM_BYTES`` per import. Bad lines are
@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from kakitome.addresses import parse_address
 from kakitome.checker.bulk import _rows, read_addresses
 from kakitome.errors import AddressError
-from kakitome.store.inbound_store import InboundStore, SuppressionRecord
+from kakitome.inbound.store import InboundStore, SuppressionRecord
 from kakitome.suppression import REASONS, suppression_key
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
@@ -33,7 +33,7 @@ def router(ui: UI) -> APIRouter:
     need_admin = Depends(ui.require("admin"))
 
     def store() -> InboundStore:
-        return InboundStore(ui.store.engine)
+        return ui.services.inbound_store
 
     async def page(
         request: Request, viewer: Viewer, status: int = 200, **extra: object

@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from kakitome.accounts.store import ROLES
 from kakitome.errors import InputError
-from kakitome.store.web_store import ROLES
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 

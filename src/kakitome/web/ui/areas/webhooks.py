@@ -5,7 +5,7 @@ here and shown once, on the page that created it. The log shows the last ``LOG_S
 attempts: event, attempt number, HTTP status, response time, error. How a receiver checks
 the signature is explained on the page (and in ``kakitome.webhooks.signing``).
 
-Thin over ``kakitome.store.webhooks_store.WebhooksStore``; posting is the worker's
+Thin over ``kakitome.webhooks.store.WebhooksStore``; posting is the worker's
 (``kakitome.webhooks.dispatcher``).
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from kakitome.store.webhooks_store import WebhooksStore
 from kakitome.web.ui.context import UI, Viewer
 from kakitome.web.ui.nav import NavItem, UIArea
 from kakitome.webhooks.endpoints import valid_url
 from kakitome.webhooks.events import EVENT_TYPES
 from kakitome.webhooks.signing import HEADER
+from kakitome.webhooks.store import WebhooksStore
 
 LOG_SIZE = 50
 
@@ -30,7 +30,7 @@ def router(ui: UI) -> APIRouter:
     need_admin = Depends(ui.require("admin"))
 
     def store() -> WebhooksStore:
-        return WebhooksStore(ui.store.engine)
+        return ui.services.webhooks_store
 
     async def page(
         request: Request, viewer: Viewer, status: int = 200, **extra: object

@@ -103,7 +103,7 @@ class _Lost(Exception):
 
 
 class WebhooksStore:
-    """The webhook tables on the engine of a ``Store``."""
+    """The webhook tables on the engine of a ``Database``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine

@@ -1,13 +1,14 @@
 """Storage of campaigns, step mail and tracking (tables in ``kakitome.store.schema_campaigns``).
 
-Each public method is one transaction on the ``Store``'s engine; writes on SQLite take the
+Each public method is one transaction on the ``Database``'s engine; writes on SQLite take the
 write lock at BEGIN (``sqlite_begin="IMMEDIATE"``). Database failures become
 ``StorageError``.
 
-Why a batch is injected here and not through ``Store.inject_many``: "these N messages are
-queued" and "the checkpoint moved past them" must be one fact. ``commit_campaign_batch``
-writes the messages, their deliveries and events (the same rows, in the same shape, as
-``Store.inject_many``), the ``campaign_sends`` rows and the new checkpoint in ONE
+Why a batch is injected here and not through ``QueueStore.inject_many``: "these N messages
+are queued" and "the checkpoint moved past them" must be one fact. ``commit_campaign_batch``
+writes the messages, their deliveries and events (through the queue's
+``kakitome.queue.store.insert_messages``, on this transaction's connection: the same rows
+as ``QueueStore.inject_many``), the ``campaign_sends`` rows and the new checkpoint in ONE
 transaction. A crash before the commit leaves nothing; after it, everything, and the next
 run starts after the checkpoint. Two guards make a second copy impossible even when two
 runners (or a pause and a runner) race: the checkpoint moves only from the value the
@@ -19,27 +20,22 @@ rows this transaction won get their message.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kakitome.errors import InputError, NotFound, StorageError
-from kakitome.store.repository import (
-    NOTIFY_CHANNEL,
-    NewMessage,
-    Store,
-    injection_rows,
-)
-from kakitome.store.schema import deliveries, events
-from kakitome.store.schema import messages as message_table
+from kakitome.queue.store import insert_messages
+from kakitome.queue.types import NewMessage
+from kakitome.store.database import Database
+from kakitome.store.schema import deliveries
 from kakitome.store.schema_campaigns import (
     campaign_sends,
     campaign_templates,
@@ -201,23 +197,20 @@ def _template(row: Any) -> TemplateRow:
 class CampaignStore:
     """Campaigns, sequences, sends and tracking events on the store's database."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
         self._engine = store.engine
         self._writer = store.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._is_pg = store.dialect == "postgresql"
 
     def _wake_workers(self) -> None:
-        """After a commit that queued mail: wake this process's ``Store.wait_for_work``.
+        """After a commit that queued mail: wake this process's ``wait_for_work``.
 
         PostgreSQL is woken by the ``pg_notify`` inside the transaction; on SQLite the
         worker otherwise noticed campaign mail only at its next ``queue.poll_interval``.
-        The store has no public hook for this, so its in-process event (the one
-        ``inject_many`` sets) is set directly; absent, nothing happens and the poll finds
-        the work. Other processes still find it at their next poll."""
-        wake = getattr(self._store, "_wake", None)
-        if isinstance(wake, asyncio.Event):
-            wake.set()
+        ``Database.wake`` sets the in-process event (the one ``inject_many`` sets). Other
+        processes still find it at their next poll."""
+        self._store.wake()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -225,10 +218,10 @@ class CampaignStore:
         # writer of this process (the worker's record_results above all): without it two
         # writers of one process meet in SQLite's busy handler, which sleeps in steps of
         # up to 100 ms and gives up after busy_timeout ("database is locked").
-        lock = None if self._is_pg else getattr(self._store, "_write_lock", None)
+        lock = None if self._is_pg else self._store.write_lock
         try:
             async with contextlib.AsyncExitStack() as stack:
-                if isinstance(lock, asyncio.Lock):
+                if lock is not None:
                     await stack.enter_async_context(lock)
                 conn = await stack.enter_async_context(self._writer.begin())
                 yield conn
@@ -461,23 +454,14 @@ class CampaignStore:
     async def _insert_messages(
         self, conn: AsyncConnection, outgoing: Sequence[Outgoing], *, now: float, lifetime: float
     ) -> dict[int, str]:
-        """The rows ``Store.inject_many`` writes, inside the caller's transaction."""
+        """The rows ``QueueStore.inject_many`` writes, inside the caller's transaction
+        (``kakitome.queue.store.insert_messages``)."""
         sending = [item for item in outgoing if item.message is not None]
         messages = [item.message for item in sending if item.message is not None]
-        message_ids, message_rows, delivery_rows, event_rows = injection_rows(
-            messages, now=now, lifetime=lifetime
+        message_ids = await insert_messages(
+            conn, messages, now=now, lifetime=lifetime, message_chunk=500, row_chunk=_CHUNK
         )
-        ids = {item.subscriber_id: mid for item, mid in zip(sending, message_ids, strict=True)}
-        if message_rows:
-            for chunk in _chunks(message_rows, 500):
-                await conn.execute(insert(message_table), chunk)
-            for chunk in _chunks(delivery_rows):
-                await conn.execute(insert(deliveries), chunk)
-            for chunk in _chunks(event_rows):
-                await conn.execute(insert(events), chunk)
-            if self._is_pg:
-                await conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
-        return ids
+        return {item.subscriber_id: mid for item, mid in zip(sending, message_ids, strict=True)}
 
     async def delete_campaign(self, campaign_id: int) -> bool:
         async with self._write() as conn:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -85,7 +86,7 @@ class ImportCounts:
 
 
 class ListsStore:
-    """Lists and subscribers on the engine of a ``Store`` (``store.engine``)."""
+    """Lists and subscribers on the engine of a ``Database`` (``store.engine``)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -281,8 +282,10 @@ class ListsStore:
             return await _load_member(conn, list_id, subscriber_id)
 
     async def members(
-        self, list_id: int, *, status: str | None, after: int, limit: int
+        self, list_id: int, *, status: str | None, after: int, limit: int, search: str = ""
     ) -> list[Membership]:
+        """Members in subscriber-id order; ``search``: only those whose address or name
+        contains it (case-insensitive, ``%`` and ``_`` taken literally)."""
         query = (
             select(list_members, subscribers)
             .join(subscribers, subscribers.c.id == list_members.c.subscriber_id)
@@ -292,9 +295,33 @@ class ListsStore:
         )
         if status is not None:
             query = query.where(list_members.c.status == status)
+        if search:
+            like = (
+                "%"
+                + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            query = query.where(
+                or_(
+                    subscribers.c.address_key.like(like, escape="\\"),
+                    func.lower(subscribers.c.name).like(like, escape="\\"),
+                )
+            )
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
         return [_member(r) for r in rows]
+
+    async def update_subscriber(
+        self, subscriber_id: int, *, name: str, attributes: Mapping[str, Any], now: float
+    ) -> bool:
+        """Replace a subscriber's name and attributes; False when there is no such one."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(name=name, attributes=dict(attributes), updated_at=now)
+            )
+            return bool(result.rowcount)
 
     async def delete_member(self, list_id: int, subscriber_id: int) -> bool:
         async with self._write() as conn:

@@ -1,7 +1,7 @@
 """Storage for the inbound side: suppression list, bounce counts, SMTP users, inbound mail,
 TLS-RPT reports, and the delivery changes that bounces and complaints cause.
 
-A sibling of ``Store`` on the same engine (``Store.engine``); the same rules: each public
+A sibling of the queue store on the same engine (``Database.engine``); the same rules: each public
 method is one transaction, writes return only after the commit, and a database that cannot
 commit raises ``StorageError`` (the SMTP listener then answers 451 and keeps nothing).
 
@@ -10,7 +10,7 @@ connections at about the same time, and everything they cause (a delivery marked
 an event, a bounce count, a suppression, a TLS-RPT report), go into one transaction.
 
 Limits: on SQLite this class serialises its own writes with an asyncio lock and takes the
-write lock at BEGIN; writers of ``Store`` in the same process wait on SQLite's
+write lock at BEGIN; writers of the ``Database`` in the same process wait on SQLite's
 ``busy_timeout`` instead (both are short transactions).
 """
 
@@ -26,8 +26,9 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from kakitome.queue.store import insert_event, mark_bounced
 from kakitome.store.ids import new_message_id
-from kakitome.store.schema import deliveries, events, messages
+from kakitome.store.schema import deliveries, messages
 from kakitome.store.schema_inbound import (
     bounce_counts,
     inbound_messages,
@@ -166,7 +167,7 @@ class InboundRow:
 
 
 class InboundStore:
-    """The inbound tables on the engine of a ``Store``."""
+    """The inbound tables on the engine of a ``Database``."""
 
     def __init__(self, engine: AsyncEngine, thresholds: Thresholds | None = None) -> None:
         self._engine = engine
@@ -270,14 +271,13 @@ class InboundStore:
         )
         added = bool((await conn.execute(statement)).rowcount)
         if added:
-            await conn.execute(
-                insert(events).values(
-                    at=now,
-                    kind="suppressed",
-                    message_id=message_id,
-                    delivery_id=delivery_id,
-                    data={"address": key, "reason": reason, "detail": detail[:500]},
-                )
+            await insert_event(
+                conn,
+                "suppressed",
+                now=now,
+                message_id=message_id,
+                delivery_id=delivery_id,
+                data={"address": key, "reason": reason, "detail": detail[:500]},
             )
         return added
 
@@ -424,35 +424,31 @@ class InboundStore:
             "permanent": failure.permanent,
         }
         if failure.action != "failed":
-            await conn.execute(
-                insert(events).values(
-                    at=now,
-                    kind="delayed" if failure.action == "delayed" else f"dsn_{failure.action}",
-                    message_id=failure.message_id,
-                    delivery_id=failure.delivery_id,
-                    data=data,
-                )
-            )
-            return
-        await conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id == failure.delivery_id, deliveries.c.status.in_(_BOUNCEABLE))
-            .values(
-                status="bounced",
-                updated_at=now,
-                reply_code=failure.code,
-                reply_enhanced=failure.enhanced,
-                reply_text=failure.text[:2000],
-            )
-        )
-        await conn.execute(
-            insert(events).values(
-                at=now,
-                kind="bounced",
+            await insert_event(
+                conn,
+                "delayed" if failure.action == "delayed" else f"dsn_{failure.action}",
+                now=now,
                 message_id=failure.message_id,
                 delivery_id=failure.delivery_id,
                 data=data,
             )
+            return
+        await mark_bounced(
+            conn,
+            failure.delivery_id,
+            now=now,
+            code=failure.code,
+            enhanced=failure.enhanced,
+            text=failure.text[:2000],
+            statuses=_BOUNCEABLE,
+        )
+        await insert_event(
+            conn,
+            "bounced",
+            now=now,
+            message_id=failure.message_id,
+            delivery_id=failure.delivery_id,
+            data=data,
         )
         key = suppression_key(failure.recipient)
         permanent, temporary = (1, 0) if failure.permanent else (0, 1)
@@ -482,18 +478,17 @@ class InboundStore:
     async def _apply_complaint(
         self, conn: AsyncConnection, inbound_id: str, complaint: ComplaintEffect, now: float
     ) -> None:
-        await conn.execute(
-            insert(events).values(
-                at=now,
-                kind="complained",
-                message_id=complaint.message_id,
-                delivery_id=complaint.delivery_id,
-                data={
-                    "inbound_message_id": inbound_id,
-                    "address": complaint.address,
-                    "feedback_type": complaint.feedback_type,
-                },
-            )
+        await insert_event(
+            conn,
+            "complained",
+            now=now,
+            message_id=complaint.message_id,
+            delivery_id=complaint.delivery_id,
+            data={
+                "inbound_message_id": inbound_id,
+                "address": complaint.address,
+                "feedback_type": complaint.feedback_type,
+            },
         )
         await self._suppress(
             conn,

@@ -1,7 +1,7 @@
 """Storage for the admin web UI: users, sessions, login attempts, message search, and the
 dashboard's hourly roll-up.
 
-``WebStore(store.engine)`` shares the engine of the main ``Store``. Each public method is
+``WebStore(store.engine)`` shares the engine of the ``Database``. Each public method is
 one transaction. Passwords are hashed with argon2id (argon2-cffi) in a worker thread, so a
 login never blocks the event loop. Session cookies are 256-bit random tokens of which only
 the SHA-256 is stored.
@@ -35,9 +35,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.errors import InputError, StorageError
+from kakitome.queue.store import DELIVERY_COLUMNS, delivery_row
+from kakitome.queue.types import PENDING, STATUSES, DeliveryRow
 from kakitome.store import search
 from kakitome.store.ids import ALPHABET, LENGTH, encode
-from kakitome.store.repository import DeliveryRow
 from kakitome.store.schema import deliveries, events
 from kakitome.store.schema import messages as message_table
 from kakitome.store.schema_web import (
@@ -516,8 +517,6 @@ class WebStore:
 
     async def search_messages(self, query: MessageQuery) -> MessagePage:
         """One page of messages, newest first. InputError for an unknown status."""
-        from kakitome.store.repository import STATUSES
-
         if query.status is not None and query.status not in STATUSES:
             raise InputError(f"unknown status {query.status!r}")
         limit = max(1, min(query.limit, 500))
@@ -748,8 +747,6 @@ class WebStore:
     async def pending_counts(self) -> dict[str, int]:
         """Deliveries per non-final status (queued, deferred, held), each counted on its
         index: cheap however many final deliveries there are."""
-        from kakitome.store.repository import PENDING
-
         counts: dict[str, int] = {}
         async with self._read() as conn:
             for status in PENDING:
@@ -773,13 +770,11 @@ class WebStore:
     ) -> tuple[list[DeliveryRow], str | None]:
         """Deliveries in ``statuses``, newest message first, cut at a message boundary;
         returns (rows, cursor of the next page)."""
-        from kakitome.store.repository import _DELIVERY_COLUMNS, _delivery_row
-
         d = deliveries
         rows: list[Any] = []
         async with self._read() as conn:
             for status in statuses:
-                stmt = select(*_DELIVERY_COLUMNS).where(d.c.status == status)
+                stmt = select(*DELIVERY_COLUMNS).where(d.c.status == status)
                 if domain:
                     stmt = stmt.where(d.c.domain == _ascii_domain(domain.lstrip("@")))
                 if before:
@@ -797,7 +792,7 @@ class WebStore:
                 rows, next_before = kept, kept[-1].message_id
             else:
                 rows, next_before = rows[:limit], None
-        return [_delivery_row(r) for r in rows], next_before
+        return [delivery_row(r) for r in rows], next_before
 
     # -- statistics -----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """CSV import jobs in the database: status, progress, counts and the rejected-rows report,
 visible to every web process and kept across restarts (table ``list_import_jobs``).
 
-``ImportJobStore(store.engine)`` shares the engine of the main ``Store``; each method is
+``ImportJobStore(store.engine)`` shares the engine of the ``Database``; each method is
 one short transaction. The process running an import calls ``progress`` about once a
 second (it doubles as a heartbeat) and ``finish`` at the end. A ``running`` job whose
 heartbeat is older than ``stale_after`` seconds belonged to a process that died or was
@@ -75,7 +75,7 @@ class ImportJobRecord:
 
 
 class ImportJobStore:
-    """Import jobs on the engine of a ``Store`` (``store.engine``)."""
+    """Import jobs on the engine of a ``Database`` (``store.engine``)."""
 
     def __init__(self, engine: AsyncEngine, *, stale_after: float = STALE_AFTER) -> None:
         self._engine = engine

@@ -34,7 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kakitome.errors import StorageError
-from kakitome.store.repository import Store
+from kakitome.store.database import Database
 from kakitome.store.schema_scale import site_slots, site_state
 
 _ERRORS: tuple[type[BaseException], ...] = (
@@ -71,7 +71,7 @@ RATE_WINDOW = 60.0
 class ShapingStore:
     """``ShapingState`` on the database of ``store``; safe to share between tasks."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
         self._engine = store.engine
         self._writer = store.engine.execution_options(sqlite_begin="IMMEDIATE")

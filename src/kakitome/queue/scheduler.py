@@ -5,8 +5,9 @@ again; the agent only delivers. It keeps a bounded window of deliveries in fligh
 (``queue.batch_size``), claims more when half of it has drained, and sleeps until the store
 signals new work or the next retry falls due.
 
-Bounces get a DSN (RFC 3464) to the envelope sender, injected as a new message from the
-null sender, so a bounce of a bounce can never happen.
+Bounces get a DSN (RFC 3464) to the envelope sender, handed to the injector
+(``Injector.submit_notice``: DKIM-signed when the reporting host's domain is a sending
+domain) as a new message from the null sender, so a bounce of a bounce can never happen.
 
 Leases: claimed deliveries belong to this worker until their lease runs out; on a graceful
 stop the worker finishes what is in flight and releases the rest.
@@ -26,14 +27,16 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from kakitome.config import Settings
-from kakitome.delivery.dsn import build_dsn, should_send_dsn
-from kakitome.delivery.requiretls_dsn import build_requiretls_dsn
 from kakitome.delivery.types import Batch, OutboundMessage, Outcome, RecipientResult
-from kakitome.errors import StorageError
+from kakitome.errors import InputError, StorageError
+from kakitome.injection import Injector
 from kakitome.metrics import DeliveryMetrics
+from kakitome.queue.dsn import build_dsn, should_send_dsn
+from kakitome.queue.requiretls_dsn import build_requiretls_dsn
 from kakitome.queue.schedule import RetrySchedule
+from kakitome.queue.store import QueueStore
+from kakitome.queue.types import Bounce, ClaimedBatch, NewRecipient
 from kakitome.smtp.replies import Reply
-from kakitome.store.repository import Bounce, ClaimedBatch, NewMessage, NewRecipient, Store
 from kakitome.suppression import recipients_of, split_suppressed
 
 log = structlog.get_logger("kakitome.worker")
@@ -222,17 +225,19 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        queue: QueueStore,
         deliver: Deliver,
         *,
+        injector: Injector,
         clock: Clock = time.time,
         owner: str | None = None,
         suppressed: Suppressed | None = None,
         metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._settings = settings
-        self._store = store
+        self._queue = queue
         self._deliver = deliver
+        self._injector = injector
         self._suppressed = suppressed
         self._clock = clock
         self.owner = owner or default_owner()
@@ -274,7 +279,7 @@ class Worker:
                 await asyncio.gather(renewing, return_exceptions=True)
             await self._recorder.close()
             with contextlib.suppress(StorageError):
-                await self._store.release_leases(self.owner)
+                await self._queue.release_leases(self.owner)
             log.info("worker stopped", owner=self.owner)
 
     async def run_once(self) -> int:
@@ -290,12 +295,12 @@ class Worker:
         timeout = self._settings.queue.poll_interval
         if self._in_flight == 0:
             with contextlib.suppress(StorageError):
-                due = await self._store.next_due_at()
+                due = await self._queue.next_due_at()
                 if due is not None:
                     timeout = max(0.0, min(timeout, due - self._clock()))
         self._drained.clear()
         waits = [
-            asyncio.ensure_future(self._store.wait_for_work(timeout)),
+            asyncio.ensure_future(self._queue.wait_for_work(timeout)),
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(self._drained.wait()),
         ]
@@ -309,7 +314,7 @@ class Worker:
     async def _claim_round(self) -> int:
         self._claims_under_way += 1
         try:
-            batches = await self._store.claim_due(
+            batches = await self._queue.claim_due(
                 self.owner,
                 now=self._clock(),
                 limit=self._window - self._in_flight,
@@ -420,7 +425,7 @@ class Worker:
     ) -> None:
         """Record one group of results (from any batches) and send DSNs for bounces."""
         # A StorageError goes to the recorder, which keeps the results and tries again.
-        bounces = await self._store.record_results(
+        bounces = await self._queue.record_results(
             self.owner, results, now=self._clock(), schedule=self._schedule
         )
         for result in results:
@@ -465,22 +470,15 @@ class Worker:
                     reporting_mta=self._settings.delivery.helo_hostname,
                     now=self._clock(),
                 )
-                dsn_id = await self._store.inject(
-                    NewMessage(
-                        source="dsn",
-                        sender="",
-                        header_from=f"MAILER-DAEMON@{self._settings.delivery.helo_hostname}",
-                        subject="Undelivered Mail Returned to Sender",
-                        content=content,
-                        recipients=(NewRecipient(sender, domain),),
-                        eight_bit=any(b > 127 for b in content),
-                        requiretls=message_id in requiretls,
-                    ),
-                    now=self._clock(),
-                    lifetime=self._settings.queue.lifetime,
+                dsn_id = await self._injector.submit_notice(
+                    content,
+                    header_from=f"MAILER-DAEMON@{self._settings.delivery.helo_hostname}",
+                    subject="Undelivered Mail Returned to Sender",
+                    recipients=(NewRecipient(sender, domain),),
+                    requiretls=message_id in requiretls,
                 )
-                await self._store.set_dsn_sent([b.delivery_id for b in group], dsn_id)
-            except StorageError as exc:
+                await self._queue.set_dsn_sent([b.delivery_id for b in group], dsn_id)
+            except (StorageError, InputError) as exc:
                 log.error("could not queue DSN", message_id=message_id, error=str(exc))
 
     async def _renew_leases(self) -> None:
@@ -492,7 +490,7 @@ class Worker:
             await asyncio.sleep(lease / 3)
             if self._leased:
                 try:
-                    await self._store.renew_leases(
+                    await self._queue.renew_leases(
                         self.owner, list(self._leased), until=self._clock() + lease
                     )
                 except StorageError as exc:

@@ -1,7 +1,7 @@
 """Persistence of TLS memory: the MTA-STS cache, MX host history, TLS events, TLS-RPT.
 
 ``TLSStore`` implements ``kakitome.tls.state.TLSState`` on the engine of the main
-``Store`` (``TLSStore(store.engine)``), on SQLite and PostgreSQL alike. Each method is one
+``Database`` (``TLSStore(store.engine)``), on SQLite and PostgreSQL alike. Each method is one
 transaction; writes use ``INSERT ... ON CONFLICT DO UPDATE`` so that workers on many
 machines add their TLS-RPT counts without losing any, and raise ``StorageError`` when the
 database cannot commit. The MTA-STS cache outlives restarts (T22).
@@ -20,12 +20,13 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kakitome.errors import StorageError
+from kakitome.queue.store import insert_event
 from kakitome.store.schema import events
 from kakitome.store.schema_tls import (
     mta_sts_policies,
@@ -189,7 +190,7 @@ class TLSStore:
 
     async def add_tls_event(self, kind: str, data: dict[str, Any], now: float) -> None:
         async with self._tx(True) as conn:
-            await conn.execute(insert(events).values(at=now, kind=kind, data=data))
+            await insert_event(conn, kind, now=now, data=data)
 
     async def tls_events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """TLS events (message_id is NULL), oldest first."""

@@ -1,9 +1,17 @@
-"""The storage service: every read and write of messages, deliveries, events and API keys.
+"""The queue store: every read and write of messages, deliveries and their events.
 
-Callers (injection, the worker, web, CLI) use this class, never the tables. Each public
-method is one transaction, and a method that writes returns only after the commit: when
-the database cannot commit it raises ``StorageError`` and nothing may be acknowledged.
-The same code runs on SQLite (WAL, ``synchronous=FULL``) and PostgreSQL.
+``QueueStore(database)`` is built over the ``Database`` handle (``kakitome.store.database``:
+engine, transactions, write lock, wake-ups). Callers (injection, the scheduler, web, CLI)
+use it, never the tables. Each public method is one transaction, and a method that writes
+returns only after the commit: when the database cannot commit it raises ``StorageError``
+and nothing may be acknowledged. The same code runs on SQLite (WAL, ``synchronous=FULL``)
+and PostgreSQL.
+
+Only this package writes the queue tables (``messages``, ``deliveries``, ``events``). Parts
+that must write queue rows inside a transaction of their own use the functions at the end
+of this module on their connection: ``insert_messages`` (a campaign batch and its
+checkpoint in one transaction), ``insert_event`` (a suppression, a TLS event) and
+``mark_bounced`` (a DSN that came back).
 
 Claiming. A delivery is due when its status is ``queued`` or ``deferred``, its
 ``next_attempt_at`` has come and it has no live lease. ``claim_due`` leases due
@@ -16,14 +24,15 @@ one cannot starve the other. A lease that runs out (a dead worker) makes its del
 due again.
 
 Results. ``record_results`` applies the results of one owner's attempts in one
-transaction with bulk statements. A result whose delivery is no longer leased to that
-owner (the lease ran out and someone else took it, or the delivery was deleted) is
-ignored: the newer owner's result is the one that counts.
+transaction with bulk statements; what each result does to its delivery (retry, expiry,
+bounce) is decided by ``kakitome.queue.transitions``. A result whose delivery is no longer
+leased to that owner (the lease ran out and someone else took it, or the delivery was
+deleted) is ignored: the newer owner's result is the one that counts.
 
 Waking. ``wait_for_work`` returns early when new work may be due: PostgreSQL's
 ``LISTEN/NOTIFY`` on channel ``kakitome_queue`` (sent by inject, release, retry) wakes
 workers in every process; on SQLite an in-process event does it, and other processes
-find the work at their next poll.
+find the work at their next poll (both are the ``Database``'s).
 
 Limits: SQLite has one writer at a time; writers in this process queue on a lock,
 writers in other processes wait up to ``busy_timeout``. A lease is not renewed: an
@@ -32,20 +41,11 @@ attempt that outlives ``lease_seconds`` may be made twice.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import hmac
 import json
-import logging
-import secrets
 import sqlite3
-import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -59,42 +59,42 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kakitome.delivery.types import OutboundMessage, Outcome, Recipient, RecipientResult
-from kakitome.errors import ConfigError, InputError, NotFound, StorageError
+from kakitome.delivery.types import OutboundMessage, Recipient, RecipientResult
+from kakitome.errors import InputError, NotFound
 from kakitome.queue.schedule import RetryPolicy
-from kakitome.store import db
+from kakitome.queue.transitions import after_attempt
+from kakitome.queue.types import (
+    DEFERRED,
+    HELD,
+    PENDING,
+    QUEUE_ACTIONS,
+    QUEUED,
+    STATUSES,
+    Bounce,
+    ClaimedBatch,
+    DeliveryRow,
+    MessageReceipt,
+    NewMessage,
+)
+from kakitome.store.database import NOTIFY_CHANNEL, Database
 from kakitome.store.ids import new_message_id
-from kakitome.store.migrate import upgrade_to_head
-from kakitome.store.schema import api_keys, deliveries, events
+from kakitome.store.schema import deliveries, events
 from kakitome.store.schema import messages as message_table
-from kakitome.store.sqlite_thread import in_connection_thread, write_transaction
-from kakitome.store.transactions import STORAGE_ERRORS, describe, reading, writing
+from kakitome.store.sqlite_thread import in_connection_thread
 from kakitome.tls.receipt import TLSReceipt
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "DELIVERY_COLUMNS",
+    "QueueStore",
+    "delivery_row",
+    "injection_rows",
+    "insert_event",
+    "insert_messages",
+    "mark_bounced",
+]
 
-QUEUED = "queued"
-DEFERRED = "deferred"
-DELIVERED = "delivered"
-BOUNCED = "bounced"
-HELD = "held"
-STATUSES = (QUEUED, DEFERRED, DELIVERED, BOUNCED, HELD)
-PENDING = (QUEUED, DEFERRED, HELD)  # not final: queue actions apply to these
-
-NOTIFY_CHANNEL = "kakitome_queue"
-QUEUE_ACTIONS = {"retry": "retried", "hold": "held", "release": "released", "delete": "deleted"}
-
-# Enhanced status for "delivery time expired" (RFC 3463 X.4.7).
-EXPIRED_ENHANCED = "4.4.7"
-
-API_KEY_PREFIX = "kk_"
-_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
-_PREFIX_LENGTH = 8
-# last_used_at is a write on a read path: refresh it at most this often per key.
-_LAST_USED_RESOLUTION = 60.0
 
 # Bound parameters per statement, under SQLite's 32,766 and asyncpg's 32,767.
 _CHUNK = 5_000
@@ -102,109 +102,9 @@ _CHUNK = 5_000
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecipient:
-    address: str
-    domain: str  # lower-case ASCII (IDNA) domain of the address
-    notify: str | None = None
-    orcpt: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    source: str  # api | cli | smtp | campaign | dsn
-    sender: str  # envelope sender, "" for <>
-    header_from: str
-    subject: str
-    content: bytes  # CRLF, final (signed), not dot-stuffed
-    recipients: tuple[NewRecipient, ...]
-    eight_bit: bool = False
-    smtputf8: bool = False
-    requiretls: bool = False
-    envid: str | None = None
-    ret: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedBatch:
-    """Due deliveries for one destination domain, leased to one worker."""
-
-    domain: str
-    messages: tuple[OutboundMessage, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Bounce:
-    """A delivery that became bounced in record_results and may need a DSN."""
-
-    delivery_id: int
-    message_id: str
-    recipient: str
-    sender: str
-    reply_code: int
-    reply_enhanced: str | None
-    reply_text: str
-    mx_host: str | None
-    notify: str | None
-    orcpt: str | None
-    envid: str | None
-    ret: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    id: int
-    message_id: str
-    recipient: str
-    domain: str
-    status: str
-    attempts: int
-    next_attempt_at: float
-    updated_at: float
-    reply: dict[str, Any] | None
-    mx: dict[str, Any] | None
-    tls: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceipt:
-    id: str
-    created_at: float
-    sender: str
-    header_from: str
-    subject: str
-    size: int
-    recipients: tuple[DeliveryRow, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyInfo:
-    id: int
-    name: str
-    prefix: str
-    scopes: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyRecord:
-    """An API key as listed to its owners: never the secret."""
-
-    id: int
-    name: str
-    prefix: str
-    scopes: tuple[str, ...]
-    created_at: float
-    last_used_at: float | None
-    revoked_at: float | None
-
-
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 # Claiming SQL. Two arms (new mail, retries), each taken oldest first through
@@ -300,8 +200,6 @@ class _CurrentRow(NamedTuple):  # _CURRENT_SQLITE's columns, as record_results' 
     ret: str | None
 
 
-_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
-
 # record_results: one statement, run with executemany.
 _APPLY_RESULT = (
     update(deliveries)
@@ -323,101 +221,20 @@ _APPLY_RESULT = (
 )
 
 
-class Store:
-    """Messages, deliveries, events and API keys on SQLite or PostgreSQL.
+class QueueStore:
+    """Messages, deliveries and their events on a ``Database`` (SQLite or PostgreSQL).
 
-    Open with ``await Store.open(url)``; close with ``await store.close()``. Safe to share
-    between tasks of one event loop.
+    Cheap to build: the write lock and the wake-ups belong to the database handle, so
+    every ``QueueStore`` over one ``Database`` shares them.
     """
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
-        self._engine = engine
-        self._url = url
-        self._dialect = engine.dialect.name
-        self._is_pg = self._dialect == "postgresql"
-        # On SQLite, writes take the write lock at BEGIN (see db.py) and queue here first,
-        # so tasks of this process wait on an asyncio lock (kakitome.store.transactions).
-        self._write_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        # Called when this process committed new work (SQLite: how serve tells its worker
-        # children, which share no event with it; PostgreSQL has NOTIFY).
-        self._wake_listeners: list[Callable[[], None]] = []
-        self._listener: Any = None  # asyncpg.Connection LISTENing, PostgreSQL only
-        self._listener_failed_at = 0.0
-
-    # -- life cycle ---------------------------------------------------------------------
-
-    @classmethod
-    async def open(
-        cls,
-        url: str,
-        *,
-        pool_size: int = 10,
-        migrate: bool = True,
-        busy_timeout_ms: int = db.DEFAULT_BUSY_TIMEOUT_MS,
-    ) -> Store:
-        """Connect (sqlite:///path or postgresql://...), set SQLite WAL pragmas, and run
-        Alembic migrations to head when ``migrate``. Creates the SQLite file's folder.
-
-        Raises ConfigError for an unsupported URL, StorageError when the database cannot
-        be reached or created."""
-        try:
-            engine = db.create_engine(url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms)
-        except ConfigError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"cannot create the database folder: {exc}") from exc
-        store = cls(engine, url)
-        try:
-            async with store._write() as conn:
-                if migrate:
-                    await conn.run_sync(upgrade_to_head)
-                else:
-                    await conn.execute(text("SELECT 1"))
-        except BaseException:
-            await engine.dispose()
-            raise
-        return store
-
-    async def close(self) -> None:
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=2)
-        await self._engine.dispose()
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._is_pg = database.is_postgresql
 
     @property
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        return self._dialect
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine, for other storage modules of this package (not for callers)."""
-        return self._engine
-
-    # -- transactions -------------------------------------------------------------------
-
-    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """One write transaction; DB failures become StorageError."""
-        return writing(self._engine, self._write_lock)
-
-    async def _write_sqlite(
-        self, work: Callable[[sqlite3.Connection], T], *, delivery: bool = False
-    ) -> T:
-        """SQLite: ``work`` as one write transaction run straight on the connection (the
-        write lock held only while SQLite works; kakitome.store.sqlite_thread);
-        ``delivery``: the worker's claims and results, which other writers let go first
-        (kakitome.store.write_lock)."""
-        try:
-            async with self._write_lock:
-                return await write_transaction(self._engine, work, priority=delivery)
-        except STORAGE_ERRORS as exc:
-            raise StorageError(f"database did not commit: {describe(exc)}") from exc
-
-    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
-        """One read transaction (a consistent snapshot on both engines)."""
-        return reading(self._engine)
+    def database(self) -> Database:
+        return self._db
 
     # -- injection ----------------------------------------------------------------------
 
@@ -439,15 +256,15 @@ class Store:
         if not self._is_pg:
             # Parameters made before the write lock is taken; the inserts in one hop.
             rows = _injection_tuples(message_rows, delivery_rows, event_rows)
-            await self._write_sqlite(lambda db_: _insert_injection_sqlite(db_, *rows))
-            self._work_committed()
+            await self._db.write_sqlite(lambda db_: _insert_injection_sqlite(db_, *rows))
+            self._db.work_committed()
             return ids
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(insert(message_table), message_rows)
             await conn.execute(insert(deliveries), delivery_rows)
             await conn.execute(insert(events), event_rows)
-            await self._notify(conn)
-        self._work_committed()
+            await self._db.notify(conn)
+        self._db.work_committed()
         return ids
 
     # -- the queue ----------------------------------------------------------------------
@@ -463,7 +280,7 @@ class Store:
         params = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
         if not self._is_pg:
             return await self._claim_due_sqlite(params)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             claimed = (await conn.execute(_CLAIM_POSTGRESQL, params)).all()
             if not claimed:
                 return []
@@ -500,11 +317,11 @@ class Store:
                     loaded[row[0]] = _MessageRow(*row)
             return loaded
 
-        claimed = await self._write_sqlite(lease, delivery=True)
+        claimed = await self._db.write_sqlite(lease, delivery=True)
         if not claimed:
             return []
         ids = sorted({row.message_id for row in claimed})
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             messages = await in_connection_thread(conn, lambda db_: load(db_, ids))
         return _group_claimed(claimed, messages)
 
@@ -542,10 +359,10 @@ class Store:
                 if updates:
                     _apply_results_sqlite(db_, updates, event_rows)
 
-            await self._write_sqlite(record, delivery=True)
+            await self._db.write_sqlite(record, delivery=True)
             return bounces
         current = _current_rows(owner)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             rows: list[Any] = []
             for chunk in _chunks(wanted):
                 rows.extend(await conn.execute(current.where(deliveries.c.id.in_(chunk))))
@@ -564,19 +381,19 @@ class Store:
         )
         if owner is not None:
             statement = statement.where(deliveries.c.lease_owner == owner)
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             count = (await conn.execute(statement)).rowcount
             if count:
-                await self._notify(conn)
+                await self._db.notify(conn)
         if count:
-            self._work_committed()
+            self._db.work_committed()
         return int(count)
 
     async def renew_leases(self, owner: str, delivery_ids: Sequence[int], *, until: float) -> int:
         """Extend ``owner``'s leases on these deliveries to ``until`` (a worker still at
         work on them); leases another worker took over are left alone. Returns how many."""
         count = 0
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             for chunk in _chunks(sorted(delivery_ids)):
                 result = await conn.execute(
                     update(deliveries)
@@ -588,43 +405,28 @@ class Store:
 
     def wake(self) -> None:
         """New work may be due (told by another process): wake ``wait_for_work``."""
-        self._wake.set()
+        self._db.wake()
 
     def add_wake_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (in the event loop, must not block) after each commit of new
-        or newly due work by this process."""
-        self._wake_listeners.append(listener)
+        or newly due work by this process (``Database.add_wake_listener``)."""
+        self._db.add_wake_listener(listener)
 
     def work_committed(self) -> None:
-        """Another process of ours committed new work: wake this process's worker and
-        whatever listens here (a web child told its parent, see runtime)."""
-        self._work_committed()
-
-    def _work_committed(self) -> None:
-        self._wake.set()
-        for listener in self._wake_listeners:
-            try:
-                listener()
-            except Exception:  # a listener's trouble must not fail a committed write
-                log.exception("wake listener failed")
+        """Another process of ours committed new work (``Database.work_committed``)."""
+        self._db.work_committed()
 
     async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (agreed hook)
         """Return when new work may be due (an inject, a release, a retry) or after
-        ``timeout`` seconds, whichever is first. Never raises for a lost listener: it
-        falls back to sleeping and listens again on a later call."""
-        if self._is_pg and self._listener is None:
-            await self._listen()
-        if not self._wake.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-        self._wake.clear()
+        ``timeout`` seconds, whichever is first (``Database.wait_for_work``)."""
+        await self._db.wait_for_work(timeout)
 
     async def next_due_at(self) -> float | None:
         """The earliest ``next_attempt_at`` of the unleased queued or deferred deliveries,
         or None when there are none. Leased deliveries are left out: they come back when
         their lease runs out, which the worker's poll interval covers."""
         earliest: float | None = None
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             for status in (QUEUED, DEFERRED):
                 value = await conn.scalar(
                     select(deliveries.c.next_attempt_at)
@@ -640,7 +442,7 @@ class Store:
 
     async def receipt(self, message_id: str) -> MessageReceipt:
         """The message and each recipient's state. Raises NotFound."""
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             message = (
                 await conn.execute(
                     select(
@@ -656,11 +458,11 @@ class Store:
             if message is None:
                 raise NotFound(f"no message {message_id!r}")
             rows = await conn.execute(
-                select(*_DELIVERY_COLUMNS)
+                select(*DELIVERY_COLUMNS)
                 .where(deliveries.c.message_id == message_id)
                 .order_by(deliveries.c.id)
             )
-            recipients = tuple(_delivery_row(row) for row in rows)
+            recipients = tuple(delivery_row(row) for row in rows)
         return MessageReceipt(
             id=message.id,
             created_at=message.created_at,
@@ -681,7 +483,7 @@ class Store:
         offset: int = 0,
     ) -> list[DeliveryRow]:
         """Deliveries matching every given filter, oldest first."""
-        statement = select(*_DELIVERY_COLUMNS).order_by(deliveries.c.id).limit(limit)
+        statement = select(*DELIVERY_COLUMNS).order_by(deliveries.c.id).limit(limit)
         if offset:
             statement = statement.offset(offset)
         if status is not None:
@@ -690,8 +492,8 @@ class Store:
             statement = statement.where(deliveries.c.domain == domain.lower())
         if message_id is not None:
             statement = statement.where(deliveries.c.message_id == message_id)
-        async with self._read() as conn:
-            return [_delivery_row(row) for row in await conn.execute(statement)]
+        async with self._db.read() as conn:
+            return [delivery_row(row) for row in await conn.execute(statement)]
 
     async def queue_action(
         self,
@@ -732,7 +534,7 @@ class Store:
         )
         returning = (deliveries.c.id, deliveries.c.message_id)
         affected: list[Any] = []
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             for group in groups:
                 where = and_(*base)
                 if group is not None:
@@ -773,14 +575,14 @@ class Store:
                 ],
             )
             if action in ("retry", "release"):
-                await self._notify(conn)
+                await self._db.notify(conn)
         if action in ("retry", "release"):
-            self._work_committed()
+            self._db.work_committed()
         return len(affected)
 
     async def set_dsn_sent(self, delivery_ids: Sequence[int], dsn_message_id: str) -> None:
         """Remember which DSN message reported these deliveries."""
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             for chunk in _chunks(list(delivery_ids)):
                 await conn.execute(
                     update(deliveries)
@@ -797,7 +599,7 @@ class Store:
         delivery_id: int | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        async with self._write() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 insert(events).values(
                     at=now, kind=kind, message_id=message_id, delivery_id=delivery_id, data=data
@@ -807,7 +609,7 @@ class Store:
     async def events_for(self, message_id: str) -> list[dict[str, Any]]:
         """The message's events in the order they happened: dicts with id, at, kind,
         message_id, delivery_id and data."""
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             rows = await conn.execute(
                 select(events).where(events.c.message_id == message_id).order_by(events.c.id)
             )
@@ -816,7 +618,7 @@ class Store:
     async def status_counts(self) -> dict[str, int]:
         """Deliveries per status; every status is present, 0 when none."""
         counts = dict.fromkeys(STATUSES, 0)
-        async with self._read() as conn:
+        async with self._db.read() as conn:
             rows = await conn.execute(
                 select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
             )
@@ -824,109 +626,7 @@ class Store:
                 counts[status] = int(count)
         return counts
 
-    # -- API keys -----------------------------------------------------------------------
-
-    async def create_api_key(self, name: str, scopes: Sequence[str], *, now: float) -> str:
-        """Create a key and return it whole (shown once; only its hash is kept).
-
-        The key is ``kk_<prefix>_<secret>``: an 8-character prefix that finds the row and
-        is safe to show, and 256 random bits."""
-        for _ in range(5):
-            prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_LENGTH))
-            key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-            row = {
-                "name": name,
-                "prefix": prefix,
-                "secret_hash": _hash_key(key),
-                "scopes": list(scopes),
-                "created_at": now,
-            }
-            try:
-                async with self._write() as conn:
-                    await conn.execute(insert(api_keys), [row])
-            except StorageError as exc:
-                if isinstance(exc.__cause__, IntegrityError):
-                    continue  # the prefix is taken (one chance in 2.8e12): draw another
-                raise
-            return key
-        raise StorageError("could not find a free API key prefix")
-
-    async def check_api_key(self, key: str, *, now: float) -> ApiKeyInfo | None:
-        """The key's owner and scopes, or None when the key is malformed, unknown or
-        revoked. Compares hashes in constant time."""
-        prefix = _key_prefix(key)
-        if prefix is None:
-            return None
-        async with self._read() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
-        if row is None or row.revoked_at is not None:
-            return None
-        if not hmac.compare_digest(_hash_key(key), row.secret_hash):
-            return None
-        if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION:
-            async with self._write() as conn:
-                await conn.execute(
-                    update(api_keys).where(api_keys.c.id == row.id).values(last_used_at=now)
-                )
-        return ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix, scopes=tuple(row.scopes))
-
-    async def revoke_api_key(self, key_id: int, *, now: float) -> bool:
-        """Revoke a key by id; False when there is no such key or it was revoked already."""
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-        return bool(result.rowcount)
-
-    async def list_api_keys(self) -> list[ApiKeyRecord]:
-        async with self._read() as conn:
-            rows = await conn.execute(select(api_keys).order_by(api_keys.c.id))
-            return [
-                ApiKeyRecord(
-                    id=row.id,
-                    name=row.name,
-                    prefix=row.prefix,
-                    scopes=tuple(row.scopes),
-                    created_at=row.created_at,
-                    last_used_at=row.last_used_at,
-                    revoked_at=row.revoked_at,
-                )
-                for row in rows
-            ]
-
-    # -- internals ----------------------------------------------------------------------
-
-    async def _notify(self, conn: AsyncConnection) -> None:
-        """Wake LISTENing workers when this transaction commits (PostgreSQL only)."""
-        if self._is_pg:
-            await conn.execute(_NOTIFY)
-
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
-        # After a failure, try again at most every few seconds; sleep-polling meanwhile.
-        if loop.time() - self._listener_failed_at < 5.0 and self._listener_failed_at:
-            return
-        try:
-            dsn = db.asyncpg_dsn(db.parse_database_url(self._url))
-            listener = await asyncpg.connect(dsn, timeout=5)
-            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            listener.add_termination_listener(self._on_listener_lost)
-        except STORAGE_ERRORS:  # TimeoutError is an OSError
-            self._listener_failed_at = loop.time()
-            return
-        self._listener = listener
-
-    def _on_notify(self, *_args: Any) -> None:
-        self._wake.set()
-
-    def _on_listener_lost(self, *_args: Any) -> None:
-        self._listener = None
-        self._wake.set()  # something changed: let the worker look at the queue
-
-
-_DELIVERY_COLUMNS = (
+DELIVERY_COLUMNS = (
     deliveries.c.id,
     deliveries.c.message_id,
     deliveries.c.recipient,
@@ -944,7 +644,7 @@ _DELIVERY_COLUMNS = (
 )
 
 
-def _delivery_row(row: Any) -> DeliveryRow:
+def delivery_row(row: Any) -> DeliveryRow:
     reply = None
     if row.reply_code is not None:
         reply = {"code": row.reply_code, "enhanced": row.reply_enhanced, "text": row.reply_text}
@@ -1146,25 +846,22 @@ def _apply(
     schedule: RetryPolicy,
     tls_dicts: dict[TLSReceipt, dict[str, Any]],
 ) -> tuple[dict[str, Any], dict[str, Any], Bounce | None]:
-    """One result against its delivery's current row → (update, event, bounce or None)."""
-    attempts = row.attempts + 1
+    """One result against its delivery's current row → (update, event, bounce or None);
+    the decision is ``kakitome.queue.transitions.after_attempt``'s."""
     reply = result.reply
-    code, enhanced, reply_text = reply.code, reply.enhanced, reply.text
-    next_at = row.next_attempt_at
-    expired = False
-    if result.outcome is Outcome.DELIVERED:
-        status = DELIVERED
-    elif result.outcome is Outcome.BOUNCED:
-        status = BOUNCED
-    else:
-        next_at = schedule.next_attempt(attempts, now)
-        if next_at > row.expires_at:
-            status, expired = BOUNCED, True
-            enhanced = EXPIRED_ENHANCED
-            reply_text = f"queue lifetime expired: {reply}"
-            next_at = row.next_attempt_at
-        else:
-            status = HELD if row.status == HELD else DEFERRED
+    step = after_attempt(
+        outcome=result.outcome,
+        reply=reply,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        expires_at=row.expires_at,
+        now=now,
+        schedule=schedule,
+    )
+    status, attempts, next_at = step.status, step.attempts, step.next_attempt_at
+    expired = step.expired
+    code, enhanced, reply_text = step.reply_code, step.reply_enhanced, step.reply_text
     mx = None if result.mx is None else {"host": result.mx.host, "ip": result.mx.ip}
     tls = None
     if result.tls is not None:
@@ -1191,20 +888,20 @@ def _apply(
         "mx": mx,
         "tls": tls,
     }
-    if status == DEFERRED or (status == HELD and not expired):
+    if step.shows_next_attempt:
         data["next_attempt_at"] = next_at
     if expired:
         data["expired"] = True
         data["last_reply"] = reply.to_dict()
     event = {
         "at": now,
-        "kind": BOUNCED if expired else result.outcome.value,
+        "kind": step.event_kind,
         "message_id": row.message_id,
         "delivery_id": row.id,
         "data": data,
     }
     bounce = None
-    if status == BOUNCED:
+    if step.bounced:
         bounce = Bounce(
             delivery_id=row.id,
             message_id=row.message_id,
@@ -1222,18 +919,6 @@ def _apply(
     return change, event, bounce
 
 
-def _key_prefix(key: str) -> str | None:
-    """The prefix of a well-formed key, else None."""
-    if not key.startswith(API_KEY_PREFIX) or len(key) < len(API_KEY_PREFIX) + _PREFIX_LENGTH + 2:
-        return None
-    prefix = key[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _PREFIX_LENGTH]
-    if key[len(API_KEY_PREFIX) + _PREFIX_LENGTH] != "_":
-        return None
-    if any(c not in _PREFIX_ALPHABET for c in prefix):
-        return None
-    return prefix
-
-
 InjectionRows = tuple[
     list[str], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
 ]
@@ -1243,7 +928,7 @@ def injection_rows(
     messages: Sequence[NewMessage], *, now: float, lifetime: float
 ) -> InjectionRows:
     """The ids and the messages, deliveries and events rows that injecting ``messages``
-    writes (shared by ``Store.inject_many`` and stores that inject inside their own
+    writes (shared by ``QueueStore.inject_many`` and stores that inject inside their own
     transaction). Raises InputError for a message without recipients."""
     message_rows: list[dict[str, Any]] = []
     delivery_rows: list[dict[str, Any]] = []
@@ -1299,3 +984,85 @@ def injection_rows(
             }
         )
     return ids, message_rows, delivery_rows, event_rows
+
+
+# -- queue rows written inside another part's transaction ---------------------------------
+
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+
+async def insert_messages(
+    conn: AsyncConnection,
+    messages: Sequence[NewMessage],
+    *,
+    now: float,
+    lifetime: float,
+    message_chunk: int = 500,
+    row_chunk: int = 2_000,
+) -> list[str]:
+    """Queue ``messages`` inside the caller's transaction on ``conn``: the rows
+    ``QueueStore.inject_many`` writes (``injection_rows``), inserted in chunks of
+    ``message_chunk`` messages and ``row_chunk`` deliveries or events. Returns the message
+    ids in order. On PostgreSQL the workers are NOTIFYed at the commit; on SQLite the
+    caller wakes this process's worker after its commit (``Database.wake``).
+
+    Why: a campaign batch and its checkpoint must be one fact (``campaigns/store.py``),
+    so the batch cannot go through ``inject_many``'s own transaction. Raises InputError
+    for a message without recipients."""
+    ids, message_rows, delivery_rows, event_rows = injection_rows(
+        messages, now=now, lifetime=lifetime
+    )
+    if message_rows:
+        for chunk in _chunks(message_rows, message_chunk):
+            await conn.execute(insert(message_table), chunk)
+        for chunk in _chunks(delivery_rows, row_chunk):
+            await conn.execute(insert(deliveries), chunk)
+        for chunk in _chunks(event_rows, row_chunk):
+            await conn.execute(insert(events), chunk)
+        if conn.dialect.name == "postgresql":
+            await conn.execute(_NOTIFY)
+    return ids
+
+
+async def insert_event(
+    conn: AsyncConnection,
+    kind: str,
+    *,
+    now: float,
+    message_id: str | None = None,
+    delivery_id: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Add one event inside the caller's transaction (``QueueStore.add_event`` in its
+    own): a suppression, a DSN or complaint that came back, a TLS event (no message)."""
+    await conn.execute(
+        insert(events).values(
+            at=now, kind=kind, message_id=message_id, delivery_id=delivery_id, data=data
+        )
+    )
+
+
+async def mark_bounced(
+    conn: AsyncConnection,
+    delivery_id: int,
+    *,
+    now: float,
+    code: int,
+    enhanced: str | None,
+    text: str,
+    statuses: Sequence[str],
+) -> None:
+    """Make one delivery bounced with a remote diagnostic (a DSN that came back), inside
+    the caller's transaction, when its status is one of ``statuses``. The lease and the
+    attempt count are left alone."""
+    await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == delivery_id, deliveries.c.status.in_(list(statuses)))
+        .values(
+            status="bounced",
+            updated_at=now,
+            reply_code=code,
+            reply_enhanced=enhanced,
+            reply_text=text,
+        )
+    )

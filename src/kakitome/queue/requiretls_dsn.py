@@ -10,7 +10,7 @@ goes back along whatever path leads to the sender. So the DSN of a REQUIRETLS me
 - is itself queued with REQUIRETLS by the worker, so it is delivered only along a secure
   path (or not at all: a DSN is never bounced back, it comes from the null sender).
 
-Everything else (fields, status codes, the human-readable part) is ``delivery.dsn``'s.
+Everything else (fields, status codes, the human-readable part) is ``queue.dsn``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from kakitome.delivery.dsn import build_dsn
-from kakitome.store.repository import Bounce
+from kakitome.queue.dsn import build_dsn
+from kakitome.queue.types import Bounce
 
 KEPT_HEADERS = ("message-id", "date", "from")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)

@@ -27,7 +27,7 @@ from email import policy as email_policy
 from email.message import EmailMessage, Message
 from email.utils import format_datetime
 
-from kakitome.store.repository import Bounce
+from kakitome.queue.types import Bounce
 
 # Postfix's bounce_size_limit is 50,000 bytes; we return a little more before we fall
 # back to the header only.
