@@ -601,6 +601,15 @@ class _Roles:
             self.stop_metrics()
 
 
+# How long an idle HTTP connection is kept. uvicorn's 5 s equals httpx's (and many
+# clients') own idle expiry, so both ends closed idle connections at the same moment and
+# a client sometimes sent a request on one the server was closing: httpx.ReadError, a
+# message neither accepted nor refused (seen in the durability test and the benchmark on
+# a busy machine). Longer than the clients' expiry, the client always closes first
+# (nginx keeps 75 s).
+KEEP_ALIVE_TIMEOUT = 65
+
+
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     import uvicorn
 
@@ -611,6 +620,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_level="warning",
         lifespan="off",
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
     )
 
 
