@@ -44,18 +44,11 @@ from kakitome.store.schema import messages
 from kakitome.testing import LocalInternet
 from kakitome.tls.tlsrpt import ReportPolicy, SessionRecord
 from kakitome.web import create_app
+from tests.e2e.service import free_port
 from tests.fixtures_world import dkimpy_dns
 
 BASE = "http://kakitome.test"
 WAIT = 20.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _wait_for(services: Services, count: int) -> list[dict[str, object]]:
@@ -91,7 +84,7 @@ async def test_every_producer_of_mail_is_signed_and_has_the_verp_return_path(
             "KAKITOME_TLSRPT__INTERVAL": "0.2",
             "KAKITOME_INBOUND__BIND_HOST": "127.0.0.1",
             "KAKITOME_INBOUND__MX_PORT": "0",
-            "KAKITOME_INBOUND__SUBMISSION_PORT": str(_free_port()),
+            "KAKITOME_INBOUND__SUBMISSION_PORT": str(free_port()),
             "KAKITOME_INBOUND__SUBMISSIONS_PORT": "0",
             "KAKITOME_INBOUND__AUTH_FAILURE_DELAY": "0.01",
         }
